@@ -1,0 +1,209 @@
+"""Shared base of the SoilSSL algorithms: metadata, parameters, errors, progress, styles.
+
+An algorithm subclass declares ``NAME``/``GROUP``, its own parameters in
+``init`` (using the ``add_*`` helpers for the shared ones) and does its work in
+``run`` with one call into ``soilssl.core``.  Engine errors become one
+``QgsProcessingException``; the feedback drives the engine's Progress.
+"""
+import importlib.util
+import os
+
+from qgis.core import (QgsProcessingAlgorithm, QgsProcessingException,
+                       QgsProcessingLayerPostProcessorInterface, QgsProcessingParameterBand,
+                       QgsProcessingParameterDefinition, QgsProcessingParameterEnum,
+                       QgsProcessingParameterFile, QgsProcessingParameterNumber,
+                       QgsProcessingParameterRasterLayer, QgsProcessingParameterString)
+from qgis.PyQt.QtGui import QIcon
+
+from . import help as texts
+
+PLUGIN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STYLES = os.path.join(PLUGIN_DIR, "resources", "styles")
+REQUIRED = {"torch": "torch", "timm": "timm", "rasterio": "rasterio", "sklearn": "scikit-learn"}
+DEVICES = ["auto", "cpu", "cuda"]
+AMPS = ["auto", "none", "bf16", "fp16"]
+POOLS = ["cls", "mean"]
+_post_processors = []  # QGIS keeps raw pointers: keep the Python objects alive
+
+
+def missing_packages():
+    return [pip for mod, pip in REQUIRED.items() if importlib.util.find_spec(mod) is None]
+
+
+def install_hint(missing):
+    return ("SoilSSL needs these Python packages in QGIS's Python: " + ", ".join(missing) +
+            ". Install them with: python3 -m pip install --user " + " ".join(missing) +
+            " (on Windows from the OSGeo4W Shell). See the SoilSSL README.")
+
+
+def advanced(param):
+    param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+    return param
+
+
+class _StyleLoader(QgsProcessingLayerPostProcessorInterface):
+    def __init__(self, qml):
+        super().__init__()
+        self.qml = qml
+
+    def postProcessLayer(self, layer, context, feedback):  # noqa: N802
+        layer.loadNamedStyle(self.qml)
+        layer.triggerRepaint()
+
+
+class SoilSSLAlgorithm(QgsProcessingAlgorithm):
+    NAME = ""
+    GROUP = "features"
+
+    # -- metadata -----------------------------------------------------------
+    def name(self):
+        return self.NAME
+
+    def displayName(self):  # noqa: N802
+        return texts.title(self.NAME)
+
+    def group(self):
+        return texts.GROUPS[self.GROUP]
+
+    def groupId(self):  # noqa: N802
+        return self.GROUP
+
+    def shortHelpString(self):  # noqa: N802
+        return texts.short_help(self.NAME)
+
+    def icon(self):
+        return QIcon(os.path.join(PLUGIN_DIR, "resources", "icon.svg"))
+
+    def createInstance(self):  # noqa: N802
+        return type(self)()
+
+    def canExecute(self):  # noqa: N802
+        missing = missing_packages()
+        return (False, install_hint(missing)) if missing else (True, "")
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        self.init()
+
+    # -- enums by name or index ---------------------------------------------
+    def _enum_by_name(self, name, value):
+        """Index of an enum option given by its text (DEVICE=cpu), else None."""
+        param = self.parameterDefinition(name)
+        if param is None or param.type() != "enum" or not isinstance(value, str):
+            return None
+        options = [o.lower() for o in param.options()]
+        return options.index(value.strip().lower()) if value.strip().lower() in options else None
+
+    def checkParameterValues(self, parameters, context):  # noqa: N802
+        fixed = dict(parameters)
+        for name, value in parameters.items():
+            index = self._enum_by_name(name, value)
+            if index is not None:
+                fixed[name] = index
+        return super().checkParameterValues(fixed, context)
+
+    def enum(self, parameters, name, context):
+        """The chosen option's text; accepts an index or the option's text."""
+        index = self._enum_by_name(name, parameters.get(name))
+        if index is None:
+            index = self.parameterAsEnum(parameters, name, context)
+        return self.parameterDefinition(name).options()[index]
+
+    # -- running ------------------------------------------------------------
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        missing = missing_packages()
+        if missing:
+            raise QgsProcessingException(install_hint(missing))
+        from ..core.errors import SoilSSLError
+        from ..core.progress import Progress
+        progress = Progress(feedback.setProgress, feedback.isCanceled, feedback.pushInfo)
+        try:
+            return self.run(parameters, context, feedback, progress)
+        except SoilSSLError as exc:
+            raise QgsProcessingException(str(exc)) from exc
+
+    def init(self):
+        raise NotImplementedError
+
+    def run(self, parameters, context, feedback, progress):
+        raise NotImplementedError
+
+    # -- shared parameters --------------------------------------------------
+    def add(self, param, is_advanced=False):
+        self.addParameter(advanced(param) if is_advanced else param)
+
+    def add_source_params(self):
+        self.add(QgsProcessingParameterRasterLayer("INPUT", "Input raster"))
+        self.add(QgsProcessingParameterBand("BANDS", "Bands (default: the first 3)", None,
+                                            "INPUT", optional=True, allowMultiple=True))
+        self.add(QgsProcessingParameterRasterLayer("DEM", "DEM as extra channel", optional=True))
+
+    def add_backbone_params(self, name="BACKBONE", label="Backbone checkpoint or timm name",
+                            optional=False):
+        self.add(QgsProcessingParameterFile(
+            name, label, fileFilter="Checkpoints (*.pth *.pt *.ckpt *.bin *.safetensors);;"
+            "All files (*)", optional=optional))
+        if name == "BACKBONE":
+            self.add(QgsProcessingParameterString("ARCH", "Architecture (when the file does not "
+                                                  "say)", optional=True))
+
+    def add_tiling_params(self):
+        self.add(QgsProcessingParameterNumber("TILE_SIZE", "Tile size (px; 0 = backbone's)",
+                                              QgsProcessingParameterNumber.Integer, 0,
+                                              minValue=0))
+        self.add(QgsProcessingParameterNumber("STRIDE", "Stride (px; 0 = tile size)",
+                                              QgsProcessingParameterNumber.Integer, 0,
+                                              minValue=0))
+
+    def add_compute_params(self, batch=32):
+        self.add(QgsProcessingParameterEnum("DEVICE", "Device", DEVICES, defaultValue=0))
+        self.add(QgsProcessingParameterNumber("BATCH_SIZE", "Batch size",
+                                              QgsProcessingParameterNumber.Integer, batch,
+                                              minValue=1))
+        self.add(QgsProcessingParameterEnum("AMP", "Mixed precision", AMPS, defaultValue=0), True)
+        self.add(QgsProcessingParameterNumber("WORKERS", "Reader threads",
+                                              QgsProcessingParameterNumber.Integer, 2,
+                                              minValue=0, maxValue=32), True)
+
+    # -- reading shared parameters ------------------------------------------
+    def source(self, parameters, context):
+        from ..core.raster import TileSource
+        layer = self.parameterAsRasterLayer(parameters, "INPUT", context)
+        if layer is None:
+            raise QgsProcessingException("INPUT is not a raster layer SoilSSL can read.")
+        dem = self.parameterAsRasterLayer(parameters, "DEM", context)
+        bands = self.band_list(parameters, context) or None
+        return TileSource(layer.source(), bands, dem.source() if dem else None)
+
+    def band_list(self, parameters, context, name="BANDS"):
+        """Band numbers from a list, repeated values, or text like '4,3,2'."""
+        raw = parameters.get(name)
+        if isinstance(raw, str) or (isinstance(raw, (list, tuple)) and raw and
+                                    all(isinstance(v, str) for v in raw)):
+            text = raw if isinstance(raw, str) else ",".join(raw)
+            try:
+                return [int(v) for v in text.replace(";", ",").replace(" ", ",").split(",") if v]
+            except ValueError:
+                raise QgsProcessingException(f"{name} must be band numbers like 4,3,2 "
+                                             f"(got '{text}').")
+        return self.parameterAsInts(parameters, name, context)
+
+    def backbone(self, parameters, context, name="BACKBONE", in_chans=None, tile=None,
+                 device="cpu"):
+        from ..core.backbone import load_backbone
+        spec = self.parameterAsString(parameters, name, context).strip()
+        arch = self.parameterAsString(parameters, "ARCH", context).strip() or None
+        return load_backbone(spec or None, arch=arch, in_chans=in_chans, tile_size=tile or None,
+                             device=device)
+
+    def compute(self, parameters, context):
+        return dict(device=self.enum(parameters, "DEVICE", context),
+                    batch_size=self.parameterAsInt(parameters, "BATCH_SIZE", context),
+                    amp=self.enum(parameters, "AMP", context),
+                    workers=self.parameterAsInt(parameters, "WORKERS", context))
+
+    def style_output(self, context, path, qml):
+        """Apply ``resources/styles/<qml>`` when Processing loads ``path``."""
+        if context.willLoadLayerOnCompletion(path):
+            loader = _StyleLoader(os.path.join(STYLES, qml))
+            _post_processors.append(loader)
+            context.layerToLoadOnCompletionDetails(path).setPostProcessor(loader)

@@ -1,0 +1,79 @@
+"""All user-facing help text of the SoilSSL algorithms, kept in one place."""
+
+REFERENCE = ("Method: Tresson P. et al. (2024), Self-supervised learning of Vision Transformers "
+             "for digital soil mapping using visual data, Geoderma.")
+
+GROUPS = {
+    "features": "Feature extraction",
+    "training": "Self-supervised training",
+    "soil": "Soil mapping",
+}
+
+PARAMS = {
+    "INPUT_RASTER": "Raster layer to tile (an orthophoto, a satellite scene...).",
+    "BANDS": "Band numbers fed to the ViT, in order (e.g. 4,3,2 for Sentinel-2 RGB). "
+             "Default: the first 3 bands.",
+    "DEM": "Optional elevation raster added as an extra channel; it is warped on the fly onto "
+           "the image grid. Its patch-embedding weights are cloned from the R channel.",
+    "BACKBONE": "Backbone weights: a SoilSSL checkpoint, an official DINO checkpoint "
+                "(dino_vitbase16_pretrain.pth or a full training checkpoint), a timm state "
+                "dict (.pth/.safetensors), or a timm pretrained name such as "
+                "vit_base_patch16_224.dino already in the local cache. Nothing is downloaded.",
+    "ARCH": "timm architecture, needed only when the file does not say and it cannot be "
+            "inferred (e.g. vit_small_patch16_224).",
+    "TILE_SIZE": "Tile size in pixels. 0 = the backbone's own (224 for ImageNet/DINO weights).",
+    "STRIDE": "Step between tiles in pixels; one output pixel per step. 0 = TILE_SIZE.",
+    "DEVICE": "auto picks CUDA when available, else the CPU.",
+    "BATCH_SIZE": "Tiles per forward pass.",
+    "AMP": "Mixed precision: auto (fp16 on CUDA, off on CPU), none, bf16 (also on CPU), fp16.",
+    "POOL": "Tile feature: the CLS token (paper) or the mean of the patch tokens.",
+    "MIN_VALID": "Tiles with a smaller share of valid (not nodata) pixels are skipped and "
+                 "give nodata.",
+    "WORKERS": "Background threads reading tiles.",
+    "K": "Number of K-means classes (the paper uses 8).",
+    "SEED": "Random seed (sampling, K-means, folds).",
+    "FEATURES": "A SoilSSL feature raster (from Extract ViT features).",
+}
+
+ALGS = {
+    "extractfeatures": (
+        "Extract ViT features",
+        "Tiles the raster and passes each tile through a Vision Transformer backbone. The "
+        "output is a float32 raster with one band per feature dimension and one pixel per "
+        "tile step: with STRIDE = TILE_SIZE it has the input's CRS and origin and a pixel "
+        "TILE_SIZE times larger. Edge tiles are padded; tiles that are mostly nodata give "
+        "nodata. The normalisation used is stored in the raster's metadata.",
+        ["INPUT_RASTER", "BANDS", "DEM", "BACKBONE", "ARCH", "TILE_SIZE", "STRIDE", "DEVICE",
+         "BATCH_SIZE", "AMP", "POOL", "MIN_VALID", "WORKERS"],
+    ),
+    "clustermap": (
+        "Landscape clusters (K-means of features)",
+        "Clusters the pixels of a feature raster with K-means (fitted on a random sample, "
+        "applied window by window) into a single-band class raster (0..K-1, nodata 255), "
+        "shown with a paletted style. The paper maps K = 8 landscape classes.",
+        ["FEATURES", "K", "SEED"],
+    ),
+    "pcamap": (
+        "PCA colour map of features",
+        "Projects a feature raster on its first 3 principal components (fitted on a random "
+        "sample) and writes a displayable 3-band uint8 raster, as in the paper: 1st "
+        "component in red, 2nd in blue, 3rd in green, each stretched between its 2nd and "
+        "98th percentiles (0 = nodata).",
+        ["FEATURES", "SEED"],
+    ),
+}
+
+
+def title(name: str) -> str:
+    return ALGS[name][0]
+
+
+def short_help(name: str) -> str:
+    _, text, params = ALGS[name]
+    items = "".join(f"<li><b>{p.replace('INPUT_RASTER', 'INPUT').replace('FEATURES', 'INPUT')}"
+                    f"</b>: {PARAMS[p]}</li>" for p in params)
+    return f"<p>{text}</p><ul>{items}</ul><p><i>{REFERENCE}</i></p>"
+
+
+def describe(key: str) -> str:
+    return PARAMS[key]

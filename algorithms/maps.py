@@ -1,0 +1,56 @@
+"""soilssl:clustermap and soilssl:pcamap: unsupervised maps of a feature raster."""
+from qgis.core import (QgsProcessingParameterNumber, QgsProcessingParameterRasterDestination,
+                       QgsProcessingParameterRasterLayer)
+
+from .base import SoilSSLAlgorithm
+
+
+class _FeatureMap(SoilSSLAlgorithm):
+    GROUP = "features"
+    STYLE = ""
+
+    def init(self):
+        self.add(QgsProcessingParameterRasterLayer("INPUT", "Feature raster"))
+        self.init_extra()
+        self.add(QgsProcessingParameterNumber("SEED", "Random seed",
+                                              QgsProcessingParameterNumber.Integer, 0), True)
+        self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", self.OUTPUT_LABEL))
+
+    def init_extra(self):
+        pass
+
+    def run(self, parameters, context, feedback, progress):
+        layer = self.parameterAsRasterLayer(parameters, "INPUT", context)
+        output = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
+        seed = self.parameterAsInt(parameters, "SEED", context)
+        summary = self.make(layer.source(), output, seed, parameters, context, progress)
+        self.style_output(context, output, self.STYLE)
+        return dict(summary, OUTPUT=output)
+
+
+class ClusterMap(_FeatureMap):
+    NAME = "clustermap"
+    STYLE = "clusters.qml"
+    OUTPUT_LABEL = "Clusters"
+
+    def init_extra(self):
+        self.add(QgsProcessingParameterNumber("K", "Number of clusters",
+                                              QgsProcessingParameterNumber.Integer, 8,
+                                              minValue=2, maxValue=254))
+
+    def make(self, path, output, seed, parameters, context, progress):
+        from ..core.maps import cluster_map
+        k = self.parameterAsInt(parameters, "K", context)
+        s = cluster_map(path, output, k=k, seed=seed, progress=progress)
+        return {"K": s["k"]}
+
+
+class PcaMap(_FeatureMap):
+    NAME = "pcamap"
+    STYLE = "pca.qml"
+    OUTPUT_LABEL = "PCA colours"
+
+    def make(self, path, output, seed, parameters, context, progress):
+        from ..core.maps import pca_map
+        s = pca_map(path, output, seed=seed, progress=progress)
+        return {"EXPLAINED_VARIANCE": s["explained_variance_ratio"]}

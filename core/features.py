@@ -1,0 +1,176 @@
+"""ViT features of tiles: over a whole raster grid, or around points.
+
+:func:`embed` is the single forward pass (inference mode, optional AMP,
+CLS token or mean of patch tokens).  :func:`iter_grid_rows` streams one output
+row of tile features at a time so that rasters of any size are mapped in
+bounded memory; :func:`extract_features` writes them as a float32 GeoTIFF, one
+band per feature dimension, one pixel per tile step.  :func:`point_features`
+gives the features of the tile centred on each point (for soil heads).
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .backbone import Backbone, resolve_device
+from .errors import InputError
+from .progress import Progress, ensure
+from .raster import (DEFAULT_MIN_VALID, Normalization, RasterWriter, TileGrid, TileSource,
+                     iter_batches)
+
+POOLS = ("cls", "mean")
+AMPS = ("auto", "none", "bf16", "fp16")
+
+
+def autocast(device: torch.device, amp: str = "auto"):
+    """Autocast context for ``amp`` (auto: fp16 on CUDA, none on CPU)."""
+    amp = (amp or "auto").lower()
+    if amp not in AMPS:
+        raise InputError(f"Unknown AMP '{amp}': use one of {', '.join(AMPS)}.")
+    if amp == "auto":
+        amp = "fp16" if device.type == "cuda" else "none"
+    if amp == "none":
+        return contextlib.nullcontext()
+    if amp == "fp16" and device.type != "cuda":
+        raise InputError("AMP=fp16 needs CUDA; on CPU use bf16 or none.")
+    return torch.autocast(device.type, dtype=torch.float16 if amp == "fp16" else torch.bfloat16)
+
+
+def embed(backbone: Backbone, batch, device: torch.device, amp: str = "auto",
+          pool: str = "cls") -> np.ndarray:
+    """Forward a (B,C,T,T) batch -> float32 (B, D) features on the CPU."""
+    if pool not in POOLS:
+        raise InputError(f"Unknown POOL '{pool}': use one of {', '.join(POOLS)}.")
+    x = torch.as_tensor(batch)
+    if device.type == "cuda":
+        x = x.pin_memory().to(device, non_blocking=True)
+    with torch.inference_mode(), autocast(device, amp):
+        tokens = backbone.model.forward_features(x)
+        if pool == "cls":
+            f = tokens[:, 0]
+        else:
+            f = tokens[:, getattr(backbone.model, "num_prefix_tokens", 1):].mean(dim=1)
+    return f.float().cpu().numpy()
+
+
+def check_inputs(source: TileSource, backbone: Backbone, tile: int) -> None:
+    if source.channels != backbone.in_chans:
+        raise InputError(
+            f"Channel mismatch: the backbone expects {backbone.in_chans} input channels but the "
+            f"input gives {source.channels} ({len(source.bands)} band(s)"
+            f"{' + DEM' if source.dem else ''}). Adjust BANDS/DEM.")
+    if tile > max(source.width, source.height):
+        raise InputError(
+            f"TILE_SIZE {tile} px is larger than the raster ({source.width} x {source.height} px): "
+            f"use a smaller TILE_SIZE.")
+
+
+def iter_grid_rows(source: TileSource, grid: TileGrid, norm: Normalization, backbone: Backbone,
+                   device: torch.device, batch_size: int = 32, amp: str = "auto",
+                   pool: str = "cls", min_valid: float = DEFAULT_MIN_VALID, workers: int = 2,
+                   progress: Optional[Progress] = None) -> Iterator[tuple]:
+    """Yield ``(row, feats (n_cols, D) float32)`` for each grid row, NaN for skipped tiles."""
+    progress = ensure(progress)
+    d = backbone.embed_dim
+    row_buf = np.full((grid.n_cols, d), np.nan, np.float32)
+    filled = 0
+    row = 0
+    n = len(grid)
+    for start, batch, frac in iter_batches(source, grid.windows(), norm, batch_size, workers,
+                                           progress=progress):
+        keep = np.flatnonzero(frac >= min_valid)
+        feats = np.full((len(frac), d), np.nan, np.float32)
+        if len(keep):
+            feats[keep] = embed(backbone, batch[keep], device, amp, pool)
+        i = 0
+        while i < len(frac):
+            take = min(grid.n_cols - filled, len(frac) - i)
+            row_buf[filled:filled + take] = feats[i:i + take]
+            filled += take
+            i += take
+            if filled == grid.n_cols:
+                yield row, row_buf.copy()
+                row += 1
+                filled = 0
+        progress.set((start + len(frac)) / n)
+
+
+def prepare(source: TileSource, backbone: Backbone, tile: Optional[int],
+            normalization: Optional[dict] = None, progress: Optional[Progress] = None):
+    """Shared set-up of every tile-based run: tile size, checks, normalisation."""
+    tile = int(tile or backbone.tile_size)
+    check_inputs(source, backbone, tile)
+    norm = Normalization.from_dict(normalization or backbone.normalization)
+    if norm is None:
+        ensure(progress).info("Computing per-band normalisation from a sample of the raster...")
+        norm = source.compute_normalization()
+    if len(norm.mean) != source.channels:
+        raise InputError(
+            f"The backbone's normalisation has {len(norm.mean)} channels but the input gives "
+            f"{source.channels}: use the bands (and DEM) the backbone was trained with.")
+    return tile, norm
+
+
+def extract_features(source: TileSource, backbone: Backbone, output: str,
+                     tile: Optional[int] = None, stride: Optional[int] = None,
+                     batch_size: int = 32, device: str = "auto", amp: str = "auto",
+                     pool: str = "cls", min_valid: float = DEFAULT_MIN_VALID, workers: int = 2,
+                     normalization: Optional[dict] = None,
+                     progress: Optional[Progress] = None) -> dict:
+    """Write the feature raster of ``source`` and return a summary dict."""
+    progress = ensure(progress)
+    tile, norm = prepare(source, backbone, tile, normalization, progress)
+    stride = int(stride or tile)
+    grid = TileGrid(source.width, source.height, tile, stride)
+    dev = resolve_device(device)
+    backbone.model.to(dev)
+    tags = {"soilssl_product": "features", "backbone": backbone.reference, "pool": pool,
+            "tile_size": tile, "stride": stride, "bands": list(source.bands),
+            "dem": source.dem or "", "normalization": norm.to_dict(), "min_valid": min_valid}
+    progress.info(f"{len(grid)} tiles of {tile} px (stride {stride}) -> "
+                  f"{grid.n_cols} x {grid.n_rows} px, {backbone.embed_dim} bands, on {dev}.")
+    skipped = 0
+    with RasterWriter(output, grid.n_cols, grid.n_rows, backbone.embed_dim, "float32",
+                      source.crs, grid.out_transform(source.transform), nodata=float("nan"),
+                      tags=tags, band_names=[f"f{i}" for i in range(backbone.embed_dim)],
+                      tiled=False) as w:
+        for row, feats in iter_grid_rows(source, grid, norm, backbone, dev, batch_size, amp,
+                                         pool, min_valid, workers, progress):
+            skipped += int(np.isnan(feats[:, 0]).sum())
+            w.write(feats.T[:, None, :], ((row, row + 1), (0, grid.n_cols)))
+    progress.info(f"Wrote {output}: {len(grid) - skipped} tiles, {skipped} skipped as nodata.")
+    return {"output": output, "tiles": len(grid), "skipped": skipped, "width": grid.n_cols,
+            "height": grid.n_rows, "bands": backbone.embed_dim}
+
+
+def point_features(source: TileSource, backbone: Backbone, cols: Sequence[float],
+                   rows: Sequence[float], tile: Optional[int] = None, batch_size: int = 32,
+                   device: str = "auto", amp: str = "auto", pool: str = "cls",
+                   normalization: Optional[dict] = None, workers: int = 2,
+                   progress: Optional[Progress] = None) -> np.ndarray:
+    """Features (N, D) of the tile centred on each pixel position (cols, rows)."""
+    progress = ensure(progress)
+    tile, norm = prepare(source, backbone, tile, normalization, progress)
+    dev = resolve_device(device)
+    backbone.model.to(dev)
+    windows = [source.centred_window(c, r, tile) for c, r in zip(cols, rows)]
+    out = np.empty((len(windows), backbone.embed_dim), np.float32)
+    for start, batch, _ in iter_batches(source, windows, norm, batch_size, workers,
+                                        progress=progress):
+        out[start:start + len(batch)] = embed(backbone, batch, dev, amp, pool)
+        progress.set((start + len(batch)) / max(1, len(windows)))
+    return out
+
+
+def pixel_values(source: TileSource, cols: Sequence[float], rows: Sequence[float]) -> np.ndarray:
+    """Raw band (+DEM) values at each pixel position: the pixel baseline's covariates."""
+    from rasterio.windows import Window
+    out = np.empty((len(cols), source.channels), np.float32)
+    for i, (c, r) in enumerate(zip(cols, rows)):
+        arr, valid = source.read(Window(int(np.floor(c)), int(np.floor(r)), 1, 1))
+        out[i] = arr[:, 0, 0] if valid[0, 0] else np.nan
+    return out
+

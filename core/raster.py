@@ -1,0 +1,463 @@
+"""Raster input and output: the one way SoilSSL reads tiles and writes rasters.
+
+* :class:`TileSource` opens an image (band selection, 1-based) and an optional
+  DEM warped on the fly onto the image grid (``rasterio.vrt.WarpedVRT``) as an
+  extra channel.  Reads are by window, padded outside the raster, with a
+  validity mask built from nodata.  It is thread-safe: each thread gets its own
+  dataset handles.
+* :class:`Normalization` holds per-channel mean/std estimated from a sample of
+  windows; it travels with every product that uses it (checkpoint, feature
+  raster tags, model file).
+* :class:`TileGrid` is the grid of tiles (TILE_SIZE at STRIDE) and the
+  georeferencing of the one-pixel-per-tile outputs.
+* :func:`iter_batches` reads tiles in background threads (GDAL releases the
+  GIL) with a bounded prefetch queue, so reading overlaps compute and memory
+  stays bounded whatever the raster size.
+* :class:`RasterWriter` writes by windows into a temporary file in the target
+  folder and renames it at the end; on error or cancel nothing is left.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.errors import RasterioIOError
+from rasterio.transform import Affine
+from rasterio.vrt import WarpedVRT
+from rasterio.warp import transform as warp_transform
+from rasterio.warp import transform_bounds
+from rasterio.windows import Window
+
+from .errors import InputError
+from .files import discard, publish, temp_beside
+from .progress import Progress, ensure
+
+DEFAULT_MIN_VALID = 0.5  # tiles with less valid data than this are skipped
+
+
+# ---------------------------------------------------------------------------
+# Normalisation
+# ---------------------------------------------------------------------------
+@dataclass
+class Normalization:
+    mean: list
+    std: list
+
+    def to_dict(self) -> dict:
+        return {"mean": [float(v) for v in self.mean], "std": [float(v) for v in self.std]}
+
+    @classmethod
+    def from_dict(cls, d: Optional[dict]) -> Optional["Normalization"]:
+        if not d:
+            return None
+        return cls(list(d["mean"]), list(d["std"]))
+
+    def apply(self, arr: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """(C,H,W) raw values -> standardised float32; invalid pixels -> 0 (the mean)."""
+        mean = np.asarray(self.mean, np.float32)[:, None, None]
+        std = np.asarray(self.std, np.float32)[:, None, None]
+        if arr.shape[0] != mean.shape[0]:
+            raise InputError(
+                f"The normalisation has {mean.shape[0]} channels but the input has "
+                f"{arr.shape[0]}: use the same bands (and DEM) as the backbone was trained with.")
+        out = (arr.astype(np.float32, copy=False) - mean) / std
+        out[:, ~valid] = 0.0
+        return out
+
+
+# ---------------------------------------------------------------------------
+# Tile grid
+# ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TileGrid:
+    """Tiles of ``tile`` px every ``stride`` px over a ``width`` x ``height`` raster.
+
+    Tile (r, c) covers pixels [c*stride, c*stride+tile) x [r*stride, r*stride+tile);
+    edge tiles run past the raster and are padded.  There are ceil(W/stride) x
+    ceil(H/stride) tiles.  Output pixel (r, c) is a ``stride``-sized pixel centred
+    on its tile's centre; with stride == tile it is exactly the tile's footprint.
+    """
+
+    width: int
+    height: int
+    tile: int
+    stride: int
+
+    def __post_init__(self):
+        if self.tile < 1 or self.stride < 1:
+            raise InputError("TILE_SIZE and STRIDE must be positive.")
+        if self.stride > self.tile:
+            raise InputError(f"STRIDE ({self.stride}) must not exceed TILE_SIZE ({self.tile}).")
+
+    @property
+    def n_cols(self) -> int:
+        return math.ceil(self.width / self.stride)
+
+    @property
+    def n_rows(self) -> int:
+        return math.ceil(self.height / self.stride)
+
+    def __len__(self) -> int:
+        return self.n_rows * self.n_cols
+
+    def window(self, index: int) -> Window:
+        r, c = divmod(int(index), self.n_cols)
+        return Window(c * self.stride, r * self.stride, self.tile, self.tile)
+
+    def windows(self, indices: Optional[Sequence[int]] = None) -> list:
+        idx = range(len(self)) if indices is None else indices
+        return [self.window(i) for i in idx]
+
+    def out_transform(self, transform: Affine) -> Affine:
+        shift = (self.tile - self.stride) / 2.0
+        return transform * Affine.translation(shift, shift) * Affine.scale(self.stride)
+
+
+# ---------------------------------------------------------------------------
+# Source
+# ---------------------------------------------------------------------------
+def _open(path: str):
+    try:
+        return rasterio.open(path)
+    except RasterioIOError as exc:
+        raise InputError(f"Cannot open raster '{path}': {exc}") from exc
+
+
+class TileSource:
+    """An image (selected bands) plus an optional DEM channel on the image grid."""
+
+    def __init__(self, path: str, bands: Optional[Sequence[int]] = None,
+                 dem: Optional[str] = None, dem_band: int = 1):
+        self.path = str(path)
+        self.dem = str(dem) if dem else None
+        self.dem_band = int(dem_band)
+        with _open(self.path) as ds:
+            count = ds.count
+            if bands is None or len(bands) == 0:
+                bands = list(range(1, min(3, count) + 1))
+            bands = [int(b) for b in bands]
+            bad = [b for b in bands if b < 1 or b > count]
+            if bad:
+                raise InputError(
+                    f"Band number(s) {bad} out of range: '{os.path.basename(self.path)}' has "
+                    f"bands 1..{count}.")
+            self.bands = tuple(bands)
+            self.width, self.height = ds.width, ds.height
+            self.transform = ds.transform
+            self.crs = ds.crs
+            self.nodata = [ds.nodatavals[b - 1] for b in self.bands]
+            self.dtype = ds.dtypes[self.bands[0] - 1]
+            self.descriptions = [ds.descriptions[b - 1] or f"band {b}" for b in self.bands]
+            if self.crs is None:
+                raise InputError(f"Raster '{self.path}' has no CRS: assign one in QGIS first.")
+        self.dem_nodata = None
+        if self.dem:
+            with _open(self.dem) as d:
+                if not 1 <= self.dem_band <= d.count:
+                    raise InputError(f"DEM band {self.dem_band} out of range 1..{d.count}.")
+                if d.crs is None:
+                    raise InputError(f"DEM '{self.dem}' has no CRS.")
+                self.dem_nodata = d.nodatavals[self.dem_band - 1]
+                dem_bounds = transform_bounds(d.crs, self.crs, *d.bounds)
+            img_bounds = self.bounds
+            if (dem_bounds[0] >= img_bounds[2] or dem_bounds[2] <= img_bounds[0]
+                    or dem_bounds[1] >= img_bounds[3] or dem_bounds[3] <= img_bounds[1]):
+                raise InputError(
+                    f"The DEM does not overlap the raster: DEM extent {_fmt(dem_bounds)} vs "
+                    f"raster extent {_fmt(img_bounds)} (in {self.crs}).")
+        self._local = threading.local()
+        self._handles = []
+        self._lock = threading.Lock()
+
+    # -- metadata -------------------------------------------------------------
+    @property
+    def channels(self) -> int:
+        return len(self.bands) + (1 if self.dem else 0)
+
+    @property
+    def optical_channels(self) -> int:
+        return len(self.bands)
+
+    @property
+    def bounds(self):
+        return _bounds(self.transform, self.width, self.height)
+
+    @property
+    def pixel_size(self) -> tuple:
+        return abs(self.transform.a), abs(self.transform.e)
+
+    def describe(self) -> dict:
+        return {"path": self.path, "bands": list(self.bands), "dem": self.dem,
+                "width": self.width, "height": self.height, "crs": self.crs.to_string()}
+
+    # -- reading --------------------------------------------------------------
+    def _datasets(self):
+        h = getattr(self._local, "h", None)
+        if h is None:
+            img = rasterio.open(self.path)
+            dem = None
+            if self.dem:
+                src = rasterio.open(self.dem)
+                dem = WarpedVRT(src, crs=self.crs, transform=self.transform, width=self.width,
+                                height=self.height, resampling=Resampling.bilinear,
+                                src_nodata=self.dem_nodata, nodata=self.dem_nodata
+                                if self.dem_nodata is not None else np.nan,
+                                dtype="float32")
+                dem._soilssl_src = src
+            h = self._local.h = (img, dem)
+            with self._lock:
+                self._handles.append(h)
+        return h
+
+    def read(self, window: Window) -> tuple:
+        """Read a window (may extend past the raster) -> (float32 (C,h,w), valid (h,w))."""
+        img, dem = self._datasets()
+        h, w = int(window.height), int(window.width)
+        out = np.zeros((self.channels, h, w), np.float32)
+        valid = np.zeros((h, w), bool)
+        col0, row0 = int(window.col_off), int(window.row_off)
+        c0, r0 = max(col0, 0), max(row0, 0)
+        c1, r1 = min(col0 + w, self.width), min(row0 + h, self.height)
+        if c1 <= c0 or r1 <= r0:
+            return out, valid
+        inner = Window(c0, r0, c1 - c0, r1 - r0)
+        ys, xs = slice(r0 - row0, r1 - row0), slice(c0 - col0, c1 - col0)
+        data = img.read(self.bands, window=inner)
+        ok = np.ones(data.shape[1:], bool)
+        for i, nd in enumerate(self.nodata):
+            if nd is not None and not np.isnan(nd):
+                ok &= data[i] != nd
+        if np.issubdtype(data.dtype, np.floating):
+            ok &= np.isfinite(data).all(axis=0)  # also covers a NaN nodata value
+        out[: len(self.bands), ys, xs] = data
+        if dem is not None:
+            z = dem.read(self.dem_band, window=inner).astype(np.float32)
+            if self.dem_nodata is not None:
+                ok &= z != self.dem_nodata
+            ok &= np.isfinite(z)
+            out[-1, ys, xs] = z
+        valid[ys, xs] = ok
+        return out, valid
+
+    def valid_fraction(self, window: Window, valid: np.ndarray) -> float:
+        """Share of valid pixels among those of ``window`` inside the raster (padding ignored)."""
+        w = max(0, min(int(window.col_off + window.width), self.width) - max(int(window.col_off), 0))
+        h = max(0, min(int(window.row_off + window.height), self.height) - max(int(window.row_off), 0))
+        return float(valid.sum()) / (w * h) if w * h else 0.0
+
+    def compute_normalization(self, n_windows: int = 64, size: int = 256,
+                              seed: int = 0) -> Normalization:
+        """Per-channel mean/std of valid pixels in a seeded sample of windows."""
+        rng = np.random.default_rng(seed)
+        size = min(size, self.width, self.height)
+        total = np.zeros(self.channels)
+        total2 = np.zeros(self.channels)
+        n = 0
+        for _ in range(n_windows):
+            c = int(rng.integers(0, self.width - size + 1))
+            r = int(rng.integers(0, self.height - size + 1))
+            arr, valid = self.read(Window(c, r, size, size))
+            px = arr[:, valid].astype(np.float64)
+            total += px.sum(axis=1)
+            total2 += (px ** 2).sum(axis=1)
+            n += px.shape[1]
+        if n == 0:
+            raise InputError(f"No valid pixel found in '{self.path}': is it all nodata?")
+        mean = total / n
+        std = np.sqrt(np.maximum(total2 / n - mean ** 2, 0.0))
+        std = np.where(std < 1e-6, 1.0, std)
+        return Normalization(mean.tolist(), std.tolist())
+
+    def points_to_pixels(self, xs, ys, crs=None) -> tuple:
+        """Map coordinates (in ``crs``, default the raster's) to fractional (col, row)."""
+        xs = np.asarray(xs, float)
+        ys = np.asarray(ys, float)
+        if crs is not None and len(xs) and rasterio.crs.CRS.from_user_input(crs) != self.crs:
+            tx, ty = warp_transform(rasterio.crs.CRS.from_user_input(crs), self.crs, xs, ys)
+            xs, ys = np.asarray(tx), np.asarray(ty)
+        inv = ~self.transform
+        cols, rows = inv * (xs, ys)
+        return np.asarray(cols, float), np.asarray(rows, float)
+
+    def inside(self, cols, rows) -> np.ndarray:
+        cols, rows = np.asarray(cols), np.asarray(rows)
+        return (cols >= 0) & (rows >= 0) & (cols < self.width) & (rows < self.height)
+
+    def centred_window(self, col: float, row: float, tile: int) -> Window:
+        """The ``tile`` px window centred on pixel (col, row) (may run past the edges)."""
+        return Window(int(math.floor(col)) - tile // 2, int(math.floor(row)) - tile // 2, tile, tile)
+
+    def close(self):
+        with self._lock:
+            for img, dem in self._handles:
+                img.close()
+                if dem is not None:
+                    dem.close()
+                    dem._soilssl_src.close()
+            self._handles.clear()
+        self._local = threading.local()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _bounds(transform: Affine, width: int, height: int) -> tuple:
+    xs, ys = zip(transform * (0, 0), transform * (width, height))
+    return min(xs), min(ys), max(xs), max(ys)
+
+
+def _fmt(b) -> str:
+    return "(" + ", ".join(f"{v:.1f}" for v in b) + ")"
+
+
+# ---------------------------------------------------------------------------
+# Background tile reading
+# ---------------------------------------------------------------------------
+def iter_batches(source: TileSource, windows: Sequence[Window], norm: Normalization,
+                 batch_size: int = 32, workers: int = 2, prefetch: int = 2,
+                 progress: Optional[Progress] = None) -> Iterator[tuple]:
+    """Yield ``(start, batch (B,C,T,T) float32, valid_fraction (B,))`` in order.
+
+    Tiles are read and normalised by ``workers`` threads; at most ``prefetch``
+    batches are in flight beyond the one being consumed, so memory is bounded.
+    Cancel is checked before each batch.
+    """
+    progress = ensure(progress)
+    n = len(windows)
+    starts = list(range(0, n, max(1, batch_size)))
+
+    def load(start):
+        wins = windows[start:start + batch_size]
+        h = int(wins[0].height)
+        w = int(wins[0].width)
+        batch = np.empty((len(wins), source.channels, h, w), np.float32)
+        frac = np.empty(len(wins), np.float32)
+        for i, win in enumerate(wins):
+            arr, valid = source.read(win)
+            batch[i] = norm.apply(arr, valid)
+            frac[i] = source.valid_fraction(win, valid)
+        return start, batch, frac
+
+    if workers <= 0:
+        for s in starts:
+            progress.check()
+            yield load(s)
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="soilssl-read") as pool:
+        pending = []
+        it = iter(starts)
+        try:
+            for s in it:
+                pending.append(pool.submit(load, s))
+                if len(pending) > prefetch:
+                    break
+            while pending:
+                progress.check()
+                fut = pending.pop(0)
+                result = fut.result()
+                nxt = next(it, None)
+                if nxt is not None:
+                    pending.append(pool.submit(load, nxt))
+                yield result
+        finally:
+            for f in pending:
+                f.cancel()
+
+
+# ---------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------
+class RasterWriter:
+    """Windowed GeoTIFF writer that only publishes a complete file.
+
+    Writes into ``.<name>.*.tmp.tif`` in the destination folder; :meth:`commit`
+    (called by ``__exit__`` on success) renames it to ``path``; on an exception
+    the temporary file is removed and ``path`` is untouched.
+    """
+
+    def __init__(self, path: str, width: int, height: int, count: int, dtype: str,
+                 crs, transform: Affine, nodata=None, tags: Optional[dict] = None,
+                 band_names: Optional[Sequence[str]] = None, interleave: str = "pixel",
+                 tiled: Optional[bool] = None):
+        self.path = os.path.abspath(str(path))
+        self.tmp = temp_beside(self.path, ".tmp.tif")
+        profile = dict(driver="GTiff", width=width, height=height, count=count, dtype=dtype,
+                       crs=crs, transform=transform, nodata=nodata, compress="deflate",
+                       interleave=interleave, BIGTIFF="IF_SAFER")
+        if tiled is None:  # many-band rasters are written row by row: strips keep it bounded
+            tiled = count <= 16 and width >= 256 and height >= 256
+        if tiled:
+            profile.update(tiled=True, blockxsize=256, blockysize=256)
+        else:
+            profile.update(blockysize=1)
+        try:
+            self.ds = rasterio.open(self.tmp, "w", **profile)
+        except Exception:
+            self._discard()
+            raise
+        if tags:
+            self.ds.update_tags(**{k: v if isinstance(v, str) else json.dumps(v)
+                                   for k, v in tags.items()})
+        if band_names:
+            for i, name in enumerate(band_names, start=1):
+                self.ds.set_band_description(i, str(name))
+        self.done = False
+
+    def write(self, data: np.ndarray, window: Window) -> None:
+        """Write (count, h, w) data at ``window``."""
+        try:
+            self.ds.write(data, window=window)
+        except Exception as exc:  # disk full and friends
+            raise InputError(f"Writing '{self.path}' failed: {exc}") from exc
+
+    def commit(self) -> str:
+        try:
+            self.ds.close()
+            publish(self.tmp, self.path)
+        except Exception as exc:
+            self._discard()
+            raise InputError(f"Writing '{self.path}' failed: {exc}") from exc
+        discard(self.tmp + ".aux.xml")
+        self.done = True
+        return self.path
+
+    def _discard(self) -> None:
+        try:
+            if getattr(self, "ds", None) is not None and not self.ds.closed:
+                self.ds.close()
+        finally:
+            discard(self.tmp, self.tmp + ".aux.xml")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.commit()
+        elif not self.done:
+            self._discard()
+        return False
+
+
+def read_tags(path: str) -> dict:
+    """Tags of a SoilSSL raster with JSON values decoded."""
+    with _open(path) as ds:
+        tags = ds.tags()
+    out = {}
+    for k, v in tags.items():
+        try:
+            out[k] = json.loads(v)
+        except (ValueError, TypeError):
+            out[k] = v
+    return out

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what SoilSSL needs on a fresh Debian 12 machine, skipping what is there:
+# QGIS (apt) and .venv (Debian's Python with system site-packages, so PyQGIS is visible).
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO=sudo
+
+if ! [ -x /usr/bin/qgis_process.bin ] || ! /usr/bin/python3 -c "import qgis.core" 2>/dev/null; then
+  echo "== installing QGIS from Debian's packages"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+    python3-qgis qgis-providers qgis python3-venv >/dev/null
+fi
+
+if ! .venv/bin/python -c "import torch, timm, rasterio, sklearn, pytest" 2>/dev/null; then
+  echo "== creating .venv (torch, timm, rasterio, scikit-learn)"
+  /usr/bin/python3 -m venv --system-site-packages .venv
+  .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
+fi
+
+# The package is imported as `soilssl` whatever this folder is called.
+mkdir -p .build/plugins
+ln -sfn "$ROOT" .build/plugins/soilssl
+echo "== set-up complete"
