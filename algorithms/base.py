@@ -82,7 +82,7 @@ class SoilSSLAlgorithm(QgsProcessingAlgorithm):
         return (False, install_hint(missing)) if missing else (True, "")
 
     def initAlgorithm(self, config=None):  # noqa: N802
-        self.init()
+        self.define()
 
     # -- enums by name or index ---------------------------------------------
     def _enum_by_name(self, name, value):
@@ -117,14 +117,14 @@ class SoilSSLAlgorithm(QgsProcessingAlgorithm):
         from ..core.progress import Progress
         progress = Progress(feedback.setProgress, feedback.isCanceled, feedback.pushInfo)
         try:
-            return self.run(parameters, context, feedback, progress)
+            return self.execute(parameters, context, feedback, progress)
         except SoilSSLError as exc:
             raise QgsProcessingException(str(exc)) from exc
 
-    def init(self):
+    def define(self):
         raise NotImplementedError
 
-    def run(self, parameters, context, feedback, progress):
+    def execute(self, parameters, context, feedback, progress):
         raise NotImplementedError
 
     # -- shared parameters --------------------------------------------------

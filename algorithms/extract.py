@@ -9,7 +9,7 @@ class ExtractFeatures(SoilSSLAlgorithm):
     NAME = "extractfeatures"
     GROUP = "features"
 
-    def init(self):
+    def define(self):
         self.add_source_params()
         self.add_backbone_params()
         self.add_tiling_params()
@@ -20,7 +20,7 @@ class ExtractFeatures(SoilSSLAlgorithm):
                                               minValue=0.0, maxValue=1.0), True)
         self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", "Features"))
 
-    def run(self, parameters, context, feedback, progress):
+    def execute(self, parameters, context, feedback, progress):
         from ..core.features import extract_features
         output = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
         compute = self.compute(parameters, context)

@@ -9,7 +9,7 @@ class _FeatureMap(SoilSSLAlgorithm):
     GROUP = "features"
     STYLE = ""
 
-    def init(self):
+    def define(self):
         self.add(QgsProcessingParameterRasterLayer("INPUT", "Feature raster"))
         self.init_extra()
         self.add(QgsProcessingParameterNumber("SEED", "Random seed",
@@ -19,7 +19,7 @@ class _FeatureMap(SoilSSLAlgorithm):
     def init_extra(self):
         pass
 
-    def run(self, parameters, context, feedback, progress):
+    def execute(self, parameters, context, feedback, progress):
         layer = self.parameterAsRasterLayer(parameters, "INPUT", context)
         output = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
         seed = self.parameterAsInt(parameters, "SEED", context)

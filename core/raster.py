@@ -118,7 +118,7 @@ class TileGrid:
 
     def out_transform(self, transform: Affine) -> Affine:
         shift = (self.tile - self.stride) / 2.0
-        return transform * Affine.translation(shift, shift) * Affine.scale(self.stride)
+        return transform @ Affine.translation(shift, shift) @ Affine.scale(self.stride)
 
 
 # ---------------------------------------------------------------------------
@@ -284,7 +284,7 @@ class TileSource:
             tx, ty = warp_transform(rasterio.crs.CRS.from_user_input(crs), self.crs, xs, ys)
             xs, ys = np.asarray(tx), np.asarray(ty)
         inv = ~self.transform
-        cols, rows = inv * (xs, ys)
+        cols, rows = inv @ (xs, ys)
         return np.asarray(cols, float), np.asarray(rows, float)
 
     def inside(self, cols, rows) -> np.ndarray:
@@ -313,7 +313,7 @@ class TileSource:
 
 
 def _bounds(transform: Affine, width: int, height: int) -> tuple:
-    xs, ys = zip(transform * (0, 0), transform * (width, height))
+    xs, ys = zip(transform @ (0, 0), transform @ (width, height))
     return min(xs), min(ys), max(xs), max(ys)
 
 

@@ -1,0 +1,25 @@
+# SoilSSL — two commands do everything on a fresh Debian 12 machine:
+#   make demo   installs what is missing, then runs the pipeline on resources/demo
+#   make test   installs what is missing, then runs the test suite
+PY := .venv/bin/python
+export QT_QPA_PLATFORM := offscreen
+
+.PHONY: setup test demo bench zip clean
+
+setup:
+	@bash scripts/setup.sh
+
+test: setup
+	$(PY) -m pytest -q
+
+demo: setup
+	@bash scripts/demo.sh
+
+bench: setup
+	$(PY) scripts/bench.py
+
+zip:
+	@bash scripts/make_zip.sh
+
+clean:
+	rm -rf demo_out bench_out dist .build

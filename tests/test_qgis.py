@@ -1,0 +1,98 @@
+"""The plugin inside a real headless QGIS: provider, processing.run, qgis_process."""
+import os
+import subprocess
+
+import numpy as np
+import pytest
+import rasterio
+
+from conftest import ROOT
+
+EXPECTED = {"extractfeatures", "clustermap", "pcamap"}
+
+
+def test_provider_registers_every_algorithm(qgis_app):
+    from qgis.core import QgsApplication
+    provider = QgsApplication.processingRegistry().providerById("soilssl")
+    assert provider is not None
+    names = {a.name() for a in provider.algorithms()}
+    assert EXPECTED <= names
+    for alg in provider.algorithms():
+        assert alg.shortHelpString() and "Tresson" in alg.shortHelpString()
+        assert alg.group() and alg.groupId()
+        assert alg.canExecute()[0]
+
+
+def test_plugin_unload_removes_and_init_restores_provider(qgis_app):
+    from qgis.core import QgsApplication
+    registry = QgsApplication.processingRegistry()
+    plugin = qgis_app.soilssl_plugin
+    plugin.unload()
+    assert registry.providerById("soilssl") is None
+    plugin.initProcessing()
+    assert registry.providerById("soilssl") is not None
+    assert registry.algorithmById("soilssl:extractfeatures") is not None
+
+
+def test_processing_run_chain(qgis_app, rgb, tiny_ckpt, tmp_path):
+    import processing
+    feat = processing.run("soilssl:extractfeatures", {
+        "INPUT": rgb, "BANDS": [3, 2, 1], "BACKBONE": tiny_ckpt, "TILE_SIZE": 32,
+        "DEVICE": "cpu", "OUTPUT": str(tmp_path / "f.tif")})
+    assert feat["OUTPUT"] == str(tmp_path / "f.tif") and feat["TILES"] == 20
+    with rasterio.open(feat["OUTPUT"]) as ds:
+        assert (ds.width, ds.height, ds.count) == (5, 4, 192)
+    k = processing.run("soilssl:clustermap", {"INPUT": feat["OUTPUT"], "K": 3,
+                                              "OUTPUT": str(tmp_path / "k.tif")})
+    with rasterio.open(k["OUTPUT"]) as ds:
+        classes = set(np.unique(ds.read(1)).tolist())
+    assert classes <= {0, 1, 2, 255} and len(classes - {255}) == 3
+    p = processing.run("soilssl:pcamap", {"INPUT": feat["OUTPUT"],
+                                          "OUTPUT": str(tmp_path / "p.tif")})
+    with rasterio.open(p["OUTPUT"]) as ds:
+        assert ds.count == 3
+    assert len(p["EXPLAINED_VARIANCE"]) == 3
+
+
+def test_engine_errors_become_processing_exceptions(qgis_app, rgb, tiny_ckpt, tmp_path):
+    import processing
+    from qgis.core import QgsProcessingException
+    with pytest.raises(QgsProcessingException, match=r"out of range.*bands 1\.\.3"):
+        processing.run("soilssl:extractfeatures", {
+            "INPUT": rgb, "BANDS": "1,7", "BACKBONE": tiny_ckpt, "TILE_SIZE": 32,
+            "OUTPUT": str(tmp_path / "bad.tif")})
+    assert not [f for f in os.listdir(tmp_path) if "bad" in f]
+
+
+def test_styles_are_valid_qml(qgis_app, tmp_path):
+    from qgis.core import QgsRasterLayer
+    from conftest import write_raster
+    path = write_raster(tmp_path / "c.tif", np.arange(16, dtype=np.uint8).reshape(4, 4))
+    layer = QgsRasterLayer(path, "c")
+    msg, ok = layer.loadNamedStyle(os.path.join(ROOT, "resources", "styles", "clusters.qml"))
+    assert ok, msg
+    assert layer.renderer().type() == "paletted" and len(layer.renderer().classes()) == 16
+    rgb = QgsRasterLayer(write_raster(tmp_path / "p.tif", np.ones((3, 4, 4), np.uint8)), "p")
+    msg, ok = rgb.loadNamedStyle(os.path.join(ROOT, "resources", "styles", "pca.qml"))
+    assert ok, msg
+    assert rgb.renderer().type() == "multibandcolor"
+
+
+def test_scripts_qgis_process_lists_and_runs(rgb, tiny_ckpt, tmp_path):
+    script = os.path.join(ROOT, "scripts", "qgis_process")
+    out = subprocess.run([script, "list"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    for name in EXPECTED:
+        assert f"soilssl:{name}" in out.stdout
+    dest = tmp_path / "f.tif"
+    run = subprocess.run([script, "run", "soilssl:extractfeatures", "--", f"INPUT={rgb}",
+                          "BANDS=3,2,1", f"BACKBONE={tiny_ckpt}", "TILE_SIZE=32", "DEVICE=cpu",
+                          f"OUTPUT={dest}"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    with rasterio.open(dest) as ds:
+        assert ds.count == 192 and ds.res == (48.0, 48.0)
+    bad = subprocess.run([script, "run", "soilssl:extractfeatures", "--", f"INPUT={rgb}",
+                          "BANDS=9", f"BACKBONE={tiny_ckpt}", f"OUTPUT={tmp_path / 'bad.tif'}"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "out of range" in bad.stdout + bad.stderr
+    assert not (tmp_path / "bad.tif").exists()
