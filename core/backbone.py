@@ -160,11 +160,15 @@ def infer_arch(sd: dict) -> Optional[str]:
     return f"vit_{std[0]}_patch{patch}_224"
 
 
-def create_model(arch: str, in_chans: int = 3, tile_size: int = 224) -> torch.nn.Module:
+def create_model(arch: str, in_chans: int = 3, tile_size: int = 224,
+                 **timm_kwargs) -> torch.nn.Module:
+    """A timm ViT without classifier; ``timm_kwargs`` go to ``timm.create_model`` (e.g.
+    ``dynamic_img_size=True`` for multi-crop training, ``drop_path_rate``); they change no
+    state-dict key, so the weights load into a model built without them."""
     import timm
     try:
         return timm.create_model(arch, pretrained=False, num_classes=0, in_chans=in_chans,
-                                 img_size=tile_size)
+                                 img_size=tile_size, **timm_kwargs)
     except RuntimeError as exc:
         raise BackboneError(f"Unknown architecture '{arch}': use a timm ViT name such as "
                             f"vit_small_patch16_224 ({exc}).") from exc
@@ -218,13 +222,15 @@ def _is_pretrained_name(spec: str) -> bool:
 
 
 def load_backbone(spec: Optional[str], arch: Optional[str] = None, in_chans: Optional[int] = None,
-                  tile_size: Optional[int] = None, device: str = "cpu") -> Backbone:
+                  tile_size: Optional[int] = None, device: str = "cpu",
+                  **timm_kwargs) -> Backbone:
     """Build a timm ViT (``num_classes=0``) with weights from ``spec``.
 
     ``arch``/``in_chans``/``tile_size`` default to what the checkpoint says
     (SoilSSL files) or can be inferred; given explicitly they must agree with
     it, except that extra channels are cloned from R and the position
-    embedding is resampled to ``tile_size``.
+    embedding is resampled to ``tile_size``.  ``timm_kwargs`` go to
+    :func:`create_model` (pretraining builds with ``dynamic_img_size=True``).
     """
     import timm  # noqa: F401  (heavy import kept lazy)
     from timm.models.vision_transformer import checkpoint_filter_fn
@@ -243,8 +249,9 @@ def load_backbone(spec: Optional[str], arch: Optional[str] = None, in_chans: Opt
                     f"weights. Download the weights file once (e.g. the DINO checkpoint) and give "
                     f"its path as BACKBONE, or copy it into the Hugging Face cache.")
             arch = arch or spec.split(".")[0]
+        obj = load_file(path)
         checksum = file_sha256(path)
-        sd, info = unwrap(load_file(path), os.path.basename(path))
+        sd, info = unwrap(obj, os.path.basename(path))
     ck_arch = info.get("arch")
     if ck_arch and arch and ck_arch != arch:
         raise BackboneError(f"Architecture mismatch: the checkpoint is '{ck_arch}' but ARCH is "
@@ -257,7 +264,7 @@ def load_backbone(spec: Optional[str], arch: Optional[str] = None, in_chans: Opt
                                         if sd is not None and "patch_embed.proj.weight" in sd else 3)
     in_chans = int(in_chans or ck_chans)
     tile_size = int(tile_size or info.get("tile_size") or 224)
-    model = create_model(arch, in_chans, tile_size)
+    model = create_model(arch, in_chans, tile_size, **timm_kwargs)
     if sd is not None:
         sd = clone_channels(sd, in_chans)
         want = int(model.num_features)
