@@ -48,7 +48,29 @@ class _StyleLoader(QgsProcessingLayerPostProcessorInterface):
 
     def postProcessLayer(self, layer, context, feedback):  # noqa: N802
         layer.loadNamedStyle(self.qml)
+        stretch_to_data(layer)
         layer.triggerRepaint()
+
+
+def stretch_to_data(layer):
+    """Spread a pseudocolour style's ramp over the layer's own min..max (band 1)."""
+    renderer = layer.renderer()
+    if renderer is None or renderer.type() != "singlebandpseudocolor":
+        return
+    from qgis.core import QgsRasterBandStats
+    stats = layer.dataProvider().bandStatistics(1, QgsRasterBandStats.Min | QgsRasterBandStats.Max)
+    lo, hi = stats.minimumValue, stats.maximumValue
+    fn = renderer.shader().rasterShaderFunction()
+    items = fn.colorRampItemList()
+    old_lo, old_hi = items[0].value, items[-1].value
+    for item in items:
+        item.value = lo + (item.value - old_lo) / ((old_hi - old_lo) or 1.0) * (hi - lo)
+        item.label = f"{item.value:.3f}"
+    fn.setColorRampItemList(items)
+    fn.setMinimumValue(lo)
+    fn.setMaximumValue(hi)
+    renderer.setClassificationMin(lo)
+    renderer.setClassificationMax(hi)
 
 
 class SoilSSLAlgorithm(QgsProcessingAlgorithm):

@@ -33,6 +33,31 @@ PARAMS = {
     "K": "Number of K-means classes (the paper uses 8).",
     "SEED": "Random seed (sampling, K-means, folds).",
     "FEATURES": "A SoilSSL feature raster (from Extract ViT features).",
+    "COMPARE_BACKBONE": "Optional second backbone (e.g. the ImageNet weights pretraining "
+                        "started from): its feature methods are added to the same table.",
+    "POINTS": "Soil sample points (any CRS; reprojected). Points outside the raster or on "
+              "nodata are skipped and counted.",
+    "FIELDS": "Soil properties to predict (numeric, or text holding numbers). NULLs are "
+              "skipped per field.",
+    "METHOD": "mlp: the paper's head on frozen features (768-512-512-1); ridge: linear probe; "
+              "rf_features: random forest on ViT features; rf_pixels: random forest on the "
+              "pixel values (baseline); all: every method on the same folds (the chosen model "
+              "for mapping is the feature method with the lowest mean RMSE).",
+    "FOLDS": "Number of spatial folds: K-means clusters of the point coordinates (paper: 6).",
+    "FOLD_MODE": "kmeans (spatial, paper) or random folds for comparison.",
+    "LOSS": "MLP training loss: mse (paper), or huber / l1 against outliers.",
+    "WEIGHT_FIELD": "Optional sample weights, e.g. to up-weight rare land covers.",
+    "OUTPUT_POINTS": "The points with their fold, out-of-fold prediction and residual per "
+                     "target and method.",
+    "OUTPUT_MODEL": "Model file for Predict soil map: the chosen head refitted on all points, "
+                    "the per-fold heads, the backbone reference and checksum, normalisation.",
+    "OUTPUT_REPORT": "HTML report: CV table, observed-vs-predicted plots, folds and residuals.",
+    "MODEL": "A model file written by Fit soil heads on points.",
+    "BACKBONE_MOVED": "The backbone file, only if it moved since fitting (checked by checksum).",
+    "STRIDE_PRED": "Prediction resolution: one output pixel per STRIDE px (0 = tile size).",
+    "OUTPUT_UNCERTAINTY": "Standard deviation of the per-fold models' predictions.",
+    "OUTPUT_AOA": "Area of applicability (Meyer & Pebesma 2021): band 1 is 1 inside, 0 outside "
+                  "(dissimilarity index above the CV threshold); band 2 the index itself.",
 }
 
 ALGS = {
@@ -61,7 +86,30 @@ ALGS = {
         "98th percentiles (0 = nodata).",
         ["FEATURES", "SEED"],
     ),
+    "fitpoints": (
+        "Fit soil heads on points (spatial CV)",
+        "Predicts soil properties at sample points from the ViT features of the tile centred "
+        "on each point, and judges every method by spatial cross-validation (folds = K-means "
+        "of the point coordinates): RMSE, MAE and R² per fold, mean ± std, as in the paper's "
+        "Table 2. The CV table goes to the log, the report and the result (CV_TABLE).",
+        ["INPUT_RASTER", "BANDS", "DEM", "BACKBONE", "ARCH", "COMPARE_BACKBONE", "POINTS",
+         "FIELDS", "METHOD", "FOLDS", "FOLD_MODE", "LOSS", "WEIGHT_FIELD", "SEED", "TILE_SIZE",
+         "DEVICE", "BATCH_SIZE", "OUTPUT_POINTS", "OUTPUT_MODEL", "OUTPUT_REPORT"],
+    ),
+    "predictmap": (
+        "Predict soil map",
+        "Maps a model from Fit soil heads over a raster, tile by tile: one float32 band per "
+        "soil property, aligned like the feature rasters, with the uncertainty (spread of the "
+        "fold models) and the area of applicability where the model can be trusted.",
+        ["INPUT_RASTER", "BANDS", "DEM", "MODEL", "BACKBONE_MOVED", "STRIDE_PRED", "DEVICE",
+         "BATCH_SIZE", "OUTPUT_UNCERTAINTY", "OUTPUT_AOA"],
+    ),
 }
+
+
+# help keys that document a parameter under another name
+ALIASES = {"INPUT_RASTER": "INPUT", "FEATURES": "INPUT", "BACKBONE_MOVED": "BACKBONE",
+           "STRIDE_PRED": "STRIDE"}
 
 
 def title(name: str) -> str:
@@ -70,8 +118,7 @@ def title(name: str) -> str:
 
 def short_help(name: str) -> str:
     _, text, params = ALGS[name]
-    items = "".join(f"<li><b>{p.replace('INPUT_RASTER', 'INPUT').replace('FEATURES', 'INPUT')}"
-                    f"</b>: {PARAMS[p]}</li>" for p in params)
+    items = "".join(f"<li><b>{ALIASES.get(p, p)}</b>: {PARAMS[p]}</li>" for p in params)
     return f"<p>{text}</p><ul>{items}</ul><p><i>{REFERENCE}</i></p>"
 
 

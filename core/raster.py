@@ -404,7 +404,7 @@ class RasterWriter:
         try:
             self.ds = rasterio.open(self.tmp, "w", **profile)
         except Exception:
-            self._discard()
+            self.abort()
             raise
         if tags:
             self.ds.update_tags(**{k: v if isinstance(v, str) else json.dumps(v)
@@ -426,13 +426,14 @@ class RasterWriter:
             self.ds.close()
             publish(self.tmp, self.path)
         except Exception as exc:
-            self._discard()
+            self.abort()
             raise InputError(f"Writing '{self.path}' failed: {exc}") from exc
         discard(self.tmp + ".aux.xml")
         self.done = True
         return self.path
 
-    def _discard(self) -> None:
+    def abort(self) -> None:
+        """Remove the temporary file; ``path`` is left as it was."""
         try:
             if getattr(self, "ds", None) is not None and not self.ds.closed:
                 self.ds.close()
@@ -446,7 +447,7 @@ class RasterWriter:
         if exc_type is None:
             self.commit()
         elif not self.done:
-            self._discard()
+            self.abort()
         return False
 
 

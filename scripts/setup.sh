@@ -7,11 +7,11 @@ cd "$ROOT"
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO=sudo
 
-if ! [ -x /usr/bin/qgis_process.bin ] || ! /usr/bin/python3 -c "import qgis.core" 2>/dev/null; then
+if ! [ -x /usr/bin/qgis_process.bin ] || ! /usr/bin/python3 -c "import qgis.core, matplotlib" 2>/dev/null; then
   echo "== installing QGIS from Debian's packages"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
-    python3-qgis qgis-providers qgis python3-venv >/dev/null
+    python3-qgis qgis-providers qgis python3-venv python3-matplotlib >/dev/null
 fi
 
 if ! .venv/bin/python -c "import torch, timm, rasterio, sklearn, pytest" 2>/dev/null; then

@@ -8,7 +8,7 @@ import rasterio
 
 from conftest import ROOT
 
-EXPECTED = {"extractfeatures", "clustermap", "pcamap"}
+EXPECTED = {"extractfeatures", "clustermap", "pcamap", "fitpoints", "predictmap"}
 
 
 def test_provider_registers_every_algorithm(qgis_app):
@@ -96,3 +96,35 @@ def test_scripts_qgis_process_lists_and_runs(rgb, tiny_ckpt, tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "out of range" in bad.stdout + bad.stderr
     assert not (tmp_path / "bad.tif").exists()
+
+
+def test_sentinel2_stack_with_dem_and_dino_training_checkpoint(qgis_app, tmp_path):
+    """An 11-band uint16 stack with nodata, BANDS=4,3,2, a float DEM in another CRS, and a
+    DINO-format training checkpoint: the feature raster is georeferenced like the input."""
+    import processing
+    import torch
+    from rasterio.transform import from_origin
+    from conftest import TINY, write_raster
+    from soilssl.core.backbone import create_model
+    rng = np.random.default_rng(0)
+    s2 = rng.integers(1, 4000, (11, 96, 128)).astype(np.uint16)
+    s2[:, 64:, :] = 0  # a third of the scene is nodata
+    img = write_raster(tmp_path / "s2.tif", s2, transform=from_origin(600000, 2800000, 10, 10),
+                       nodata=0)
+    # DEM in geographic coordinates covering the scene
+    dem = write_raster(tmp_path / "dem.tif", rng.normal(500, 20, (60, 60)).astype(np.float32),
+                       crs="EPSG:4326", transform=from_origin(39.99, 25.316, 0.0003, 0.0003),
+                       nodata=-9999)
+    torch.manual_seed(0)
+    sd = create_model(TINY, 3, 32).state_dict()
+    torch.save({"teacher": {"backbone." + k: v for k, v in sd.items()}, "epoch": 1},
+               tmp_path / "checkpoint.pth")
+    res = processing.run("soilssl:extractfeatures", {
+        "INPUT": img, "BANDS": "4,3,2", "DEM": dem, "BACKBONE": str(tmp_path / "checkpoint.pth"),
+        "TILE_SIZE": 32, "DEVICE": "auto", "OUTPUT": str(tmp_path / "f.tif")})
+    with rasterio.open(res["OUTPUT"]) as ds:
+        assert (ds.width, ds.height, ds.count) == (4, 3, 192)
+        assert ds.transform == from_origin(600000, 2800000, 320, 320) and ds.crs.to_epsg() == 32637
+        f = ds.read(1)
+    assert np.isnan(f[2]).all() and np.isfinite(f[:2]).all()  # nodata rows stay nodata
+    assert res["SKIPPED"] == 4

@@ -1,0 +1,90 @@
+"""Sample points from a QGIS vector layer into the engine's plain arrays, and back."""
+import math
+import re
+
+from qgis.core import (NULL, QgsFeature, QgsField, QgsFields, QgsProcessingException,
+                       QgsWkbTypes)
+from qgis.PyQt.QtCore import QVariant
+
+
+def _number(value, field, feature_id):
+    if value is None or value == NULL:
+        return math.nan
+    try:
+        v = float(str(value).replace(",", ".")) if isinstance(value, str) else float(value)
+    except (TypeError, ValueError):
+        raise QgsProcessingException(
+            f"Field '{field}' is not numeric: feature {feature_id} holds '{value}'. Choose a "
+            f"numeric field or convert it (Field calculator: to_real(\"{field}\")).")
+    return v if math.isfinite(v) else math.nan
+
+
+def read_points(source, fields, weight_field=None):
+    """-> (core.soil.Points, features list) from a QgsProcessingFeatureSource."""
+    from ..core.soil import Points
+    if source is None:
+        raise QgsProcessingException("POINTS is not a vector layer SoilSSL can read.")
+    if QgsWkbTypes.geometryType(source.wkbType()) != QgsWkbTypes.PointGeometry:
+        raise QgsProcessingException("POINTS must be a point layer.")
+    names = [f.name() for f in source.fields()]
+    if not fields:
+        raise QgsProcessingException("Choose at least one numeric field in FIELDS.")
+    for f in list(fields) + ([weight_field] if weight_field else []):
+        if f not in names:
+            raise QgsProcessingException(f"Field '{f}' is not in the points layer; its fields "
+                                         f"are: {', '.join(names)}.")
+    xs, ys, values, weights, feats = [], [], [], [], []
+    for feat in source.getFeatures():
+        geom = feat.geometry()
+        if geom is None or geom.isEmpty():
+            continue
+        pt = geom.centroid().asPoint() if geom.isMultipart() else geom.asPoint()
+        xs.append(pt.x())
+        ys.append(pt.y())
+        values.append([_number(feat[f], f, feat.id()) for f in fields])
+        if weight_field:
+            weights.append(_number(feat[weight_field], weight_field, feat.id()))
+        feats.append(feat)
+    if not feats:
+        raise QgsProcessingException("The points layer has no point with a geometry.")
+    for j, f in enumerate(fields):
+        if all(math.isnan(v[j]) for v in values):
+            raise QgsProcessingException(f"Field '{f}' is NULL at every point.")
+    if weight_field and any(math.isnan(w) or w < 0 for w in weights):
+        raise QgsProcessingException(f"Weight field '{weight_field}' must be a non-negative "
+                                     f"number at every point.")
+    pts = Points(xs, ys, source.sourceCrs().toWkt(), values, list(fields),
+                 weights if weight_field else None)
+    return pts, feats
+
+
+def column(name):
+    return re.sub(r"[^A-Za-z0-9_]+", "_", name).strip("_")
+
+
+def oof_fields(base_fields, fit):
+    """The output fields: the layer's, then fold and prediction/residual per target x method."""
+    out = QgsFields(base_fields)
+    out.append(QgsField("cv_fold", QVariant.Int))
+    for t in fit.cv.target_names:
+        for label in fit.cv.labels:
+            out.append(QgsField(column(f"pred_{t}_{label}"), QVariant.Double))
+            out.append(QgsField(column(f"res_{t}_{label}"), QVariant.Double))
+    return out
+
+
+def write_oof(sink, feats, fit, fields):
+    """Write every used point with its fold, out-of-fold predictions and residuals."""
+    used = [f for f, k in zip(feats, fit.keep) if k]
+    cv = fit.cv
+    for i, feat in enumerate(used):
+        attrs = list(feat.attributes()) + [int(fit.folds[i])]
+        for t in range(len(cv.target_names)):
+            for m in range(len(cv.methods)):
+                p = cv.predictions[t, m, i]
+                r = cv.y[i, t] - p
+                attrs += [None if math.isnan(p) else float(p), None if math.isnan(r) else float(r)]
+        out = QgsFeature(fields)
+        out.setGeometry(feat.geometry())
+        out.setAttributes(attrs)
+        sink.addFeature(out)

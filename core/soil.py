@@ -1,0 +1,313 @@
+"""Soil mapping: heads on sample points under spatial CV, and prediction maps.
+
+:func:`fit_points` runs the paper's comparison (Table 2) on the user's points:
+features of the tile centred on each point (cached), pixel values at the point,
+K-means spatial folds, every method on the same folds, then refits the chosen
+method on all points and writes a model file (weights_only-loadable) holding
+the final head, the per-fold heads, the area-of-applicability state, the
+backbone reference and the normalisation.  :func:`predict_map` maps a model
+over a raster window by window: prediction, uncertainty (std of the fold
+models) and area of applicability (Meyer & Pebesma 2021).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import numpy as np
+
+from .aoa import aoa_predict, fit_aoa
+from .backbone import Backbone, load_backbone, load_file, resolve_device
+from .cv import (COMPARE, FEATURE_METHODS, FEATURES, PIXELS, cross_validate, method_specs,
+                 spatial_folds)
+from .errors import BackboneError, InputError
+from .features import iter_grid_rows, pixel_values, point_features, prepare
+from .files import atomic_save, publish, temp_beside
+from .heads import load_regressor, make_regressor
+from .progress import Progress, ensure
+from .raster import RasterWriter, TileGrid, TileSource
+
+MODEL_FORMAT = "soilssl-model"
+METHODS = ("all", "mlp", "ridge", "rf_features", "rf_pixels")
+PRED_NODATA = -9999.0
+
+
+@dataclass
+class Points:
+    """Sample points as plain arrays (what the QGIS layer gives the engine)."""
+
+    xs: np.ndarray
+    ys: np.ndarray
+    crs: object                      # anything rasterio.crs.CRS.from_user_input takes
+    values: np.ndarray               # (N, T) float, NaN = NULL
+    names: List[str]
+    weights: Optional[np.ndarray] = None
+    ids: Optional[np.ndarray] = None
+
+    def __post_init__(self):
+        self.xs = np.asarray(self.xs, float)
+        self.ys = np.asarray(self.ys, float)
+        self.values = np.asarray(self.values, float).reshape(len(self.xs), -1)
+        if self.ids is None:
+            self.ids = np.arange(len(self.xs))
+
+
+def locate(source: TileSource, points: Points, progress: Optional[Progress] = None):
+    """(cols, rows, keep mask): points reprojected to the raster, outside/nodata skipped."""
+    progress = ensure(progress)
+    if source.crs.is_geographic:
+        progress.info("Warning: the raster CRS is geographic (degrees): tiles have no fixed "
+                      "ground size. Reproject the raster to a projected CRS for soil mapping.")
+    cols, rows = source.points_to_pixels(points.xs, points.ys, points.crs)
+    inside = source.inside(cols, rows)
+    if not inside.any():
+        raise InputError(f"All {len(cols)} points are outside the raster: check that the "
+                         f"points and the raster cover the same area.")
+    if not inside.all():
+        progress.info(f"{int((~inside).sum())} of {len(cols)} points are outside the raster "
+                      f"and were skipped.")
+    return cols, rows, inside
+
+
+def _fingerprint(path: Optional[str]) -> list:
+    if not path:
+        return []
+    st = os.stat(path)
+    return [os.path.abspath(path), st.st_size, int(st.st_mtime)]
+
+
+def cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "soilssl", "point-features")
+
+
+def cached_point_features(source: TileSource, backbone: Backbone, cols, rows, pool: str = "cls",
+                          tile: Optional[int] = None, cache: Optional[str] = None,
+                          progress: Optional[Progress] = None, **compute) -> np.ndarray:
+    """point_features, cached by backbone, raster, bands, DEM, points and tiling."""
+    progress = ensure(progress)
+    tile, norm = prepare(source, backbone, tile, None, progress)
+    key = hashlib.sha256(json.dumps({
+        "backbone": backbone.reference, "raster": _fingerprint(source.path),
+        "bands": list(source.bands), "dem": _fingerprint(source.dem), "tile": tile,
+        "pool": pool, "norm": norm.to_dict()}).encode())
+    key.update(np.ascontiguousarray(cols, np.float64).tobytes())
+    key.update(np.ascontiguousarray(rows, np.float64).tobytes())
+    folder = cache or cache_dir()
+    path = os.path.join(folder, key.hexdigest() + ".npy")
+    if backbone.checksum and os.path.exists(path):
+        progress.info(f"Point features from the cache ({path}).")
+        return np.load(path)
+    feats = point_features(source, backbone, cols, rows, tile=tile, pool=pool,
+                           normalization=norm.to_dict(), progress=progress, **compute)
+    if backbone.checksum:  # random weights are not reproducible by name: never cached
+        try:
+            tmp = temp_beside(path, ".npy")
+            with open(tmp, "wb") as f:
+                np.save(f, feats)
+            publish(tmp, path)
+        except (OSError, InputError):
+            progress.info(f"Could not write the feature cache in {folder}; continuing.")
+    return feats
+
+
+@dataclass
+class FitResult:
+    cv: object                      # cv.CVResult
+    keep: np.ndarray                # (N_input,) points used
+    folds: np.ndarray               # (N_used,) fold id
+    chosen: dict                    # target -> method label refitted for mapping
+    model: dict = field(repr=False, default_factory=dict)
+    skipped: dict = field(default_factory=dict)
+
+
+def _choose(cv, method: str) -> dict:
+    """Per target: METHOD itself, or for 'all' the best feature method by mean RMSE."""
+    if method != "all":
+        return {t: method for t in cv.target_names}
+    mean, _ = cv.summary()
+    rows = [m for m, s in enumerate(cv.methods) if s.features == FEATURES
+            and s.method in FEATURE_METHODS]
+    return {t: cv.methods[min(rows, key=lambda m: mean[i, m, 0])].label
+            for i, t in enumerate(cv.target_names)}
+
+
+def fit_points(source: TileSource, points: Points, backbone: Backbone,
+               compare: Optional[Backbone] = None, method: str = "all", n_folds: int = 6,
+               fold_mode: str = "kmeans", loss: str = "mse", seed: int = 0,
+               pool: str = "cls", tile: Optional[int] = None, cache: Optional[str] = None,
+               model_path: Optional[str] = None, progress: Optional[Progress] = None,
+               **compute) -> FitResult:
+    """Spatial CV of METHOD(s) on the points, then the model file for mapping."""
+    progress = ensure(progress)
+    if method not in METHODS:
+        raise InputError(f"Unknown METHOD '{method}': use one of {', '.join(METHODS)}.")
+    cols, rows, keep = locate(source, points, progress)
+    pix = np.full((len(cols), source.channels), np.nan, np.float32)
+    pix[keep] = pixel_values(source, cols[keep], rows[keep])
+    on_nodata = keep & ~np.isfinite(pix).all(axis=1)
+    if on_nodata.any():
+        progress.info(f"{int(on_nodata.sum())} points lie on nodata pixels and were skipped.")
+        keep &= ~on_nodata
+    y = points.values[keep]
+    if not np.isfinite(y).any(axis=0).all():
+        empty = [n for n, ok in zip(points.names, np.isfinite(y).any(axis=0)) if not ok]
+        raise InputError(f"Field(s) {empty} have no value at any point on the raster.")
+    n = int(keep.sum())
+    if n < 2 * n_folds:
+        raise InputError(f"{n} usable points for {n_folds} folds: at least {2 * n_folds} are "
+                         f"needed (2 per fold). Use fewer FOLDS or more points.")
+    c, r = cols[keep], rows[keep]
+    progress.info(f"{n} points; extracting features of their {tile or backbone.tile_size} px "
+                  f"tiles...")
+    sets = {PIXELS: pix[keep],
+            FEATURES: cached_point_features(source, backbone, c, r, pool, tile, cache,
+                                            progress.sub(0.0, 0.3), **compute)}
+    if compare is not None:
+        sets[COMPARE] = cached_point_features(source, compare, c, r, pool, tile, cache,
+                                              progress.sub(0.3, 0.4), **compute)
+    x_map, y_map = source.transform @ (c + 0.0, r + 0.0)
+    folds = spatial_folds(np.column_stack([x_map, y_map]), n_folds, fold_mode, seed)
+    weights = None if points.weights is None else points.weights[keep]
+    specs = method_specs(method, compare=compare is not None)
+    cv = cross_validate(sets, y, folds, specs, target_names=points.names, loss=loss,
+                        weights=weights, seed=seed, progress=progress.sub(0.4, 0.9),
+                        keep_models=True)
+    progress.info(cv.format_table())
+    chosen = _choose(cv, method)
+    model = _model_dict(source, backbone, cv, sets, y, weights, folds, chosen, loss, seed, pool,
+                        tile or backbone.tile_size, progress.sub(0.9, 1.0))
+    if model_path:
+        atomic_save(model, model_path)
+    return FitResult(cv, keep, folds, chosen, model,
+                     {"outside": int((~source.inside(cols, rows)).sum()),
+                      "on_nodata": int(on_nodata.sum())})
+
+
+def _model_dict(source, backbone, cv, sets, y, weights, folds, chosen, loss, seed, pool, tile,
+                progress) -> dict:
+    heads, fold_heads = {}, {}
+    for t, target in enumerate(cv.target_names):
+        label = chosen[target]
+        spec = cv.methods[cv.labels.index(label)]
+        ok = np.isfinite(y[:, t])
+        progress.info(f"{target}: refitting {label} on all {int(ok.sum())} points for mapping.")
+        head = make_regressor(spec.method, loss=loss, seed=seed)
+        head.fit(sets[spec.features][ok], y[ok, t],
+                 sample_weight=None if weights is None else weights[ok])
+        heads[target] = head.state_dict()
+        fold_heads[target] = [h.state_dict() for h in cv.fold_models[(target, label)]]
+    uses_features = any(cv.methods[cv.labels.index(chosen[t])].features == FEATURES
+                        for t in cv.target_names)
+    return {
+        "soilssl": {"format": MODEL_FORMAT, "version": 1},
+        "targets": list(cv.target_names), "methods": dict(chosen), "loss": loss, "seed": seed,
+        "backbone": backbone.reference, "bands": list(source.bands), "dem": bool(source.dem),
+        "pool": pool, "tile_size": int(tile),
+        "normalization": prepare(source, backbone, tile, None)[1].to_dict(),
+        "heads": heads, "fold_heads": fold_heads,
+        "aoa": fit_aoa(sets[FEATURES], folds) if uses_features else None,
+        "cv_table": cv.table(), "n_points": int(len(folds)),
+    }
+
+
+def load_model(path: str) -> dict:
+    obj = load_file(path)
+    if not isinstance(obj, dict) or obj.get("soilssl", {}).get("format") != MODEL_FORMAT:
+        raise BackboneError(f"'{os.path.basename(path)}' is not a SoilSSL model file (made by "
+                            f"Fit soil heads on points).")
+    return obj
+
+
+def model_backbone(model: dict, override: Optional[str] = None, device: str = "cpu") -> Backbone:
+    """The backbone a model was fitted with (checksum-checked), or ``override``."""
+    ref = model["backbone"]
+    spec = override or ref["source"]
+    if ref.get("sha256") is None:
+        raise BackboneError("The model was fitted with randomly initialised backbone weights, "
+                            "which cannot be rebuilt for mapping: save the backbone to a file "
+                            "and fit again.")
+    try:
+        bb = load_backbone(spec, arch=ref["arch"], in_chans=ref["in_chans"],
+                           tile_size=ref["tile_size"], device=device)
+    except BackboneError as exc:
+        raise BackboneError(f"{exc} (the model was fitted with backbone '{ref['source']}'; give "
+                            f"its path as BACKBONE if it moved).") from exc
+    if ref.get("sha256") and bb.checksum != ref["sha256"]:
+        raise BackboneError(f"Backbone '{spec}' is not the one the model was fitted with "
+                            f"(sha256 {str(bb.checksum)[:12]}… vs {ref['sha256'][:12]}…).")
+    return bb
+
+
+def predict_map(source: TileSource, model: dict, output: str,
+                uncertainty: Optional[str] = None, aoa: Optional[str] = None,
+                stride: Optional[int] = None, backbone: Optional[Backbone] = None,
+                batch_size: int = 32, device: str = "auto", amp: str = "auto", workers: int = 2,
+                progress: Optional[Progress] = None) -> dict:
+    """Prediction (one band per target), uncertainty and AOA rasters, window by window."""
+    progress = ensure(progress)
+    targets = model["targets"]
+    bad = [t for t in targets if model["methods"][t] == "rf_pixels"]
+    if bad:
+        raise InputError(f"The model maps {bad} with rf_pixels, a pixel baseline: fit with "
+                         f"METHOD mlp, ridge, rf_features or all to map predictions.")
+    if list(source.bands) != list(model["bands"]) or bool(source.dem) != model["dem"]:
+        raise InputError(f"The model was fitted on bands {model['bands']}"
+                         f"{' + DEM' if model['dem'] else ''}; the input gives "
+                         f"{list(source.bands)}{' + DEM' if source.dem else ''}.")
+    dev = resolve_device(device)
+    backbone = backbone or model_backbone(model, device=str(dev))
+    tile, norm = prepare(source, backbone, model["tile_size"], model["normalization"], progress)
+    grid = TileGrid(source.width, source.height, tile, int(stride or tile))
+    heads = [load_regressor(model["heads"][t]) for t in targets]
+    folds = [[load_regressor(s) for s in model["fold_heads"][t]] for t in targets]
+    tags = {"soilssl_product": "prediction", "targets": targets, "methods": model["methods"],
+            "backbone": model["backbone"]}
+    geo = dict(crs=source.crs, transform=grid.out_transform(source.transform))
+    w, h, nt = grid.n_cols, grid.n_rows, len(targets)
+    writers = [RasterWriter(output, w, h, nt, "float32", nodata=PRED_NODATA, tags=tags,
+                            band_names=targets, **geo)]
+    if uncertainty:
+        writers.append(RasterWriter(uncertainty, w, h, nt, "float32", nodata=PRED_NODATA,
+                                    tags=dict(tags, soilssl_product="uncertainty"),
+                                    band_names=[f"{t} std" for t in targets], **geo))
+    if aoa and model.get("aoa") is not None:
+        writers.append(RasterWriter(aoa, w, h, 2, "float32", nodata=PRED_NODATA,
+                                    tags=dict(tags, soilssl_product="aoa",
+                                              threshold=model["aoa"]["threshold"]),
+                                    band_names=["inside AOA (1/0)", "dissimilarity index"],
+                                    **geo))
+    elif aoa:
+        raise InputError("This model has no area-of-applicability state.")
+    try:
+        inside_count = 0
+        for row, feats in iter_grid_rows(source, grid, norm, backbone, dev, batch_size, amp,
+                                         model.get("pool", "cls"), workers=workers,
+                                         progress=progress):
+            ok = np.isfinite(feats).all(axis=1)
+            blocks = [np.full((nt, w), PRED_NODATA, np.float32) for _ in writers]
+            if ok.any():
+                for t in range(nt):
+                    blocks[0][t, ok] = heads[t].predict(feats[ok])
+                    if uncertainty:
+                        per_fold = np.stack([f.predict(feats[ok]) for f in folds[t]])
+                        blocks[1][t, ok] = per_fold.std(axis=0)
+                if aoa:
+                    di, inside = aoa_predict(model["aoa"], feats[ok])
+                    blocks[-1] = np.full((2, w), PRED_NODATA, np.float32)
+                    blocks[-1][0, ok] = inside
+                    blocks[-1][1, ok] = di
+                    inside_count += int(inside.sum())
+            for wr, block in zip(writers, blocks):
+                wr.write(block[:, None, :], ((row, row + 1), (0, w)))
+        for wr in writers:
+            wr.commit()
+    finally:
+        for wr in writers:
+            if not wr.done:
+                wr.abort()
+    return {"output": output, "uncertainty": uncertainty, "aoa": aoa if model.get("aoa") else None,
+            "width": w, "height": h, "inside_aoa": inside_count}
