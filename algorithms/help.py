@@ -53,6 +53,18 @@ PARAMS = {
                     "the per-fold heads, the backbone reference and checksum, normalisation.",
     "OUTPUT_REPORT": "HTML report: CV table, observed-vs-predicted plots, folds and residuals.",
     "MODEL": "A model file written by Fit soil heads on points.",
+    "POINTS_BUFFER": "Optional soil sample points: tiles within BUFFER px of any point are "
+                     "left out of pretraining, so the backbone never learns their surroundings.",
+    "BUFFER": "Exclusion buffer around the points in pixels (paper: 448 px = 672 m at 1.5 m).",
+    "ARCH_TRAIN": "timm ViT architecture (paper: vit_base_patch16_224; vit_tiny/vit_small "
+                  "for laptops).",
+    "INIT": "Initial weights (DINO ImageNet file, cached timm name, SoilSSL checkpoint); empty "
+            "= random initialisation.",
+    "EPOCHS": "Total epochs; with RESUME the run continues up to this number.",
+    "TILE_SIZE_TRAIN": "Tile (global crop) size in pixels (paper: 224).",
+    "RESUME": "A checkpoint of an interrupted run: training continues from its last complete "
+              "epoch.",
+    "OUTPUT_CKPT": "SoilSSL checkpoint, written at the end of every epoch; use it as BACKBONE.",
     "BACKBONE_MOVED": "The backbone file, only if it moved since fitting (checked by checksum).",
     "STRIDE_PRED": "Prediction resolution: one output pixel per STRIDE px (0 = tile size).",
     "OUTPUT_UNCERTAINTY": "Standard deviation of the per-fold models' predictions.",
@@ -86,6 +98,18 @@ ALGS = {
         "98th percentiles (0 = nodata).",
         ["FEATURES", "SEED"],
     ),
+    "pretrain": (
+        "Self-supervised pretraining (DINO)",
+        "Continues DINO training (Caron et al. 2021) of a ViT on tiles of your raster, without "
+        "labels, so that its features describe your landscape: student and teacher networks, "
+        "multi-crop augmentations suited to overhead imagery (flips, 90° rotations, colour "
+        "changes on optical bands only, never on the DEM), teacher by EMA. Progress and the "
+        "loss are logged per step; cancel keeps the last complete epoch's checkpoint. For "
+        "large scenes, train on a GPU server with python -m soilssl.core.pretrain (torchrun "
+        "for several GPUs) and use the checkpoint here.",
+        ["INPUT_RASTER", "BANDS", "DEM", "POINTS_BUFFER", "BUFFER", "ARCH_TRAIN", "INIT",
+         "EPOCHS", "TILE_SIZE_TRAIN", "RESUME", "DEVICE", "BATCH_SIZE", "OUTPUT_CKPT"],
+    ),
     "fitpoints": (
         "Fit soil heads on points (spatial CV)",
         "Predicts soil properties at sample points from the ViT features of the tile centred "
@@ -109,7 +133,8 @@ ALGS = {
 
 # help keys that document a parameter under another name
 ALIASES = {"INPUT_RASTER": "INPUT", "FEATURES": "INPUT", "BACKBONE_MOVED": "BACKBONE",
-           "STRIDE_PRED": "STRIDE"}
+           "STRIDE_PRED": "STRIDE", "POINTS_BUFFER": "POINTS", "ARCH_TRAIN": "ARCH",
+           "TILE_SIZE_TRAIN": "TILE_SIZE", "OUTPUT_CKPT": "OUTPUT"}
 
 
 def title(name: str) -> str:

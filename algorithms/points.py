@@ -88,3 +88,18 @@ def write_oof(sink, feats, fit, fields):
         out.setGeometry(feat.geometry())
         out.setAttributes(attrs)
         sink.addFeature(out)
+
+
+def point_coordinates(source):
+    """-> ((xs, ys), crs WKT) of an optional point source, or (None, None)."""
+    if source is None:
+        return None, None
+    xs, ys = [], []
+    for feat in source.getFeatures():
+        geom = feat.geometry()
+        if geom is None or geom.isEmpty():
+            continue
+        for part in geom.constParts():
+            xs.append(part.x())
+            ys.append(part.y())
+    return (xs, ys), source.sourceCrs().toWkt()

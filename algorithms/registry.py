@@ -3,5 +3,6 @@ from .extract import ExtractFeatures
 from .fitpoints import FitPoints
 from .maps import ClusterMap, PcaMap
 from .predictmap import PredictMap
+from .pretrain import Pretrain
 
-ALGORITHMS = [ExtractFeatures, ClusterMap, PcaMap, FitPoints, PredictMap]
+ALGORITHMS = [ExtractFeatures, ClusterMap, PcaMap, Pretrain, FitPoints, PredictMap]

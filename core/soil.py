@@ -250,14 +250,14 @@ def predict_map(source: TileSource, model: dict, output: str,
     """Prediction (one band per target), uncertainty and AOA rasters, window by window."""
     progress = ensure(progress)
     targets = model["targets"]
-    bad = [t for t in targets if model["methods"][t] == "rf_pixels"]
-    if bad:
-        raise InputError(f"The model maps {bad} with rf_pixels, a pixel baseline: fit with "
-                         f"METHOD mlp, ridge, rf_features or all to map predictions.")
     if list(source.bands) != list(model["bands"]) or bool(source.dem) != model["dem"]:
         raise InputError(f"The model was fitted on bands {model['bands']}"
                          f"{' + DEM' if model['dem'] else ''}; the input gives "
                          f"{list(source.bands)}{' + DEM' if source.dem else ''}.")
+    bad = [t for t in targets if model["methods"][t] == "rf_pixels"]
+    if bad:
+        raise InputError(f"The model maps {bad} with rf_pixels, a pixel baseline: fit with "
+                         f"METHOD mlp, ridge, rf_features or all to map predictions.")
     dev = resolve_device(device)
     backbone = backbone or model_backbone(model, device=str(dev))
     tile, norm = prepare(source, backbone, model["tile_size"], model["normalization"], progress)

@@ -8,7 +8,7 @@ import rasterio
 
 from conftest import ROOT
 
-EXPECTED = {"extractfeatures", "clustermap", "pcamap", "fitpoints", "predictmap"}
+EXPECTED = {"extractfeatures", "clustermap", "pcamap", "pretrain", "fitpoints", "predictmap"}
 
 
 def test_provider_registers_every_algorithm(qgis_app):
@@ -128,3 +128,37 @@ def test_sentinel2_stack_with_dem_and_dino_training_checkpoint(qgis_app, tmp_pat
         f = ds.read(1)
     assert np.isnan(f[2]).all() and np.isfinite(f[:2]).all()  # nodata rows stay nodata
     assert res["SKIPPED"] == 4
+
+
+def test_fitpoints_and_predictmap_on_demo(qgis_app, tiny_ckpt, tmp_path):
+    """The demo's points are in WGS84 (reprojected), 5 lie outside, si has NULLs."""
+    import json
+    import processing
+    from qgis.core import QgsVectorLayer
+    demo = os.path.join(ROOT, "resources", "demo")
+    res = processing.run("soilssl:fitpoints", {
+        "INPUT": os.path.join(demo, "rgb.tif"), "BACKBONE": tiny_ckpt, "TILE_SIZE": 32,
+        "POINTS": os.path.join(demo, "points.geojson"), "FIELDS": ["ph_h2o", "si"],
+        "METHOD": "ridge", "FOLDS": 6, "DEVICE": "cpu",
+        "OUTPUT_POINTS": str(tmp_path / "oof.gpkg"), "OUTPUT_MODEL": str(tmp_path / "m.pth"),
+        "OUTPUT_REPORT": str(tmp_path / "r.html")})
+    table = json.loads(res["CV_TABLE"])
+    assert [(r["target"], r["method"], r["n"]) for r in table] == [("ph_h2o", "ridge", 295),
+                                                                 ("si", "ridge", 289)]
+    oof = QgsVectorLayer(res["OUTPUT_POINTS"], "oof")
+    assert oof.featureCount() == 295
+    folds = {f["cv_fold"] for f in oof.getFeatures()}
+    assert folds == set(range(6))
+    resid = [f["res_ph_h2o_ridge"] for f in oof.getFeatures()]
+    rmse = float(np.sqrt(np.mean(np.square(resid))))
+    assert abs(rmse - table[0]["rmse_mean"]) < 0.2 * table[0]["rmse_mean"]
+    html = open(res["OUTPUT_REPORT"], encoding="utf-8").read()
+    assert "ph_h2o" in html and "data:image/png;base64" in html
+    pred = processing.run("soilssl:predictmap", {
+        "INPUT": os.path.join(demo, "rgb.tif"), "MODEL": res["OUTPUT_MODEL"], "STRIDE": 16,
+        "DEVICE": "cpu", "OUTPUT": str(tmp_path / "p.tif"),
+        "OUTPUT_UNCERTAINTY": str(tmp_path / "u.tif"), "OUTPUT_AOA": str(tmp_path / "a.tif")})
+    with rasterio.open(pred["OUTPUT"]) as ds:
+        assert ds.count == 2 and ds.descriptions == ("ph_h2o", "si") and ds.res == (24.0, 24.0)
+        ph = ds.read(1, masked=True)
+    assert 6.5 < float(ph.mean()) < 11

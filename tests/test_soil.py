@@ -1,0 +1,123 @@
+"""fit_points / predict_map: skipping and counting points, model file, alignment, AOA."""
+import os
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+
+from conftest import write_raster
+from soilssl.core.backbone import load_backbone
+from soilssl.core.errors import InputError
+from soilssl.core.heads import make_regressor
+from soilssl.core.progress import Progress
+from soilssl.core.raster import TileSource
+from soilssl.core.soil import Points, fit_points, load_model, predict_map
+
+
+@pytest.fixture
+def scene(tmp_path):
+    """Left 2/3: texture whose contrast follows y; right 1/3: a flat bright area."""
+    rng = np.random.default_rng(0)
+    h, w = 128, 192
+    contrast = np.linspace(5, 120, h)[:, None]
+    img = 128 + rng.normal(0, 1, (3, h, w)) * contrast
+    img[:, :, 128:] = 250
+    path = write_raster(tmp_path / "scene.tif", np.clip(img, 1, 255).astype(np.uint8), nodata=0)
+    return path
+
+
+@pytest.fixture
+def vit(tiny_ckpt):
+    return load_backbone(tiny_ckpt, tile_size=32)
+
+
+def _points(src, n=48, seed=0, outside=0):
+    rng = np.random.default_rng(seed)
+    cols = rng.uniform(8, 120, n)
+    rows = rng.uniform(8, 120, n)
+    y = np.column_stack([rows / 10 + rng.normal(0, 0.1, n), rows])
+    if outside:
+        cols[:outside] = -50
+    xs, ys = src.transform @ (cols, rows)
+    return Points(xs, ys, src.crs.to_wkt(), y, ["ph", "si"])
+
+
+def test_fit_points_counts_skips_and_writes_loadable_model(scene, vit, tmp_path):
+    messages = []
+    with TileSource(scene) as src:
+        pts = _points(src, n=100, outside=3)
+        pts.values[5, 1] = np.nan  # a NULL
+        fit = fit_points(src, pts, vit, method="ridge", n_folds=4, seed=1,
+                         model_path=str(tmp_path / "m.pth"), cache=str(tmp_path / "cache"),
+                         progress=Progress(on_info=messages.append))
+    assert fit.skipped["outside"] == 3 and fit.keep.sum() == 97
+    assert any("3 of 100 points are outside" in m for m in messages)
+    assert fit.cv.n_skipped.tolist() == [0, 1]
+    assert fit.chosen == {"ph": "ridge", "si": "ridge"}
+    model = torch.load(tmp_path / "m.pth", weights_only=True)
+    assert model["targets"] == ["ph", "si"] and len(model["fold_heads"]["ph"]) == 4
+    assert model["backbone"]["sha256"] == vit.checksum and model["tile_size"] == 32
+    # texture contrast follows ph: the ViT's ridge probe does better than the mean
+    row = [r for r in fit.cv.table() if r["target"] == "ph"][0]
+    assert row["r2_pooled"] > 0.3
+
+
+def test_all_points_outside_and_too_few_points(scene, vit):
+    with TileSource(scene) as src:
+        pts = _points(src, n=10, outside=10)
+        with pytest.raises(InputError, match="All 10 points are outside"):
+            fit_points(src, pts, vit, method="ridge")
+        with pytest.raises(InputError, match="10 usable points for 6 folds: at least 12"):
+            fit_points(src, _points(src, n=10), vit, method="ridge")
+
+
+def test_point_features_are_cached(scene, vit, tmp_path, monkeypatch):
+    import soilssl.core.soil as soil
+    with TileSource(scene) as src:
+        pts = _points(src)
+        a = fit_points(src, pts, vit, method="ridge", n_folds=3, cache=str(tmp_path / "c"))
+
+        def boom(*args, **kwargs):
+            raise AssertionError("features recomputed")
+        monkeypatch.setattr(soil, "point_features", boom)
+        b = fit_points(src, pts, vit, method="ridge", n_folds=3, cache=str(tmp_path / "c"))
+    np.testing.assert_array_equal(a.cv.predictions, b.cv.predictions)
+
+
+def test_predict_map_alignment_uncertainty_and_aoa(scene, vit, tmp_path, tiny_ckpt):
+    with TileSource(scene) as src:
+        fit = fit_points(src, _points(src, n=60), vit, method="ridge", n_folds=3,
+                         model_path=str(tmp_path / "m.pth"))
+        model = load_model(str(tmp_path / "m.pth"))
+        s = predict_map(src, model, str(tmp_path / "p.tif"), str(tmp_path / "u.tif"),
+                        str(tmp_path / "a.tif"), stride=16)
+        t = src.transform
+    with rasterio.open(tmp_path / "p.tif") as p, rasterio.open(tmp_path / "u.tif") as u, \
+            rasterio.open(tmp_path / "a.tif") as a:
+        assert (p.width, p.height, p.count) == (12, 8, 2) and p.dtypes[0] == "float32"
+        assert p.transform @ (0.5, 0.5) == pytest.approx(t @ (16, 16)) and p.res == (24, 24)
+        assert u.transform == p.transform == a.transform
+        pred, unc, inside = p.read(1), u.read(1), a.read(1)
+    assert np.isfinite(pred).all() and (unc > 0).any()
+    # the flat bright third (never sampled) is outside the area of applicability
+    assert (inside[:, 9:] == 0).all() and inside[:, :6].mean() > 0.8
+    assert s["inside_aoa"] == int(inside.sum())
+    # identical fold heads -> zero uncertainty everywhere
+    model["fold_heads"] = {k: [model["heads"][k]] * 3 for k in model["heads"]}
+    with TileSource(scene) as src:
+        predict_map(src, model, str(tmp_path / "p2.tif"), str(tmp_path / "u2.tif"), stride=32)
+    with rasterio.open(tmp_path / "u2.tif") as u:
+        assert np.abs(u.read()).max() < 1e-6
+
+
+def test_predict_map_refuses_pixel_models_and_band_mismatch(scene, vit, tmp_path):
+    with TileSource(scene) as src:
+        fit_points(src, _points(src), vit, method="rf_pixels", n_folds=3,
+                   model_path=str(tmp_path / "m.pth"))
+        with pytest.raises(InputError, match="rf_pixels, a pixel baseline"):
+            predict_map(src, load_model(str(tmp_path / "m.pth")), str(tmp_path / "p.tif"))
+    with TileSource(scene, bands=[1, 2]) as src:
+        with pytest.raises(InputError, match=r"fitted on bands \[1, 2, 3\]"):
+            predict_map(src, load_model(str(tmp_path / "m.pth")), str(tmp_path / "p.tif"))
+    assert not os.path.exists(tmp_path / "p.tif")
