@@ -8,8 +8,7 @@ An algorithm subclass declares ``NAME``/``GROUP``, its own parameters in
 import importlib.util
 import os
 
-from qgis.core import (QgsProcessingAlgorithm, QgsProcessingException,
-                       QgsProcessingLayerPostProcessorInterface, QgsProcessingParameterBand,
+from qgis.core import (QgsProcessingAlgorithm, QgsProcessingException, QgsProcessingParameterBand,
                        QgsProcessingParameterDefinition, QgsProcessingParameterEnum,
                        QgsProcessingParameterFile, QgsProcessingParameterNumber,
                        QgsProcessingParameterRasterLayer, QgsProcessingParameterString)
@@ -18,12 +17,10 @@ from qgis.PyQt.QtGui import QIcon
 from . import help as texts
 
 PLUGIN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STYLES = os.path.join(PLUGIN_DIR, "resources", "styles")
 REQUIRED = {"torch": "torch", "timm": "timm", "rasterio": "rasterio", "sklearn": "scikit-learn"}
 DEVICES = ["auto", "cpu", "cuda"]
 AMPS = ["auto", "none", "bf16", "fp16"]
 POOLS = ["cls", "mean"]
-_post_processors = []  # QGIS keeps raw pointers: keep the Python objects alive
 
 
 def missing_packages():
@@ -39,38 +36,6 @@ def install_hint(missing):
 def advanced(param):
     param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
     return param
-
-
-class _StyleLoader(QgsProcessingLayerPostProcessorInterface):
-    def __init__(self, qml):
-        super().__init__()
-        self.qml = qml
-
-    def postProcessLayer(self, layer, context, feedback):  # noqa: N802
-        layer.loadNamedStyle(self.qml)
-        stretch_to_data(layer)
-        layer.triggerRepaint()
-
-
-def stretch_to_data(layer):
-    """Spread a pseudocolour style's ramp over the layer's own min..max (band 1)."""
-    renderer = layer.renderer()
-    if renderer is None or renderer.type() != "singlebandpseudocolor":
-        return
-    from qgis.core import QgsRasterBandStats
-    stats = layer.dataProvider().bandStatistics(1, QgsRasterBandStats.Min | QgsRasterBandStats.Max)
-    lo, hi = stats.minimumValue, stats.maximumValue
-    fn = renderer.shader().rasterShaderFunction()
-    items = fn.colorRampItemList()
-    old_lo, old_hi = items[0].value, items[-1].value
-    for item in items:
-        item.value = lo + (item.value - old_lo) / ((old_hi - old_lo) or 1.0) * (hi - lo)
-        item.label = f"{item.value:.3f}"
-    fn.setColorRampItemList(items)
-    fn.setMinimumValue(lo)
-    fn.setMaximumValue(hi)
-    renderer.setClassificationMin(lo)
-    renderer.setClassificationMax(hi)
 
 
 class SoilSSLAlgorithm(QgsProcessingAlgorithm):
@@ -222,10 +187,3 @@ class SoilSSLAlgorithm(QgsProcessingAlgorithm):
                     batch_size=self.parameterAsInt(parameters, "BATCH_SIZE", context),
                     amp=self.enum(parameters, "AMP", context),
                     workers=self.parameterAsInt(parameters, "WORKERS", context))
-
-    def style_output(self, context, path, qml):
-        """Apply ``resources/styles/<qml>`` when Processing loads ``path``."""
-        if context.willLoadLayerOnCompletion(path):
-            loader = _StyleLoader(os.path.join(STYLES, qml))
-            _post_processors.append(loader)
-            context.layerToLoadOnCompletionDetails(path).setPostProcessor(loader)

@@ -3,6 +3,7 @@ from qgis.core import (QgsProcessingParameterNumber, QgsProcessingParameterRaste
                        QgsProcessingParameterRasterLayer)
 
 from .base import SoilSSLAlgorithm
+from .styles import style_output
 
 
 class _FeatureMap(SoilSSLAlgorithm):
@@ -24,7 +25,7 @@ class _FeatureMap(SoilSSLAlgorithm):
         output = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
         seed = self.parameterAsInt(parameters, "SEED", context)
         summary = self.make(layer.source(), output, seed, parameters, context, progress)
-        self.style_output(context, output, self.STYLE)
+        style_output(context, output, self.STYLE)
         return dict(summary, OUTPUT=output)
 
 

@@ -3,6 +3,7 @@ from qgis.core import QgsProcessingParameterFile, QgsProcessingParameterNumber, 
     QgsProcessingParameterRasterDestination
 
 from .base import SoilSSLAlgorithm
+from .styles import style_output
 
 
 class PredictMap(SoilSSLAlgorithm):
@@ -41,7 +42,7 @@ class PredictMap(SoilSSLAlgorithm):
         for key, qml in (("OUTPUT", "prediction.qml"), ("OUTPUT_UNCERTAINTY", "uncertainty.qml"),
                          ("OUTPUT_AOA", "aoa.qml")):
             if outputs[key]:
-                self.style_output(context, outputs[key], qml)
+                style_output(context, outputs[key], qml)
         feedback.pushInfo(f"{s['inside_aoa']} of {s['width'] * s['height']} tiles inside the "
                           f"area of applicability.")
         return {k: v for k, v in outputs.items() if v}

@@ -232,7 +232,6 @@ def load_backbone(spec: Optional[str], arch: Optional[str] = None, in_chans: Opt
     embedding is resampled to ``tile_size``.  ``timm_kwargs`` go to
     :func:`create_model` (pretraining builds with ``dynamic_img_size=True``).
     """
-    import timm  # noqa: F401  (heavy import kept lazy)
     from timm.models.vision_transformer import checkpoint_filter_fn
 
     checksum = None
