@@ -1,15 +1,15 @@
-"""Shared base of the SoilSSL algorithms: metadata, parameters, errors, progress, styles.
+"""Shared base of the SoilSSL algorithms: metadata, parameters, dependencies, running.
 
-An algorithm subclass declares ``NAME``/``GROUP``, its own parameters in
-``init`` (using the ``add_*`` helpers for the shared ones) and does its work in
-``run`` with one call into ``soilssl.core``.  Engine errors become one
-``QgsProcessingException``; the feedback drives the engine's Progress.
+A subclass declares ``NAME``/``GROUP``, its parameters in ``define`` (``add_*`` helpers for
+the shared ones) and does its work in ``execute`` with one call into ``soilssl.core``.
+Engine errors become one ``QgsProcessingException``; see ``running.py`` for the rest.
 """
 import importlib.util
 import os
 
-from qgis.core import (QgsProcessingAlgorithm, QgsProcessingException, QgsProcessingParameterBand,
-                       QgsProcessingParameterDefinition, QgsProcessingParameterEnum,
+from qgis.core import (QgsProcessingAlgorithm, QgsProcessingException, QgsProcessingFeedback,
+                       QgsProcessingParameterBand, QgsProcessingParameterDefinition,
+                       QgsProcessingParameterEnum,
                        QgsProcessingParameterFile, QgsProcessingParameterNumber,
                        QgsProcessingParameterRasterLayer, QgsProcessingParameterString)
 from qgis.PyQt.QtGui import QIcon
@@ -41,6 +41,7 @@ def advanced(param):
 class SoilSSLAlgorithm(QgsProcessingAlgorithm):
     NAME = ""
     GROUP = "features"
+    WARN_GEOGRAPHIC = False  # True for algorithms that tile INPUT
 
     # -- metadata -----------------------------------------------------------
     def name(self):
@@ -56,7 +57,8 @@ class SoilSSLAlgorithm(QgsProcessingAlgorithm):
         return self.GROUP
 
     def shortHelpString(self):  # noqa: N802
-        return texts.short_help(self.NAME)
+        return texts.short_help(self.NAME, {p.name(): texts.default_text(p)
+                                            for p in self.parameterDefinitions()})
 
     def icon(self):
         return QIcon(os.path.join(PLUGIN_DIR, "resources", "icon.svg"))
@@ -71,7 +73,6 @@ class SoilSSLAlgorithm(QgsProcessingAlgorithm):
     def initAlgorithm(self, config=None):  # noqa: N802
         self.define()
 
-    # -- enums by name or index ---------------------------------------------
     def _enum_by_name(self, name, value):
         """Index of an enum option given by its text (DEVICE=cpu), else None."""
         param = self.parameterDefinition(name)
@@ -102,11 +103,18 @@ class SoilSSLAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(install_hint(missing))
         from ..core.errors import SoilSSLError
         from ..core.progress import Progress
-        progress = Progress(feedback.setProgress, feedback.isCanceled, feedback.pushInfo)
-        try:
-            return self.execute(parameters, context, feedback, progress)
-        except SoilSSLError as exc:
-            raise QgsProcessingException(str(exc)) from exc
+        from .running import bridge, check_outputs, translated, warn_geographic
+        feedback = feedback or QgsProcessingFeedback()
+        progress = Progress(feedback.setProgress, feedback.isCanceled)  # info: via the log
+        with bridge().routing(feedback):
+            try:
+                check_outputs(self, parameters)
+                if self.WARN_GEOGRAPHIC:
+                    warn_geographic(self, parameters, context, feedback)
+                return self.execute(parameters, context, feedback, progress)
+            except (SoilSSLError, OSError, QgsProcessingException) as exc:
+                error = translated(exc)
+            raise error  # unchained: QGIS keeps it alive, with the run's frames (tiles, ViT)
 
     def define(self):
         raise NotImplementedError
@@ -158,8 +166,8 @@ class SoilSSLAlgorithm(QgsProcessingAlgorithm):
         if layer is None:
             raise QgsProcessingException("INPUT is not a raster layer SoilSSL can read.")
         dem = self.parameterAsRasterLayer(parameters, "DEM", context)
-        bands = self.band_list(parameters, context) or None
-        return TileSource(layer.source(), bands, dem.source() if dem else None)
+        return TileSource(layer.source(), self.band_list(parameters, context) or None,
+                          dem.source() if dem else None)
 
     def band_list(self, parameters, context, name="BANDS"):
         """Band numbers from a list, repeated values, or text like '4,3,2'."""
@@ -183,7 +191,11 @@ class SoilSSLAlgorithm(QgsProcessingAlgorithm):
                              device=device)
 
     def compute(self, parameters, context):
-        return dict(device=self.enum(parameters, "DEVICE", context),
+        """The compute options; DEVICE is checked here, before any heavy work."""
+        from ..core.backbone import resolve_device
+        device = self.enum(parameters, "DEVICE", context)
+        resolve_device(device)
+        return dict(device=device,
                     batch_size=self.parameterAsInt(parameters, "BATCH_SIZE", context),
                     amp=self.enum(parameters, "AMP", context),
                     workers=self.parameterAsInt(parameters, "WORKERS", context))

@@ -8,6 +8,7 @@ from .base import POOLS, SoilSSLAlgorithm
 class ExtractFeatures(SoilSSLAlgorithm):
     NAME = "extractfeatures"
     GROUP = "features"
+    WARN_GEOGRAPHIC = True
 
     def define(self):
         self.add_source_params()

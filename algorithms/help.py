@@ -3,6 +3,10 @@
 REFERENCE = ("Method: Tresson P. et al. (2024), Self-supervised learning of Vision Transformers "
              "for digital soil mapping using visual data, Geoderma.")
 
+GEOGRAPHIC = ("Warning: the raster CRS ({crs}) is geographic (degrees): tiles have no fixed "
+              "ground size (a tile is narrower towards the poles). Reproject the raster to a "
+              "projected CRS (e.g. UTM) for soil mapping.")
+
 GROUPS = {
     "features": "Feature extraction",
     "training": "Self-supervised training",
@@ -31,7 +35,8 @@ PARAMS = {
                  "give nodata.",
     "WORKERS": "Background threads reading tiles.",
     "K": "Number of K-means classes (the paper uses 8).",
-    "SEED": "Random seed (sampling, K-means, folds).",
+    "SEED": "Random seed: the same seed gives the same result (sampling, K-means, folds, "
+            "training order and crops).",
     "FEATURES": "A SoilSSL feature raster (from Extract ViT features).",
     "COMPARE_BACKBONE": "Optional second backbone (e.g. the ImageNet weights pretraining "
                         "started from): its feature methods are added to the same table.",
@@ -68,6 +73,19 @@ PARAMS = {
     "BACKBONE_MOVED": "The backbone file, only if it moved since fitting (checked by checksum).",
     "STRIDE_PRED": "Prediction resolution: one output pixel per STRIDE px (0 = tile size).",
     "OUTPUT_UNCERTAINTY": "Standard deviation of the per-fold models' predictions.",
+    "OUTPUT_FEATURES": "The feature raster (float32, one band per feature dimension, NaN = "
+                       "nodata tile).",
+    "OUTPUT_CLUSTERS": "Class raster 0..K-1 (uint8, nodata 255), styled as a paletted map.",
+    "OUTPUT_PCA": "3-band uint8 RGB raster (0 = nodata), styled as an RGB composite.",
+    "OUTPUT_PREDICTION": "One float32 band per soil property (nodata -9999), styled with a "
+                         "colour ramp over its own range.",
+    "STRIDE_TRAIN": "Step of the grid training tiles are taken from (0 = TILE_SIZE); a "
+                    "smaller step gives more, overlapping tiles.",
+    "OUT_DIM": "Output dimension of the DINO projection head (DINO: 65536; smaller is faster "
+               "and enough for one scene).",
+    "LOCAL_CROPS": "Number of small local crops per tile in the multi-crop augmentation.",
+    "LR": "Peak learning rate for a batch of 256 tiles (scaled linearly with BATCH_SIZE), "
+          "cosine schedule after a warm-up epoch.",
     "OUTPUT_AOA": "Area of applicability (Meyer & Pebesma 2021): band 1 is 1 inside, 0 outside "
                   "(dissimilarity index above the CV threshold); band 2 the index itself.",
 }
@@ -81,14 +99,14 @@ ALGS = {
         "TILE_SIZE times larger. Edge tiles are padded; tiles that are mostly nodata give "
         "nodata. The normalisation used is stored in the raster's metadata.",
         ["INPUT_RASTER", "BANDS", "DEM", "BACKBONE", "ARCH", "TILE_SIZE", "STRIDE", "DEVICE",
-         "BATCH_SIZE", "AMP", "POOL", "MIN_VALID", "WORKERS"],
+         "BATCH_SIZE", "AMP", "POOL", "MIN_VALID", "WORKERS", "OUTPUT_FEATURES"],
     ),
     "clustermap": (
         "Landscape clusters (K-means of features)",
         "Clusters the pixels of a feature raster with K-means (fitted on a random sample, "
         "applied window by window) into a single-band class raster (0..K-1, nodata 255), "
         "shown with a paletted style. The paper maps K = 8 landscape classes.",
-        ["FEATURES", "K", "SEED"],
+        ["FEATURES", "K", "SEED", "OUTPUT_CLUSTERS"],
     ),
     "pcamap": (
         "PCA colour map of features",
@@ -96,7 +114,7 @@ ALGS = {
         "sample) and writes a displayable 3-band uint8 raster, as in the paper: 1st "
         "component in red, 2nd in blue, 3rd in green, each stretched between its 2nd and "
         "98th percentiles (0 = nodata).",
-        ["FEATURES", "SEED"],
+        ["FEATURES", "SEED", "OUTPUT_PCA"],
     ),
     "pretrain": (
         "Self-supervised pretraining (DINO)",
@@ -108,7 +126,8 @@ ALGS = {
         "large scenes, train on a GPU server with python -m soilssl.core.pretrain (torchrun "
         "for several GPUs) and use the checkpoint here.",
         ["INPUT_RASTER", "BANDS", "DEM", "POINTS_BUFFER", "BUFFER", "ARCH_TRAIN", "INIT",
-         "EPOCHS", "TILE_SIZE_TRAIN", "RESUME", "DEVICE", "BATCH_SIZE", "OUTPUT_CKPT"],
+         "EPOCHS", "TILE_SIZE_TRAIN", "STRIDE_TRAIN", "OUT_DIM", "LOCAL_CROPS", "LR", "SEED",
+         "RESUME", "DEVICE", "BATCH_SIZE", "AMP", "WORKERS", "OUTPUT_CKPT"],
     ),
     "fitpoints": (
         "Fit soil heads on points (spatial CV)",
@@ -118,7 +137,8 @@ ALGS = {
         "Table 2. The CV table goes to the log, the report and the result (CV_TABLE).",
         ["INPUT_RASTER", "BANDS", "DEM", "BACKBONE", "ARCH", "COMPARE_BACKBONE", "POINTS",
          "FIELDS", "METHOD", "FOLDS", "FOLD_MODE", "LOSS", "WEIGHT_FIELD", "SEED", "TILE_SIZE",
-         "DEVICE", "BATCH_SIZE", "OUTPUT_POINTS", "OUTPUT_MODEL", "OUTPUT_REPORT"],
+         "DEVICE", "BATCH_SIZE", "AMP", "WORKERS", "OUTPUT_POINTS", "OUTPUT_MODEL",
+         "OUTPUT_REPORT"],
     ),
     "predictmap": (
         "Predict soil map",
@@ -126,7 +146,8 @@ ALGS = {
         "soil property, aligned like the feature rasters, with the uncertainty (spread of the "
         "fold models) and the area of applicability where the model can be trusted.",
         ["INPUT_RASTER", "BANDS", "DEM", "MODEL", "BACKBONE_MOVED", "STRIDE_PRED", "DEVICE",
-         "BATCH_SIZE", "OUTPUT_UNCERTAINTY", "OUTPUT_AOA"],
+         "BATCH_SIZE", "AMP", "WORKERS", "OUTPUT_PREDICTION", "OUTPUT_UNCERTAINTY",
+         "OUTPUT_AOA"],
     ),
 }
 
@@ -134,16 +155,37 @@ ALGS = {
 # help keys that document a parameter under another name
 ALIASES = {"INPUT_RASTER": "INPUT", "FEATURES": "INPUT", "BACKBONE_MOVED": "BACKBONE",
            "STRIDE_PRED": "STRIDE", "POINTS_BUFFER": "POINTS", "ARCH_TRAIN": "ARCH",
-           "TILE_SIZE_TRAIN": "TILE_SIZE", "OUTPUT_CKPT": "OUTPUT"}
+           "TILE_SIZE_TRAIN": "TILE_SIZE", "STRIDE_TRAIN": "STRIDE", "OUTPUT_CKPT": "OUTPUT",
+           "OUTPUT_FEATURES": "OUTPUT", "OUTPUT_CLUSTERS": "OUTPUT", "OUTPUT_PCA": "OUTPUT",
+           "OUTPUT_PREDICTION": "OUTPUT"}
 
 
 def title(name: str) -> str:
     return ALGS[name][0]
 
 
-def short_help(name: str) -> str:
+def default_text(param) -> str:
+    """A QgsProcessingParameterDefinition's default as the help shows it ('' if none)."""
+    value = param.defaultValue()
+    if value is None or value == "" or param.isDestination():
+        return ""
+    if param.type() == "enum":
+        return param.options()[int(value)]
+    return str(value)
+
+
+def short_help(name: str, defaults=None) -> str:
+    """The Toolbox help: what it does, each parameter (with ``defaults``: name -> text of its
+    default value, from the parameter definitions), the paper reference."""
     _, text, params = ALGS[name]
-    items = "".join(f"<li><b>{ALIASES.get(p, p)}</b>: {PARAMS[p]}</li>" for p in params)
+    defaults = defaults or {}
+
+    def item(key):
+        param = ALIASES.get(key, key)
+        default = f" <i>Default: {defaults[param]}.</i>" if defaults.get(param) else ""
+        return f"<li><b>{param}</b>: {PARAMS[key]}{default}</li>"
+
+    items = "".join(item(p) for p in params)
     return f"<p>{text}</p><ul>{items}</ul><p><i>{REFERENCE}</i></p>"
 
 

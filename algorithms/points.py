@@ -1,10 +1,13 @@
 """Sample points from a QGIS vector layer into the engine's plain arrays, and back."""
+import logging
 import math
 import re
 
 from qgis.core import (NULL, QgsFeature, QgsField, QgsFields, QgsProcessingException,
                        QgsWkbTypes)
 from qgis.PyQt.QtCore import QVariant
+
+log = logging.getLogger("soilssl")  # reaches the Processing log through the bridge
 
 
 def _number(value, field, feature_id):
@@ -34,9 +37,11 @@ def read_points(source, fields, weight_field=None):
             raise QgsProcessingException(f"Field '{f}' is not in the points layer; its fields "
                                          f"are: {', '.join(names)}.")
     xs, ys, values, weights, feats = [], [], [], [], []
+    no_geometry = 0
     for feat in source.getFeatures():
         geom = feat.geometry()
         if geom is None or geom.isEmpty():
+            no_geometry += 1
             continue
         pt = geom.centroid().asPoint() if geom.isMultipart() else geom.asPoint()
         xs.append(pt.x())
@@ -47,9 +52,16 @@ def read_points(source, fields, weight_field=None):
         feats.append(feat)
     if not feats:
         raise QgsProcessingException("The points layer has no point with a geometry.")
+    if no_geometry:
+        log.info(f"{no_geometry} feature(s) without a geometry were skipped.")
     for j, f in enumerate(fields):
-        if all(math.isnan(v[j]) for v in values):
-            raise QgsProcessingException(f"Field '{f}' is NULL at every point.")
+        nulls = sum(math.isnan(v[j]) for v in values)
+        if nulls == len(values):
+            raise QgsProcessingException(f"Field '{f}' is NULL at every point: choose a field "
+                                         f"that holds the soil property's values.")
+        if nulls:
+            log.info(f"Field '{f}': {nulls} of {len(values)} points are NULL (or not finite) "
+                     f"and are skipped for this field.")
     if weight_field and any(math.isnan(w) or w < 0 for w in weights):
         raise QgsProcessingException(f"Weight field '{weight_field}' must be a non-negative "
                                      f"number at every point.")

@@ -9,6 +9,7 @@ from .styles import style_output
 class PredictMap(SoilSSLAlgorithm):
     NAME = "predictmap"
     GROUP = "soil"
+    WARN_GEOGRAPHIC = True
 
     def define(self):
         self.add_source_params()
@@ -28,8 +29,8 @@ class PredictMap(SoilSSLAlgorithm):
 
     def execute(self, parameters, context, feedback, progress):
         from ..core.soil import load_model, model_backbone, predict_map
-        model = load_model(self.parameterAsFile(parameters, "MODEL", context))
         compute = self.compute(parameters, context)
+        model = load_model(self.parameterAsFile(parameters, "MODEL", context))
         backbone = model_backbone(model, self.parameterAsFile(parameters, "BACKBONE", context)
                                   or None, compute["device"])
         outputs = {k: self.parameterAsOutputLayer(parameters, k, context) or None

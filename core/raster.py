@@ -324,6 +324,64 @@ def _fmt(b) -> str:
 # ---------------------------------------------------------------------------
 # Background tile reading
 # ---------------------------------------------------------------------------
+# GDAL's block cache (GDAL_CACHEMAX, 5 % of the RAM by default) is shared by every
+# dataset and keeps decoded blocks until it is full: reading a large raster tile row by
+# tile row fills it with blocks that are never read again (a 20k x 20k GeoTIFF peaked at
+# 1.4 GB RSS).  While iter_batches runs it is capped to what a band of tile rows needs
+# (neighbouring tiles share blocks), unless the user set GDAL_CACHEMAX.
+_CACHE_FLOOR = 64 << 20
+_cache_lock = threading.Lock()
+_cache_caps: list = []   # caps of the iter_batches running now (any thread)
+_cache_saved: list = []  # GDAL_CACHEMAX before the first of them
+
+
+def _block_cache_cap(source: TileSource, tile_rows: int) -> int:
+    """Bytes of decoded blocks that a band of ``tile_rows``-high tiles touches, x 1.5."""
+    with _open(source.path) as ds:
+        block_h = int(ds.block_shapes[0][0])
+        # a pixel-interleaved block holds every band, selected or not
+        px = sum(np.dtype(t).itemsize for t in ds.dtypes)
+    if source.dem:
+        px += 8  # warped DEM blocks and, roughly, their source blocks
+    return max(_CACHE_FLOOR, int(1.5 * (tile_rows + 2 * block_h) * source.width * px))
+
+
+class _CappedBlockCache:
+    """Lower GDAL_CACHEMAX to ``limit`` bytes for the duration (the lowest cap of the
+    concurrent users wins; the user's value comes back when the last one leaves)."""
+
+    def __init__(self, limit: Optional[int]):
+        self.limit = limit
+
+    @staticmethod
+    def _apply() -> None:
+        from rasterio.env import set_gdal_config
+        set_gdal_config("GDAL_CACHEMAX", int(min(_cache_caps + _cache_saved)))
+
+    def __enter__(self):
+        if self.limit is None or "GDAL_CACHEMAX" in os.environ:
+            self.limit = None
+            return self
+        from rasterio.env import get_gdal_config
+        with _cache_lock:
+            if not _cache_caps:
+                saved = get_gdal_config("GDAL_CACHEMAX")
+                if not isinstance(saved, int) or saved <= self.limit:
+                    self.limit = None
+                    return self
+                _cache_saved[:] = [saved]
+            _cache_caps.append(self.limit)
+            self._apply()
+        return self
+
+    def __exit__(self, *exc):
+        if self.limit is not None:
+            with _cache_lock:
+                _cache_caps.remove(self.limit)
+                self._apply()
+        return False
+
+
 def iter_batches(source: TileSource, windows: Sequence[Window], norm: Normalization,
                  batch_size: int = 32, workers: int = 2, prefetch: int = 2,
                  progress: Optional[Progress] = None) -> Iterator[tuple]:
@@ -331,7 +389,8 @@ def iter_batches(source: TileSource, windows: Sequence[Window], norm: Normalizat
 
     Tiles are read and normalised by ``workers`` threads; at most ``prefetch``
     batches are in flight beyond the one being consumed, so memory is bounded.
-    Cancel is checked before each batch.
+    GDAL's block cache is capped meanwhile (see ``_CappedBlockCache``), so it
+    stays bounded whatever the raster size.  Cancel is checked before each batch.
     """
     progress = ensure(progress)
     n = len(windows)
@@ -349,30 +408,32 @@ def iter_batches(source: TileSource, windows: Sequence[Window], norm: Normalizat
             frac[i] = source.valid_fraction(win, valid)
         return start, batch, frac
 
-    if workers <= 0:
-        for s in starts:
-            progress.check()
-            yield load(s)
-        return
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="soilssl-read") as pool:
-        pending = []
-        it = iter(starts)
-        try:
-            for s in it:
-                pending.append(pool.submit(load, s))
-                if len(pending) > prefetch:
-                    break
-            while pending:
+    limit = _block_cache_cap(source, int(windows[0].height)) if n else None
+    with _CappedBlockCache(limit):
+        if workers <= 0:
+            for s in starts:
                 progress.check()
-                fut = pending.pop(0)
-                result = fut.result()
-                nxt = next(it, None)
-                if nxt is not None:
-                    pending.append(pool.submit(load, nxt))
-                yield result
-        finally:
-            for f in pending:
-                f.cancel()
+                yield load(s)
+            return
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="soilssl-read") as pool:
+            pending = []
+            it = iter(starts)
+            try:
+                for s in it:
+                    pending.append(pool.submit(load, s))
+                    if len(pending) > prefetch:
+                        break
+                while pending:
+                    progress.check()
+                    fut = pending.pop(0)
+                    result = fut.result()
+                    nxt = next(it, None)
+                    if nxt is not None:
+                        pending.append(pool.submit(load, nxt))
+                    yield result
+            finally:
+                for f in pending:
+                    f.cancel()
 
 
 # ---------------------------------------------------------------------------

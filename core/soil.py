@@ -161,6 +161,9 @@ def fit_points(source: TileSource, points: Points, backbone: Backbone,
         raise InputError(f"{n} usable points for {n_folds} folds: at least {2 * n_folds} are "
                          f"needed (2 per fold). Use fewer FOLDS or more points.")
     c, r = cols[keep], rows[keep]
+    x_map, y_map = source.transform @ (c + 0.0, r + 0.0)
+    # folds first: a fold with too few points is reported before any feature is computed
+    folds = spatial_folds(np.column_stack([x_map, y_map]), n_folds, fold_mode, seed)
     progress.info(f"{n} points; extracting features of their {tile or backbone.tile_size} px "
                   f"tiles...")
     sets = {PIXELS: pix[keep],
@@ -169,8 +172,6 @@ def fit_points(source: TileSource, points: Points, backbone: Backbone,
     if compare is not None:
         sets[COMPARE] = cached_point_features(source, compare, c, r, pool, tile, cache,
                                               progress.sub(0.3, 0.4), **compute)
-    x_map, y_map = source.transform @ (c + 0.0, r + 0.0)
-    folds = spatial_folds(np.column_stack([x_map, y_map]), n_folds, fold_mode, seed)
     weights = None if points.weights is None else points.weights[keep]
     specs = method_specs(method, compare=compare is not None)
     cv = cross_validate(sets, y, folds, specs, target_names=points.names, loss=loss,

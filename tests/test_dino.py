@@ -1,0 +1,214 @@
+"""DINO components against hand-computed values on tiny tensors."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from soilssl.core.dino import (DINOHead, DINOLoss, MultiCropAugmentation, MultiCropWrapper,
+                               cancel_last_layer_grads, clip_gradients, cosine_schedule,
+                               default_local_size, ema_update, param_groups, teacher_temperature)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _np_log_softmax(x):
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def _reference_loss(student, teacher, center, ncrops, t_temp, s_temp=0.1):
+    """DINO's loss written out with numpy loops."""
+    b = teacher.shape[0] // 2
+    q = np.exp(_np_log_softmax((teacher - center) / t_temp))
+    total, terms = 0.0, 0
+    for iq in range(2):
+        for v in range(ncrops):
+            if v == iq:
+                continue
+            ls = _np_log_softmax(student[v * b:(v + 1) * b] / s_temp)
+            total += np.mean(np.sum(-q[iq * b:(iq + 1) * b] * ls, axis=-1))
+            terms += 1
+    return total / terms
+
+
+def test_dino_loss_closed_form_uniform():
+    # teacher outputs equal the centre -> uniform q; equal student logits -> ln K per term
+    loss_fn = DINOLoss(out_dim=4, ncrops=3)
+    student = torch.zeros(3 * 2, 4)
+    teacher = torch.zeros(2 * 2, 4)
+    loss = loss_fn(student, teacher, epoch=0)
+    assert loss.item() == pytest.approx(math.log(4), abs=1e-6)
+    # student logit s on class 0 of a K=2 head against a uniform teacher
+    loss_fn = DINOLoss(out_dim=2, ncrops=2)
+    s = 0.05
+    student = torch.tensor([[s, 0.0], [s, 0.0]])
+    loss = loss_fn(student, torch.zeros(2, 2), epoch=0)
+    p0 = 1 / (1 + math.exp(-s / 0.1))
+    assert loss.item() == pytest.approx(-0.5 * math.log(p0) - 0.5 * math.log(1 - p0), abs=1e-6)
+
+
+def test_dino_loss_and_centering_match_reference():
+    rng = np.random.default_rng(0)
+    ncrops, b, k = 4, 3, 5
+    loss_fn = DINOLoss(out_dim=k, ncrops=ncrops, warmup_teacher_temp=0.04, teacher_temp=0.07,
+                       warmup_teacher_temp_epochs=4, center_momentum=0.9)
+    center = np.zeros((1, k))
+    for epoch in (0, 2):
+        student = rng.normal(size=(ncrops * b, k))
+        teacher = rng.normal(size=(2 * b, k))
+        temp = 0.04 + (0.07 - 0.04) * epoch / 3
+        want = _reference_loss(student, teacher, center, ncrops, temp)
+        got = loss_fn(torch.tensor(student, dtype=torch.float32),
+                      torch.tensor(teacher, dtype=torch.float32), epoch)
+        assert got.item() == pytest.approx(want, rel=1e-5)
+        # the centre used above is the old one; then c <- 0.9 c + 0.1 mean(teacher)
+        center = 0.9 * center + 0.1 * teacher.mean(axis=0, keepdims=True)
+        np.testing.assert_allclose(loss_fn.center.numpy(), center, rtol=1e-5, atol=1e-7)
+
+
+def test_teacher_temperature_schedule():
+    assert teacher_temperature(0, 0.04, 0.07, 4) == pytest.approx(0.04)
+    assert teacher_temperature(1, 0.04, 0.07, 4) == pytest.approx(0.05)
+    assert teacher_temperature(3, 0.04, 0.07, 4) == pytest.approx(0.07)
+    assert teacher_temperature(9, 0.04, 0.07, 4) == pytest.approx(0.07)
+    assert teacher_temperature(0, 0.04, 0.07, 0) == pytest.approx(0.07)
+
+
+def test_cosine_schedule_values():
+    s = cosine_schedule(1.0, 0.0, epochs=2, niter_per_ep=2, warmup_epochs=1)
+    np.testing.assert_allclose(s, [0.0, 1.0, 1.0, 0.5])
+    s = cosine_schedule(0.996, 1.0, epochs=1, niter_per_ep=3)
+    np.testing.assert_allclose(s, [0.996, 0.996 + 0.004 * 0.25, 0.996 + 0.004 * 0.75])
+    # a warm-up longer than the run is capped: a pure linear ramp
+    np.testing.assert_allclose(cosine_schedule(2.0, 0.0, 1, 3, warmup_epochs=5), [0, 1, 2])
+
+
+def test_ema_update_hand_values():
+    student, teacher = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        student.weight.copy_(torch.tensor([[3.0, -1.0]]))
+        student.bias.fill_(2.0)
+        teacher.weight.copy_(torch.tensor([[1.0, 1.0]]))
+        teacher.bias.fill_(0.0)
+    ema_update(student, teacher, 0.9)
+    torch.testing.assert_close(teacher.weight, torch.tensor([[1.2, 0.8]]))
+    torch.testing.assert_close(teacher.bias, torch.tensor([0.2]))
+    torch.testing.assert_close(student.weight, torch.tensor([[3.0, -1.0]]))  # untouched
+
+
+def test_head_weight_norm_groups_and_frozen_last_layer():
+    torch.manual_seed(0)
+    head = DINOHead(8, 16, hidden_dim=12, bottleneck_dim=6, norm_last_layer=True)
+    x = torch.randn(5, 8)
+    assert head(x).shape == (5, 16)
+    w = head.last_layer.weight  # effective weight g * v / |v| with g = 1
+    torch.testing.assert_close(w.norm(dim=1), torch.ones(16))
+    names = {n for n, p in head.named_parameters() if p.requires_grad}
+    assert "last_layer.parametrizations.weight.original0" not in names  # g frozen
+    groups = param_groups(head)
+    decayed = {id(p) for p in groups[0]["params"]}
+    assert groups[1]["weight_decay"] == 0.0
+    assert id(head.mlp[0].bias) not in decayed and id(head.mlp[0].weight) in decayed
+    free = DINOHead(8, 16, hidden_dim=12, bottleneck_dim=6, norm_last_layer=False)
+    assert free.last_layer.parametrizations.weight.original0.requires_grad
+
+
+def test_clip_and_cancel_last_layer():
+    torch.manual_seed(0)
+    head = DINOHead(4, 3, hidden_dim=5, bottleneck_dim=2, norm_last_layer=False)
+    head(torch.randn(6, 4)).pow(2).sum().mul(100).backward()
+    before = {n: p.grad.clone() for n, p in head.named_parameters()}
+    clip_gradients(head, 0.5)
+    for n, p in head.named_parameters():
+        norm = before[n].norm()
+        want = before[n] * min(1.0, 0.5 / (norm.item() + 1e-6))
+        torch.testing.assert_close(p.grad, want)
+        assert p.grad.norm() <= 0.5 + 1e-5
+    cancel_last_layer_grads(1, head, freeze_last_layer=1)  # epoch 1: kept
+    assert head.last_layer.parametrizations.weight.original1.grad is not None
+    cancel_last_layer_grads(0, head, freeze_last_layer=1)  # epoch 0: dropped
+    assert all(p.grad is None for n, p in head.named_parameters() if "last_layer" in n)
+    assert head.mlp[0].weight.grad is not None
+
+
+def test_multicrop_wrapper_groups_sizes():
+    from soilssl.core.backbone import create_model
+    torch.manual_seed(0)
+    bb = create_model("vit_tiny_patch16_224", 3, 32, dynamic_img_size=True).eval()
+    head = DINOHead(192, 7, hidden_dim=8, bottleneck_dim=4)
+    wrapper = MultiCropWrapper(bb, head).eval()
+    crops = [torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32),
+             torch.randn(2, 3, 16, 16), torch.randn(2, 3, 16, 16), torch.randn(2, 3, 16, 16)]
+    with torch.no_grad():
+        out = wrapper(crops)
+        want = head(torch.cat([bb(c) for c in crops]))
+    assert out.shape == (10, 7)
+    torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-5)
+
+
+def _dihedral(a):
+    outs = []
+    for k in range(4):
+        r = torch.rot90(a, k, dims=(-2, -1))
+        outs += [r, torch.flip(r, dims=(-1,))]
+    return outs
+
+
+def test_augmentation_shapes_and_dem_untouched():
+    assert default_local_size(224) == 96
+    assert default_local_size(64) == 32
+    assert default_local_size(32) == 16
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, 32, 32)  # 3 optical bands + a DEM channel
+    aug = MultiCropAugmentation(32, optical_channels=3, local_crops_number=3,
+                                global_crops_scale=(1.0, 1.0), jitter_p=1.0, grayscale_p=0.0)
+    views = aug(x, torch.Generator().manual_seed(1))
+    assert [tuple(v.shape) for v in views] == [(3, 4, 32, 32)] * 2 + [(3, 4, 16, 16)] * 3
+    for i in range(3):
+        for v in views[:2]:  # full-tile global views: only a flip/rotation of the DEM
+            assert any(torch.equal(v[i, 3], d) for d in _dihedral(x[i, 3]))
+            assert not any(torch.allclose(v[i, :3], d, atol=1e-3) for d in _dihedral(x[i, :3]))
+    # same draws with the DEM counted as optical: now it is colour-transformed too
+    aug4 = MultiCropAugmentation(32, optical_channels=4, local_crops_number=3,
+                                 global_crops_scale=(1.0, 1.0), jitter_p=1.0, grayscale_p=0.0)
+    views4 = aug4(x, torch.Generator().manual_seed(1))
+    assert not all(any(torch.equal(v[i, 3], d) for d in _dihedral(x[i, 3]))
+                   for v in views4[:2] for i in range(3))
+    # a constant DEM stays constant through crops, resizing and rotations
+    x[:, 3] = 7.0
+    for v in aug(x, torch.Generator().manual_seed(2)):
+        torch.testing.assert_close(v[:, 3], torch.full_like(v[:, 3], 7.0))
+
+
+def test_augmentation_is_seeded():
+    x = torch.randn(2, 3, 32, 32)
+    aug = MultiCropAugmentation(32, 3, local_crops_number=2)
+    a = aug(x, torch.Generator().manual_seed(5))
+    b = aug(x, torch.Generator().manual_seed(5))
+    c = aug(x, torch.Generator().manual_seed(6))
+    assert all(torch.equal(u, v) for u, v in zip(a, b))
+    assert not all(torch.equal(u, v) for u, v in zip(a, c))
+
+
+def test_solarize_and_blur_hand_values():
+    aug = MultiCropAugmentation(224, 3)
+    z = torch.tensor([[[-1.0, 0.0, 2.0]]])
+    torch.testing.assert_close(aug.solarize(z), torch.tensor([[[-1.0, 0.0, -2.0]]]))
+    m = aug.blur_matrix(5, 1.0)
+    torch.testing.assert_close(m.sum(0), torch.ones(5))  # each output a weighted mean
+    const = torch.full((1, 5, 5), 3.0)
+    torch.testing.assert_close(aug.gaussian_blur(const, 1.0), const)
+    k = torch.exp(-0.5 * torch.arange(-3, 4.0) ** 2)
+    k = k / k.sum()
+    line = torch.zeros(1, 9, 9)
+    line[0, :, 4] = 1.0  # a vertical line: blurred across, unchanged along
+    out = aug.gaussian_blur(line, 1.0)
+    torch.testing.assert_close(out[0, 4, 1:8], k, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out[0, :, 4], torch.full((9,), float(k[3])))
