@@ -33,11 +33,6 @@ def install_hint(missing):
             " (on Windows from the OSGeo4W Shell). See the SoilSSL README.")
 
 
-def advanced(param):
-    param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-    return param
-
-
 class SoilSSLAlgorithm(QgsProcessingAlgorithm):
     NAME = ""
     GROUP = "features"
@@ -124,7 +119,9 @@ class SoilSSLAlgorithm(QgsProcessingAlgorithm):
 
     # -- shared parameters --------------------------------------------------
     def add(self, param, is_advanced=False):
-        self.addParameter(advanced(param) if is_advanced else param)
+        if is_advanced:
+            param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(param)
 
     def add_source_params(self):
         self.add(QgsProcessingParameterRasterLayer("INPUT", "Input raster"))

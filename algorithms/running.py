@@ -64,16 +64,19 @@ class FeedbackHandler(logging.Handler):
 def bridge():
     """The one bridge handler of the ``soilssl`` logger (installed on first use)."""
     logger = logging.getLogger(LOGGER)
+    current = None
     for handler in list(logger.handlers):
         if getattr(handler, "soilssl_bridge", False):
-            if isinstance(handler, FeedbackHandler):
-                return handler
-            logger.removeHandler(handler)  # left by a previous load of the plugin
-    handler = FeedbackHandler()
-    logger.addHandler(handler)
+            if current is None and isinstance(handler, FeedbackHandler):
+                current = handler
+            else:  # left by a previous load of the plugin
+                logger.removeHandler(handler)
+    if current is None:
+        current = FeedbackHandler()
+        logger.addHandler(current)
     if logger.level == logging.NOTSET:
         logger.setLevel(logging.INFO)
-    return handler
+    return current
 
 
 def remove_bridge():

@@ -23,6 +23,7 @@ position embedding for another tile size.
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
 import pickle
@@ -101,7 +102,9 @@ def load_file(path: str):
         except Exception as exc:
             raise BackboneError(f"'{path}' is not a readable safetensors file: {exc}") from exc
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        # official DINO training checkpoints carry their argparse arguments: plain data
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         msg = str(exc)
         if _pickles_code(msg):
@@ -109,7 +112,9 @@ def load_file(path: str):
                 f"Refused to load '{os.path.basename(path)}': it carries pickled Python objects or "
                 f"code, which SoilSSL never executes (torch.load weights_only=True). Save the "
                 f"weights as a plain state dict (torch.save(model.state_dict(), ...)).") from exc
-        raise BackboneError(f"'{os.path.basename(path)}' is not a PyTorch checkpoint: {msg}") from exc
+        # (not torch's text: it suggests weights_only=False, which would run pickled code)
+        raise BackboneError(f"'{os.path.basename(path)}' is not a PyTorch checkpoint or is "
+                            f"damaged (unreadable pickle data).") from exc
     except Exception as exc:
         raise BackboneError(
             f"'{os.path.basename(path)}' is not a PyTorch checkpoint or is damaged "

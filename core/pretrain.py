@@ -544,9 +544,10 @@ class _Run:
                              "the nodata of the input.")
         per_rank = math.ceil(n / self.dd.world)
         if per_rank < cfg.batch_size:
+            each = " per process" if self.dd.enabled else ""
             self.log.info(f"Only {n} tile(s) to train on: BATCH_SIZE lowered from "
-                          f"{cfg.batch_size} to {per_rank}{' per process' if self.dd.enabled else ''}"
-                          f" (a smaller STRIDE or TILE_SIZE gives more tiles).")
+                          f"{cfg.batch_size} to {per_rank}{each} (a smaller STRIDE or TILE_SIZE "
+                          f"gives more tiles).")
             cfg.batch_size = per_rank
         self.niter = per_rank // cfg.batch_size
 

@@ -37,7 +37,7 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
 from .errors import InputError
-from .files import discard, publish, temp_beside
+from .files import check_raster, discard, publish, temp_beside, write_error
 from .progress import Progress, ensure
 
 DEFAULT_MIN_VALID = 0.5  # tiles with less valid data than this are skipped
@@ -464,9 +464,9 @@ class RasterWriter:
             profile.update(blockysize=1)
         try:
             self.ds = rasterio.open(self.tmp, "w", **profile)
-        except Exception:
+        except Exception as exc:
             self.abort()
-            raise
+            raise write_error(self.path, exc) from exc
         if tags:
             self.ds.update_tags(**{k: v if isinstance(v, str) else json.dumps(v)
                                    for k, v in tags.items()})
@@ -480,18 +480,20 @@ class RasterWriter:
         try:
             self.ds.write(data, window=window)
         except Exception as exc:  # disk full and friends
-            raise InputError(f"Writing '{self.path}' failed: {exc}") from exc
+            raise write_error(self.path, exc) from exc
 
-    def commit(self) -> str:
+    def finish(self) -> None:
+        """Close the temporary file and check it is complete (not yet published)."""
         try:
             self.ds.close()
-            publish(self.tmp, self.path)
+            check_raster(self.tmp)
         except Exception as exc:
             self.abort()
-            raise InputError(f"Writing '{self.path}' failed: {exc}") from exc
-        discard(self.tmp + ".aux.xml")
-        self.done = True
-        return self.path
+            raise write_error(self.path, exc) from exc
+
+    def commit(self) -> str:
+        """Finish and publish this one file."""
+        return commit_all([self])[0]
 
     def abort(self) -> None:
         """Remove the temporary file; ``path`` is left as it was."""
@@ -510,6 +512,22 @@ class RasterWriter:
         elif not self.done:
             self.abort()
         return False
+
+
+def commit_all(writers: Sequence[RasterWriter]) -> list:
+    """Finish every writer, then publish them all: either all outputs appear or none."""
+    try:
+        for w in writers:
+            w.finish()
+    except BaseException:
+        for w in writers:
+            w.abort()
+        raise
+    for w in writers:  # renames need no space: once every file is complete, all appear
+        publish(w.tmp, w.path, check=False)
+        discard(w.tmp + ".aux.xml")
+        w.done = True
+    return [w.path for w in writers]
 
 
 def read_tags(path: str) -> dict:

@@ -28,7 +28,7 @@ from .features import iter_grid_rows, pixel_values, point_features, prepare
 from .files import atomic_save, publish, temp_beside
 from .heads import load_regressor, make_regressor
 from .progress import Progress, ensure
-from .raster import RasterWriter, TileGrid, TileSource
+from .raster import RasterWriter, TileGrid, TileSource, commit_all
 
 MODEL_FORMAT = "soilssl-model"
 METHODS = ("all", "mlp", "ridge", "rf_features", "rf_pixels")
@@ -304,8 +304,7 @@ def predict_map(source: TileSource, model: dict, output: str,
                     inside_count += int(inside.sum())
             for wr, block in zip(writers, blocks):
                 wr.write(block[:, None, :], ((row, row + 1), (0, w)))
-        for wr in writers:
-            wr.commit()
+        commit_all(writers)
     finally:
         for wr in writers:
             if not wr.done:

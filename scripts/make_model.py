@@ -95,10 +95,14 @@ def build():
     def child(alg, child_id, position, sources, outputs=()):
         c = QgsProcessingModelChildAlgorithm(f"soilssl:{alg}")
         c.setChildId(child_id)
-        c.setDescription(alg)
+        c.setDescription(c.algorithm().displayName())
         c.setPosition(QPointF(*position))
         for name, src in sources.items():
             c.addParameterSources(name, [src])
+        for param in c.algorithm().parameterDefinitions():  # the rest at their defaults, as
+            if param.name() not in sources and not param.isDestination() \
+                    and param.defaultValue() is not None:   # the Model Designer does
+                c.addParameterSources(param.name(), [Src.fromStaticValue(param.defaultValue())])
         model_outputs = {}
         for name, child_output, description in outputs:
             out = QgsProcessingModelOutput(name, description)
@@ -143,8 +147,13 @@ def build():
 def main(argv):
     out = os.path.abspath(argv[1]) if len(argv) > 1 else OUTPUT
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    os.environ["QT_HASH_SEED"] = "0"  # the same XML attribute order every time
     sys.path.insert(0, "/usr/share/qgis/python/plugins")
-    sys.path.insert(0, os.path.join(ROOT, ".build", "plugins"))  # the repo as `soilssl`
+    plugins = os.path.join(ROOT, ".build", "plugins")  # the repo, imported as `soilssl`
+    os.makedirs(plugins, exist_ok=True)
+    if not os.path.islink(os.path.join(plugins, "soilssl")):
+        os.symlink(ROOT, os.path.join(plugins, "soilssl"))
+    sys.path.insert(0, plugins)
     from qgis.core import QgsApplication
     app = QgsApplication([], False)
     app.initQgis()

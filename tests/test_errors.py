@@ -23,6 +23,17 @@ QP = os.path.join(ROOT, "scripts", "qgis_process")
 X0, Y0, PX = 500000.0, 2900000.0, 1.5  # the rgb fixture: 150 x 100 px UTM 37N, nodata corner
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One torch thread: on a shared, busy CPU, torch's spinning worker threads make a
+    tiny step 10-20x slower (these tests check behaviour, not speed)."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 # ----------------------------------------------------------------------------- helpers
 def feedback():
     """A QgsProcessingFeedback that records what the run tells the user."""
@@ -289,14 +300,13 @@ def test_arch_mismatch_says_expected_and_found(qgis_app, rgb, tiny_ckpt, out):
 def test_channel_mismatch_says_expected_and_found(qgis_app, rgb, tiny_ckpt, out, tmp_path):
     fails("extractfeatures", extract_params(rgb, tiny_ckpt, out, BANDS="1,2"),
           r"Channel mismatch: the weights expect 3 input channels but 2 were given")
-    import torch
     from soilssl.core.backbone import create_model, save_backbone
     ck = save_backbone(str(tmp_path / "soilssl.pth"), create_model(TINY, 3, 32), TINY, 3, 32,
                        {"mean": [100.0] * 3, "std": [50.0] * 3})
     dem = write_raster(tmp_path / "dem.tif", np.ones((100, 150), np.float32))
     fails("extractfeatures", extract_params(rgb, ck, out, DEM=dem),
           r"normalisation has 3 channels but the input gives 4")
-    assert leftovers(out) == [] and torch  # noqa
+    assert leftovers(out) == []
 
 
 def test_checkpoint_with_pickled_code_is_refused_not_run(qgis_app, rgb, out, tmp_path):
@@ -315,6 +325,16 @@ def test_checkpoint_with_pickled_code_is_refused_not_run(qgis_app, rgb, out, tmp
               rf"Refused to load '{name}': it carries pickled Python objects or code, which "
               r"SoilSSL never executes")
     assert not marker.exists() and leftovers(out) == []
+    # ...while an official DINO training checkpoint, whose argparse arguments are plain data,
+    # loads (its teacher backbone is used)
+    import argparse
+    from soilssl.core.backbone import create_model
+    sd = {"backbone." + k: v for k, v in create_model(TINY, 3, 32).state_dict().items()}
+    torch.save({"teacher": sd, "epoch": 100, "args": argparse.Namespace(arch="vit_tiny",
+                                                                       out_dim=65536)},
+               tmp_path / "checkpoint.pth")
+    run("extractfeatures", extract_params(rgb, str(tmp_path / "checkpoint.pth"), out))
+    assert leftovers(out) == ["f.tif"]
 
 
 # ----------------------------------------------------------------------------- device
@@ -536,5 +556,7 @@ def test_qgis_process_full_disk_and_read_only_folder(rgb, tiny_ckpt, tmp_path):
                   f'echo "LEFT:[$(ls -A {folder} | tr -s "\\n" " ")]"; exit $rc')
         rc, text = qgis_process(*args, f"OUTPUT={folder / 'f.tif'}",
                                 prefix=("unshare", "-rm", "sh", "-c", script))
-        assert rc not in (0, 99) and message in text, text
+        if rc == 99:
+            pytest.skip("mounting is not permitted in a user namespace here")
+        assert rc != 0 and message in text, text
         assert "LEFT:[]" in text, text

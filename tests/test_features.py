@@ -143,7 +143,7 @@ def test_cluster_map_recovers_groups_and_keeps_nodata(tmp_path):
     # same partition as the truth (labels may be permuted)
     pairs = set(zip(labels[ok].tolist(), k[ok].tolist()))
     assert len(pairs) == 4 and s["k"] == 4
-    s2 = cluster_map(path, str(tmp_path / "k2.tif"), k=4, seed=1)
+    cluster_map(path, str(tmp_path / "k2.tif"), k=4, seed=1)
     assert np.array_equal(rasterio.open(tmp_path / "k2.tif").read(1), k)
     with pytest.raises(InputError, match="K must be"):
         cluster_map(path, str(tmp_path / "k3.tif"), k=1)

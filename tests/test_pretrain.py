@@ -218,6 +218,22 @@ def test_non_finite_loss_raises_and_keeps_last_checkpoint(tmp_path, monkeypatch)
     assert torch.load(cfg.output, weights_only=True)["train_state"]["epoch"] == 1
 
 
+def test_few_tiles_lower_the_batch_size_and_no_tile_is_an_error(tmp_path):
+    from soilssl.core.errors import InputError
+    _structured(tmp_path / "img.tif", size=48)  # 3 x 3 tiles of 32 px every 16 px
+    messages = []
+    summary = pretrain(_cfg(tmp_path, epochs=1, batch_size=32),
+                       progress=Progress(on_info=messages.append))
+    assert summary["tiles"]["kept"] == 9 and summary["steps"] == 1
+    assert torch.load(tmp_path / "ck.pth", weights_only=True)["train_state"]["config"][
+        "batch_size"] == 9
+    assert any("BATCH_SIZE lowered from 32 to 9" in m for m in messages)
+    with pytest.raises(InputError, match="No tile is left"):
+        pretrain(_cfg(tmp_path, epochs=1, buffer=100, output=str(tmp_path / "none.pth")),
+                 ([ORIGIN[0] + 36], [ORIGIN[1] - 36]))
+    assert not (tmp_path / "none.pth").exists()
+
+
 def test_read_points_geojson_and_csv(tmp_path):
     from soilssl.core.pretrain import read_points
     (tmp_path / "p.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": [
@@ -228,7 +244,8 @@ def test_read_points_geojson_and_csv(tmp_path):
     xs, ys, crs = read_points(str(tmp_path / "p.geojson"))
     assert xs.tolist() == [38.1, 38.2, 38.3] and ys.tolist() == [26.6, 26.7, 26.8]
     assert crs == "EPSG:4326"
-    (tmp_path / "p.csv").write_text("id,Easting,Northing\n1,500010.5,2899990\n2,,\n3,500020,2899980\n")
+    (tmp_path / "p.csv").write_text(
+        "id,Easting,Northing\n1,500010.5,2899990\n2,,\n3,500020,2899980\n")
     xs, ys, crs = read_points(str(tmp_path / "p.csv"))
     assert xs.tolist() == [500010.5, 500020.0] and ys.tolist() == [2899990.0, 2899980.0]
     assert crs is None

@@ -9,7 +9,6 @@ import torch
 from conftest import write_raster
 from soilssl.core.backbone import load_backbone
 from soilssl.core.errors import InputError
-from soilssl.core.heads import make_regressor
 from soilssl.core.progress import Progress
 from soilssl.core.raster import TileSource
 from soilssl.core.soil import Points, fit_points, load_model, predict_map
@@ -87,7 +86,7 @@ def test_point_features_are_cached(scene, vit, tmp_path, monkeypatch):
 
 def test_predict_map_alignment_uncertainty_and_aoa(scene, vit, tmp_path, tiny_ckpt):
     with TileSource(scene) as src:
-        fit = fit_points(src, _points(src, n=60), vit, method="ridge", n_folds=3,
+        fit_points(src, _points(src, n=60), vit, method="ridge", n_folds=3,
                          model_path=str(tmp_path / "m.pth"))
         model = load_model(str(tmp_path / "m.pth"))
         s = predict_map(src, model, str(tmp_path / "p.tif"), str(tmp_path / "u.tif"),
