@@ -3,6 +3,12 @@
 The package can be imported without QGIS (``soilssl.core`` is the QGIS-free
 engine); the QGIS parts are imported only when QGIS loads the plugin.
 """
+import os
+
+# OpenMP threads that spin while waiting stall a whole forward pass as soon as another
+# process (QGIS's own threads, a second run) takes a core: 2-8x slower on a busy laptop.
+# Passive waiting costs nothing measurable on an idle machine.  Must precede torch's import.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def classFactory(iface):  # noqa: N802 (QGIS API name)

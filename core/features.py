@@ -90,25 +90,6 @@ def check_inputs(source: TileSource, backbone: Backbone, tile: int) -> None:
             f"use a smaller TILE_SIZE.")
 
 
-class _GridWindows:
-    """``grid.windows()`` made on demand: a 20k x 20k raster at stride 16 has 1.6 M tiles,
-    whose Window objects alone would take 200 MB."""
-
-    def __init__(self, grid: TileGrid):
-        self.grid = grid
-
-    def __len__(self) -> int:
-        return len(self.grid)
-
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return [self.grid.window(i) for i in range(*index.indices(len(self.grid)))]
-        index = int(index) + (len(self.grid) if index < 0 else 0)
-        if not 0 <= index < len(self.grid):
-            raise IndexError(index)
-        return self.grid.window(index)
-
-
 def iter_grid_rows(source: TileSource, grid: TileGrid, norm: Normalization, backbone: Backbone,
                    device: torch.device, batch_size: int = 32, amp: str = "auto",
                    pool: str = "cls", min_valid: float = DEFAULT_MIN_VALID, workers: int = 2,
@@ -121,7 +102,7 @@ def iter_grid_rows(source: TileSource, grid: TileGrid, norm: Normalization, back
     filled = 0
     row = 0
     n = len(grid)
-    for start, batch, frac in iter_batches(source, _GridWindows(grid), norm, batch_size,
+    for start, batch, frac in iter_batches(source, grid.windows(), norm, batch_size,
                                            workers, progress=progress):
         keep = np.flatnonzero(frac >= min_valid)
         feats = np.full((len(frac), d), np.nan, np.float32)
@@ -200,11 +181,12 @@ def point_features(source: TileSource, backbone: Backbone, cols: Sequence[float]
     tile, norm = prepare(source, backbone, tile, normalization, progress)
     dev = resolve_device(device)
     backbone.model.to(dev)
+    run = low_precision_copy(backbone, dev, amp)  # the same numerics as iter_grid_rows
     windows = [source.centred_window(c, r, tile) for c, r in zip(cols, rows)]
     out = np.empty((len(windows), backbone.embed_dim), np.float32)
     for start, batch, _ in iter_batches(source, windows, norm, batch_size, workers,
                                         progress=progress):
-        out[start:start + len(batch)] = embed(backbone, batch, dev, amp, pool)
+        out[start:start + len(batch)] = embed(run, batch, dev, amp, pool)
         progress.set((start + len(batch)) / max(1, len(windows)))
     return out
 

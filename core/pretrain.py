@@ -59,7 +59,8 @@ from .errors import BackboneError, Cancelled, InputError, SoilSSLError, Training
 from .features import AMPS, autocast
 from .files import atomic_save
 from .progress import Progress, ensure
-from .raster import DEFAULT_MIN_VALID, Normalization, TileGrid, TileSource, iter_batches
+from .raster import (DEFAULT_MIN_VALID, GridWindows, Normalization, TileGrid, TileSource,
+                     iter_batches)
 
 KIND = "dino-pretrain"
 
@@ -190,32 +191,15 @@ class TileSample:
     skipped_nodata: int          # valid fraction below min_valid
     points: int = 0              # points used for the buffer
 
-    def windows(self, order: Optional[Sequence[int]] = None) -> "TileWindows":
+    def windows(self, order: Optional[Sequence[int]] = None) -> GridWindows:
         """The kept tiles' windows (in ``order``: positions into ``indices``), made lazily."""
         idx = self.indices if order is None else self.indices[np.asarray(order, np.int64)]
-        return TileWindows(self.grid, idx)
+        return self.grid.windows(idx)
 
     def counts(self) -> dict:
         return {"total": self.total, "kept": int(len(self.indices)),
                 "excluded_buffer": self.excluded_buffer, "skipped_nodata": self.skipped_nodata,
                 "points": self.points}
-
-
-class TileWindows:
-    """A sequence of grid windows made on demand (what :func:`iter_batches` reads): a
-    large raster at a small stride has millions of tiles, too many Window objects."""
-
-    def __init__(self, grid: TileGrid, indices):
-        self.grid = grid
-        self.indices = np.asarray(indices, np.int64)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, item):
-        if isinstance(item, slice):
-            return [self.grid.window(int(i)) for i in self.indices[item]]
-        return self.grid.window(int(self.indices[item]))
 
 
 def buffer_excluded(grid: TileGrid, cols, rows, buffer: float) -> np.ndarray:
@@ -262,7 +246,7 @@ def sample_tiles(source: TileSource, tile: int, stride: Optional[int] = None, co
     n_points = 0 if cols is None else int(np.isfinite(np.asarray(cols, float)).sum())
     if min_valid > 0 and len(candidates):
         share = candidates[rank::world]
-        wins = TileWindows(grid, share)
+        wins = grid.windows(share)
         dummy = Normalization([0.0] * source.channels, [1.0] * source.channels)
         ok = np.zeros(len(share), bool)
         for start, _, frac in iter_batches(source, wins, dummy, batch_size, workers,

@@ -112,13 +112,40 @@ class TileGrid:
         r, c = divmod(int(index), self.n_cols)
         return Window(c * self.stride, r * self.stride, self.tile, self.tile)
 
-    def windows(self, indices: Optional[Sequence[int]] = None) -> list:
-        idx = range(len(self)) if indices is None else indices
-        return [self.window(i) for i in idx]
+    def windows(self, indices: Optional[Sequence[int]] = None) -> "GridWindows":
+        """The windows of ``indices`` (default: every tile, row by row), made on demand."""
+        return GridWindows(self, indices)
 
     def out_transform(self, transform: Affine) -> Affine:
         shift = (self.tile - self.stride) / 2.0
         return transform @ Affine.translation(shift, shift) @ Affine.scale(self.stride)
+
+
+class GridWindows:
+    """A sequence of grid windows made on demand (what :func:`iter_batches` reads): a
+    20k x 20k raster at stride 16 has 1.6 M tiles, whose Window objects alone would take
+    200 MB."""
+
+    def __init__(self, grid: TileGrid, indices: Optional[Sequence[int]] = None):
+        self.grid = grid
+        self.indices = None if indices is None else np.asarray(indices, np.int64)
+
+    def __len__(self) -> int:
+        return len(self.grid) if self.indices is None else len(self.indices)
+
+    def _index(self, i) -> int:
+        return int(i) if self.indices is None else int(self.indices[i])
+
+    def __getitem__(self, item):
+        if isinstance(item, slice):
+            return [self.grid.window(self._index(i)) for i in range(*item.indices(len(self)))]
+        item = int(item) + (len(self) if item < 0 else 0)
+        if not 0 <= item < len(self):
+            raise IndexError(item)
+        return self.grid.window(self._index(item))
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
 
 
 # ---------------------------------------------------------------------------

@@ -16,6 +16,7 @@ if not os.path.islink(os.path.join(PKG_DIR, "soilssl")):
     os.symlink(ROOT, os.path.join(PKG_DIR, "soilssl"))
 sys.path.insert(0, PKG_DIR)
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the plugin sets it (see __init__.py)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 TINY = "vit_tiny_patch16_224"
