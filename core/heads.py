@@ -433,14 +433,14 @@ class ForestHead(Regressor):
     (weighted when sample weights are given; first on ties) is grown on to
     ``n_estimators`` trees.  ``max_features`` entries resolve to a number of features;
     duplicates and numbers above ``max(max_mtry, smallest)`` are dropped, which keeps
-    768-dim features fast while low-dim pixel values get the full range (1..D).
+    768-dim features fast (sqrt(D) only) while pixel values get sqrt(D), D/3 and D.
     """
 
     method = "rf"
     chunk_rows = 8192  # (trees x rows) node indices are held at once
 
     def __init__(self, seed: int = 0, n_estimators: int = 100,
-                 max_features: Sequence = ("log2", "sqrt", 1 / 3, 1.0),
+                 max_features: Sequence = ("sqrt", 1 / 3, 1.0),
                  min_samples_leaf: Sequence[int] = (1, 5), max_mtry: int = 32,
                  search_estimators: int = 30, n_jobs: int = -1):
         super().__init__()
