@@ -123,6 +123,13 @@ class SoilSSLAlgorithm(QgsProcessingAlgorithm):
             param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(param)
 
+    def add_number(self, name, label, default, minimum=None, maximum=None, is_advanced=False):
+        """An integer (int default) or decimal (float default) parameter."""
+        kind = QgsProcessingParameterNumber.Double if isinstance(default, float) \
+            else QgsProcessingParameterNumber.Integer
+        bounds = {k: v for k, v in (("minValue", minimum), ("maxValue", maximum)) if v is not None}
+        self.add(QgsProcessingParameterNumber(name, label, kind, default, **bounds), is_advanced)
+
     def add_source_params(self):
         self.add(QgsProcessingParameterRasterLayer("INPUT", "Input raster"))
         self.add(QgsProcessingParameterBand("BANDS", "Bands (default: the first 3)", None,
@@ -139,22 +146,14 @@ class SoilSSLAlgorithm(QgsProcessingAlgorithm):
                                                   "say)", optional=True))
 
     def add_tiling_params(self):
-        self.add(QgsProcessingParameterNumber("TILE_SIZE", "Tile size (px; 0 = backbone's)",
-                                              QgsProcessingParameterNumber.Integer, 0,
-                                              minValue=0))
-        self.add(QgsProcessingParameterNumber("STRIDE", "Stride (px; 0 = tile size)",
-                                              QgsProcessingParameterNumber.Integer, 0,
-                                              minValue=0))
+        self.add_number("TILE_SIZE", "Tile size (px; 0 = backbone's)", 0, minimum=0)
+        self.add_number("STRIDE", "Stride (px; 0 = tile size)", 0, minimum=0)
 
     def add_compute_params(self, batch=32):
         self.add(QgsProcessingParameterEnum("DEVICE", "Device", DEVICES, defaultValue=0))
-        self.add(QgsProcessingParameterNumber("BATCH_SIZE", "Batch size",
-                                              QgsProcessingParameterNumber.Integer, batch,
-                                              minValue=1))
+        self.add_number("BATCH_SIZE", "Batch size", batch, minimum=1)
         self.add(QgsProcessingParameterEnum("AMP", "Mixed precision", AMPS, defaultValue=0), True)
-        self.add(QgsProcessingParameterNumber("WORKERS", "Reader threads",
-                                              QgsProcessingParameterNumber.Integer, 2,
-                                              minValue=0, maxValue=32), True)
+        self.add_number("WORKERS", "Reader threads", 2, minimum=0, maximum=32, is_advanced=True)
 
     # -- reading shared parameters ------------------------------------------
     def source(self, parameters, context):

@@ -1,5 +1,5 @@
 """soilssl:extractfeatures: tiles a raster through a ViT into a feature raster."""
-from qgis.core import (QgsProcessingParameterEnum, QgsProcessingParameterNumber,
+from qgis.core import (QgsProcessingParameterEnum,
                        QgsProcessingParameterRasterDestination)
 
 from .base import POOLS, SoilSSLAlgorithm
@@ -16,9 +16,8 @@ class ExtractFeatures(SoilSSLAlgorithm):
         self.add_tiling_params()
         self.add_compute_params()
         self.add(QgsProcessingParameterEnum("POOL", "Tile feature", POOLS, defaultValue=0), True)
-        self.add(QgsProcessingParameterNumber("MIN_VALID", "Minimum valid share of a tile",
-                                              QgsProcessingParameterNumber.Double, 0.5,
-                                              minValue=0.0, maxValue=1.0), True)
+        self.add_number("MIN_VALID", "Minimum valid share of a tile", 0.5, minimum=0.0,
+                        maximum=1.0, is_advanced=True)
         self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", "Features"))
 
     def execute(self, parameters, context, feedback, progress):

@@ -6,7 +6,7 @@ import numpy as np
 from qgis.core import (QgsProcessingOutputString, QgsProcessingParameterEnum,
                        QgsProcessingParameterFeatureSink,
                        QgsProcessingParameterFeatureSource, QgsProcessingParameterField,
-                       QgsProcessingParameterFileDestination, QgsProcessingParameterNumber,
+                       QgsProcessingParameterFileDestination,
                        QgsProcessing)
 
 from .base import SoilSSLAlgorithm
@@ -32,20 +32,16 @@ class FitPoints(SoilSSLAlgorithm):
                                              parentLayerParameterName="POINTS",
                                              allowMultiple=True))
         self.add(QgsProcessingParameterEnum("METHOD", "Method", METHODS, defaultValue=0))
-        self.add(QgsProcessingParameterNumber("FOLDS", "Spatial CV folds",
-                                              QgsProcessingParameterNumber.Integer, 6,
-                                              minValue=2, maxValue=50))
+        self.add_number("FOLDS", "Spatial CV folds", 6, minimum=2, maximum=50)
         self.add(QgsProcessingParameterEnum("FOLD_MODE", "Folds", FOLD_MODES, defaultValue=0),
                  True)
         self.add(QgsProcessingParameterEnum("LOSS", "MLP loss", LOSSES, defaultValue=0), True)
         self.add(QgsProcessingParameterField("WEIGHT_FIELD", "Sample weight field",
                                              parentLayerParameterName="POINTS", optional=True,
                                              type=QgsProcessingParameterField.Numeric), True)
-        self.add(QgsProcessingParameterNumber("SEED", "Random seed",
-                                              QgsProcessingParameterNumber.Integer, 0), True)
-        self.add(QgsProcessingParameterNumber("TILE_SIZE", "Tile size (px; 0 = backbone's)",
-                                              QgsProcessingParameterNumber.Integer, 0,
-                                              minValue=0), True)
+        self.add_number("SEED", "Random seed", 0, is_advanced=True)
+        self.add_number("TILE_SIZE", "Tile size (px; 0 = backbone's)", 0, minimum=0,
+                        is_advanced=True)
         self.add_compute_params()
         self.addParameter(QgsProcessingParameterFeatureSink(
             "OUTPUT_POINTS", "Points with out-of-fold predictions", QgsProcessing.TypeVectorPoint))

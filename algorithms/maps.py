@@ -1,5 +1,5 @@
 """soilssl:clustermap and soilssl:pcamap: unsupervised maps of a feature raster."""
-from qgis.core import (QgsProcessingParameterNumber, QgsProcessingParameterRasterDestination,
+from qgis.core import (QgsProcessingParameterRasterDestination,
                        QgsProcessingParameterRasterLayer)
 
 from .base import SoilSSLAlgorithm
@@ -13,8 +13,7 @@ class _FeatureMap(SoilSSLAlgorithm):
     def define(self):
         self.add(QgsProcessingParameterRasterLayer("INPUT", "Feature raster"))
         self.init_extra()
-        self.add(QgsProcessingParameterNumber("SEED", "Random seed",
-                                              QgsProcessingParameterNumber.Integer, 0), True)
+        self.add_number("SEED", "Random seed", 0, is_advanced=True)
         self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", self.OUTPUT_LABEL))
 
     def init_extra(self):
@@ -35,9 +34,7 @@ class ClusterMap(_FeatureMap):
     OUTPUT_LABEL = "Clusters"
 
     def init_extra(self):
-        self.add(QgsProcessingParameterNumber("K", "Number of clusters",
-                                              QgsProcessingParameterNumber.Integer, 8,
-                                              minValue=2, maxValue=254))
+        self.add_number("K", "Number of clusters", 8, minimum=2, maximum=254)
 
     def make(self, path, output, seed, parameters, context, progress):
         from ..core.maps import cluster_map

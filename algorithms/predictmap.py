@@ -1,5 +1,5 @@
 """soilssl:predictmap: maps a fitted soil model over a raster with uncertainty and AOA."""
-from qgis.core import QgsProcessingParameterFile, QgsProcessingParameterNumber, \
+from qgis.core import QgsProcessingParameterFile, \
     QgsProcessingParameterRasterDestination
 
 from .base import SoilSSLAlgorithm
@@ -17,9 +17,7 @@ class PredictMap(SoilSSLAlgorithm):
                                             fileFilter="SoilSSL model (*.pth)"))
         self.add(QgsProcessingParameterFile("BACKBONE", "Backbone (if it moved since fitting)",
                                             optional=True), True)
-        self.add(QgsProcessingParameterNumber("STRIDE", "Stride (px; 0 = tile size)",
-                                              QgsProcessingParameterNumber.Integer, 0,
-                                              minValue=0))
+        self.add_number("STRIDE", "Stride (px; 0 = tile size)", 0, minimum=0)
         self.add_compute_params()
         self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", "Prediction"))
         self.addParameter(QgsProcessingParameterRasterDestination(

@@ -1,7 +1,7 @@
 """soilssl:pretrain: continues DINO self-supervised training of a ViT on the user's raster."""
 from qgis.core import (QgsProcessing, QgsProcessingOutputNumber,
                        QgsProcessingParameterFeatureSource, QgsProcessingParameterFile,
-                       QgsProcessingParameterFileDestination, QgsProcessingParameterNumber,
+                       QgsProcessingParameterFileDestination,
                        QgsProcessingParameterString)
 
 from .base import SoilSSLAlgorithm
@@ -17,33 +17,19 @@ class Pretrain(SoilSSLAlgorithm):
         self.add(QgsProcessingParameterFeatureSource(
             "POINTS", "Soil sample points to keep away from (optional)",
             [QgsProcessing.TypeVectorPoint], optional=True))
-        self.add(QgsProcessingParameterNumber("BUFFER", "Exclusion buffer around points (px)",
-                                              QgsProcessingParameterNumber.Double, 448.0,
-                                              minValue=0.0))
+        self.add_number("BUFFER", "Exclusion buffer around points (px)", 448.0, minimum=0.0)
         self.add(QgsProcessingParameterString("ARCH", "Architecture (timm ViT name)",
                                               "vit_base_patch16_224"))
         self.add_backbone_params("INIT", "Initial weights (empty = random initialisation)",
                                  optional=True)
-        self.add(QgsProcessingParameterNumber("EPOCHS", "Epochs",
-                                              QgsProcessingParameterNumber.Integer, 10,
-                                              minValue=1))
-        self.add(QgsProcessingParameterNumber("TILE_SIZE", "Tile size (px)",
-                                              QgsProcessingParameterNumber.Integer, 224,
-                                              minValue=16))
-        self.add(QgsProcessingParameterNumber("STRIDE", "Grid stride (px; 0 = tile size)",
-                                              QgsProcessingParameterNumber.Integer, 0,
-                                              minValue=0), True)
-        self.add(QgsProcessingParameterNumber("OUT_DIM", "DINO head output dimension",
-                                              QgsProcessingParameterNumber.Integer, 4096,
-                                              minValue=16), True)
-        self.add(QgsProcessingParameterNumber("LOCAL_CROPS", "Local crops per tile",
-                                              QgsProcessingParameterNumber.Integer, 8,
-                                              minValue=0), True)
-        self.add(QgsProcessingParameterNumber("LR", "Learning rate (per 256 tiles)",
-                                              QgsProcessingParameterNumber.Double, 0.0005,
-                                              minValue=0.0), True)
-        self.add(QgsProcessingParameterNumber("SEED", "Random seed",
-                                              QgsProcessingParameterNumber.Integer, 0), True)
+        self.add_number("EPOCHS", "Epochs", 10, minimum=1)
+        self.add_number("TILE_SIZE", "Tile size (px)", 224, minimum=16)
+        self.add_number("STRIDE", "Grid stride (px; 0 = tile size)", 0, minimum=0, is_advanced=True)
+        self.add_number("OUT_DIM", "DINO head output dimension", 4096, minimum=16, is_advanced=True)
+        self.add_number("LOCAL_CROPS", "Local crops per tile", 8, minimum=0, is_advanced=True)
+        self.add_number("LR", "Learning rate (per 256 tiles)", 0.0005, minimum=0.0,
+                        is_advanced=True)
+        self.add_number("SEED", "Random seed", 0, is_advanced=True)
         self.add(QgsProcessingParameterFile("RESUME", "Resume from checkpoint", optional=True,
                                             fileFilter="SoilSSL checkpoint (*.pth)"))
         self.add_compute_params(batch=16)

@@ -27,15 +27,10 @@ from sklearn.metrics import pairwise_distances_argmin_min, pairwise_distances_ch
 from sklearn.preprocessing import StandardScaler
 
 from .errors import InputError
+from .heads import to_numpy
 
 STATE_VERSION = 1
 WORKING_MEMORY_MB = 128
-
-
-def _numpy(value) -> np.ndarray:
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().numpy()
-    return np.asarray(value)
 
 
 def _nearest_distance(A: np.ndarray, B: np.ndarray) -> np.ndarray:
@@ -94,8 +89,8 @@ def aoa_predict(state: dict, X, chunk_rows: int = 4096) -> Tuple[np.ndarray, np.
     """(DI, inside) of each row of X (M, D); rows with NaN/inf get DI NaN, inside False."""
     if state.get("kind") != "aoa" or int(state.get("version", -1)) > STATE_VERSION:
         raise InputError("Not an AOA state of this SoilSSL version.")
-    mean, scale = _numpy(state["mean"]), _numpy(state["scale"])
-    train = _numpy(state["train"])
+    mean, scale = to_numpy(state["mean"]), to_numpy(state["scale"])
+    train = to_numpy(state["train"])
     X = np.asarray(X)
     if X.ndim != 2 or X.shape[1] != mean.shape[0]:
         raise InputError(f"AOA expects (M, {mean.shape[0]}) features, got shape {X.shape}: "

@@ -81,30 +81,29 @@ def discard(*paths: str) -> None:
             os.remove(p)
 
 
+def atomic_write(path: str, write) -> str:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then publish it; on any
+    error the temporary file is removed and ``path`` is untouched."""
+    path = os.path.abspath(str(path))
+    tmp = temp_beside(path)
+    try:
+        write(tmp)
+    except BaseException as exc:
+        discard(tmp)
+        if isinstance(exc, OSError):
+            raise write_error(path, exc) from exc
+        raise
+    return publish(tmp, path)
+
+
 def atomic_save(obj, path: str) -> str:
     """``torch.save`` ``obj`` to ``path`` atomically."""
     import torch
-    path = os.path.abspath(str(path))
-    tmp = temp_beside(path)
-    try:
-        torch.save(obj, tmp)
-    except BaseException as exc:
-        discard(tmp)
-        if isinstance(exc, OSError):
-            raise write_error(path, exc) from exc
-        raise
-    return publish(tmp, path)
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def atomic_write_text(text: str, path: str) -> str:
-    path = os.path.abspath(str(path))
-    tmp = temp_beside(path)
-    try:
+    def write(tmp):
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
-    except BaseException as exc:
-        discard(tmp)
-        if isinstance(exc, OSError):
-            raise write_error(path, exc) from exc
-        raise
-    return publish(tmp, path)
+    return atomic_write(path, write)

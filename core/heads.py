@@ -49,7 +49,7 @@ MIN_FIT_POINTS = 2
 
 # ----------------------------------------------------------------------------- helpers
 
-def _to_numpy(value) -> np.ndarray:
+def to_numpy(value) -> np.ndarray:
     """A state entry (tensor or array-like) as a numpy array."""
     if isinstance(value, torch.Tensor):
         return value.detach().cpu().numpy()
@@ -305,8 +305,8 @@ class MLPHead(Regressor):
                 "epochs_trained": self.epochs_trained, "best_epoch": self.best_epoch}
 
     def _load(self, state: dict) -> None:
-        self.x_mean = _to_numpy(state["x_mean"]).astype(np.float64)
-        self.x_scale = _to_numpy(state["x_scale"]).astype(np.float64)
+        self.x_mean = to_numpy(state["x_mean"]).astype(np.float64)
+        self.x_scale = to_numpy(state["x_scale"]).astype(np.float64)
         self.y_mean, self.y_scale = float(state["y_mean"]), float(state["y_scale"])
         self.net = build_head(len(self.x_mean), self.hidden)
         self.net.load_state_dict(dict(state["net"]))
@@ -355,9 +355,9 @@ class RidgeHead(Regressor):
                 "alpha": self.alpha}
 
     def _load(self, state: dict) -> None:
-        self.x_mean = _to_numpy(state["x_mean"]).astype(np.float64)
-        self.x_scale = _to_numpy(state["x_scale"]).astype(np.float64)
-        self.coef = _to_numpy(state["coef"]).astype(np.float64)
+        self.x_mean = to_numpy(state["x_mean"]).astype(np.float64)
+        self.x_scale = to_numpy(state["x_scale"]).astype(np.float64)
+        self.coef = to_numpy(state["coef"]).astype(np.float64)
         self.intercept, self.alpha = float(state["intercept"]), float(state["alpha"])
 
 
@@ -515,7 +515,7 @@ class ForestHead(Regressor):
                 "best_params": dict(self.best_params_), "oob_r2": self.oob_r2_}
 
     def _load(self, state: dict) -> None:
-        self.arrays = {k: _to_numpy(v) for k, v in dict(state["trees"]).items()}
+        self.arrays = {k: to_numpy(v) for k, v in dict(state["trees"]).items()}
         self.best_params_ = dict(state["best_params"])
         self.oob_r2_ = float(state["oob_r2"])
 

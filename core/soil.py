@@ -25,7 +25,7 @@ from .cv import (COMPARE, FEATURE_METHODS, FEATURES, PIXELS, cross_validate, met
                  spatial_folds)
 from .errors import BackboneError, InputError
 from .features import iter_grid_rows, pixel_values, point_features, prepare
-from .files import atomic_save, publish, temp_beside
+from .files import atomic_save, atomic_write
 from .heads import load_regressor, make_regressor
 from .progress import Progress, ensure
 from .raster import RasterWriter, TileGrid, TileSource, commit_all
@@ -104,11 +104,11 @@ def cached_point_features(source: TileSource, backbone: Backbone, cols, rows, po
     feats = point_features(source, backbone, cols, rows, tile=tile, pool=pool,
                            normalization=norm.to_dict(), progress=progress, **compute)
     if backbone.checksum:  # random weights are not reproducible by name: never cached
+        def write(tmp):
+            with open(tmp, "wb") as f:  # a file object: np.save would append ".npy" to a name
+                np.save(f, feats, allow_pickle=False)
         try:
-            tmp = temp_beside(path, ".npy")
-            with open(tmp, "wb") as f:
-                np.save(f, feats)
-            publish(tmp, path)
+            atomic_write(path, write)
         except (OSError, InputError):
             progress.info(f"Could not write the feature cache in {folder}; continuing.")
     return feats

@@ -22,6 +22,42 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 TINY = "vit_tiny_patch16_224"
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One intra-op torch thread in tests: tiny models gain nothing from more, and on a
+    shared, busy CPU extra threads make a tiny step many times slower.  The tests check
+    behaviour, not speed (speed is `make bench`)."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def feedback():
+    """A QgsProcessingFeedback that records what the run tells the user."""
+    from qgis.core import QgsProcessingFeedback
+
+    class Recorder(QgsProcessingFeedback):
+        def __init__(self):
+            super().__init__()
+            self.infos, self.warnings, self.errors = [], [], []
+
+        def pushInfo(self, info):  # noqa: N802
+            self.infos.append(info)
+            super().pushInfo(info)
+
+        def pushWarning(self, warning):  # noqa: N802
+            self.warnings.append(warning)
+            super().pushWarning(warning)
+
+        def reportError(self, error, fatalError=False):  # noqa: N802,N803
+            self.errors.append(error)
+            super().reportError(error, fatalError)
+
+    return Recorder()
+
+
 def write_raster(path, data, transform=None, crs="EPSG:32637", nodata=None, dtype=None):
     import rasterio
     from rasterio.transform import from_origin

@@ -10,14 +10,6 @@ from soilssl.core.dino import (DINOHead, DINOLoss, MultiCropAugmentation, MultiC
                                default_local_size, ema_update, param_groups, teacher_temperature)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _np_log_softmax(x):
     x = x - x.max(axis=-1, keepdims=True)
     return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))

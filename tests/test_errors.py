@@ -17,48 +17,13 @@ import numpy as np
 import pytest
 import rasterio
 
-from conftest import ROOT, TINY, write_raster
+from conftest import ROOT, TINY, feedback, write_raster
 
 QP = os.path.join(ROOT, "scripts", "qgis_process")
 X0, Y0, PX = 500000.0, 2900000.0, 1.5  # the rgb fixture: 150 x 100 px UTM 37N, nodata corner
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One torch thread: on a shared, busy CPU, torch's spinning worker threads make a
-    tiny step 10-20x slower (these tests check behaviour, not speed)."""
-    import torch
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ----------------------------------------------------------------------------- helpers
-def feedback():
-    """A QgsProcessingFeedback that records what the run tells the user."""
-    from qgis.core import QgsProcessingFeedback
-
-    class Recorder(QgsProcessingFeedback):
-        def __init__(self):
-            super().__init__()
-            self.infos, self.warnings, self.errors = [], [], []
-
-        def pushInfo(self, info):  # noqa: N802
-            self.infos.append(info)
-            super().pushInfo(info)
-
-        def pushWarning(self, warning):  # noqa: N802
-            self.warnings.append(warning)
-            super().pushWarning(warning)
-
-        def reportError(self, error, fatalError=False):  # noqa: N802,N803
-            self.errors.append(error)
-            super().reportError(error, fatalError)
-
-    return Recorder()
-
-
 def run(alg, params, fb=None):
     import processing
     return processing.run(f"soilssl:{alg}", params, feedback=fb or feedback())

@@ -22,15 +22,6 @@ ORIGIN = (500000.0, 2900000.0)
 PIX = 1.5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: tiny models gain nothing from more, and shared CPUs stay usable."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _structured(path, size=96, seed=0, nodata_corner=0):
     """RGB uint8: four quadrants with their own palette and texture (stripes, checks,
     waves, noise); optional nodata (0) triangle in the bottom-left corner."""

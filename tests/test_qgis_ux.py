@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from conftest import ROOT, TINY, write_raster
+from conftest import ROOT, TINY, feedback, write_raster
 
 DEMO = os.path.join(ROOT, "resources", "demo")
 MODEL = os.path.join(ROOT, "resources", "models", "soil_mapping.model3")
@@ -20,39 +20,9 @@ GROUPS = {"extractfeatures": "features", "clustermap": "features", "pcamap": "fe
           "pretrain": "training", "fitpoints": "soil", "predictmap": "soil"}
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One torch thread: on a shared, busy CPU, torch's spinning worker threads make a
-    tiny step 10-20x slower (these tests check behaviour, not speed)."""
-    import torch
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def algorithms():
     from qgis.core import QgsApplication
     return QgsApplication.processingRegistry().providerById("soilssl").algorithms()
-
-
-def recorder():
-    from qgis.core import QgsProcessingFeedback
-
-    class Recorder(QgsProcessingFeedback):
-        def __init__(self):
-            super().__init__()
-            self.infos, self.warnings = [], []
-
-        def pushInfo(self, info):  # noqa: N802
-            self.infos.append(info)
-            super().pushInfo(info)
-
-        def pushWarning(self, warning):  # noqa: N802
-            self.warnings.append(warning)
-            super().pushWarning(warning)
-
-    return Recorder()
 
 
 @pytest.fixture
@@ -124,7 +94,7 @@ def load_results(alg, params):
     import processing
     from qgis.core import QgsProject
     QgsProject.instance().removeAllMapLayers()
-    processing.runAndLoadResults(alg, params, feedback=recorder())
+    processing.runAndLoadResults(alg, params, feedback=feedback())
     return {os.path.normpath(lyr.source()): lyr
             for lyr in QgsProject.instance().mapLayers().values()}
 
@@ -164,7 +134,7 @@ def test_prediction_uncertainty_aoa_styles(qgis_app, tmp_path):
         style_output(context, path, qml)
         expected[path] = renderer
     alg = qgis_app.processingRegistry().algorithmById("soilssl:predictmap")
-    assert handleAlgorithmResults(alg, context, recorder(), False)
+    assert handleAlgorithmResults(alg, context, feedback(), False)
     loaded = {os.path.normpath(lyr.source()): lyr
               for lyr in QgsProject.instance().mapLayers().values()}
     for path, renderer in expected.items():
@@ -191,7 +161,7 @@ def test_logging_bridged_to_the_running_feedback_once(qgis_app, features, tmp_pa
 
     seen = []
     for i in range(2):
-        fb = recorder()
+        fb = feedback()
         processing.run("soilssl:clustermap", {"INPUT": features, "K": 3,
                                               "OUTPUT": str(tmp_path / f"k{i}.tif")}, feedback=fb)
         seen.append(fb)
@@ -369,7 +339,7 @@ def test_modeler_chain_runs_headless_on_the_demo(qgis_app, tmp_path):
         "raster": os.path.join(DEMO, "rgb.tif"), "points": os.path.join(DEMO, "points.geojson"),
         "fields": ["ph_h2o"], "arch": TINY, "tile_size": 32, "epochs": 1, "buffer": 32,
         "out_dim": 16, "local_crops": 0, "batch_size": 32, "method": METHODS.index("ridge"),
-        "folds": 6, "clusters": 4, "device": 1, **out}, feedback=recorder())
+        "folds": 6, "clusters": 4, "device": 1, **out}, feedback=feedback())
     for name, path in out.items():
         assert os.path.exists(path), name
     bb = load_backbone(out["pretrain:backbone"])
