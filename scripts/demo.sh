@@ -11,6 +11,7 @@ DEMO=resources/demo
 ARCH=${DEMO_ARCH:-vit_tiny_patch16_224}
 TILE=${DEMO_TILE:-64}
 EPOCHS=${DEMO_EPOCHS:-4}
+LR=${DEMO_LR:-0.005}  # per 256 tiles: 6e-4 at batch 32; a short run needs more than the default
 mkdir -p "$OUT"
 run() { echo "== $1"; "$QP" run "$@" 2>&1 | grep -vE "^(QStandardPaths|<string>)" | sed 's/^/   /'; }
 
@@ -28,7 +29,7 @@ PY
 # 2. Self-supervised pretraining (DINO) on the demo scene. The demo points are dense (every
 #    ~90 m), so the paper's 448 px buffer would exclude every tile: BUFFER=0 here.
 run soilssl:pretrain -- INPUT=$DEMO/rgb.tif ARCH=$ARCH INIT=$OUT/init_random.pth \
-  TILE_SIZE=$TILE STRIDE=$((TILE / 2)) EPOCHS=$EPOCHS BATCH_SIZE=32 OUT_DIM=1024 LOCAL_CROPS=4 \
+  TILE_SIZE=$TILE STRIDE=$((TILE / 2)) EPOCHS=$EPOCHS BATCH_SIZE=32 OUT_DIM=1024 LOCAL_CROPS=4 LR=$LR \
   BUFFER=0 DEVICE=auto OUTPUT=$OUT/ssl_backbone.pth
 
 # 3. Features of the scene and the paper's unsupervised maps.
