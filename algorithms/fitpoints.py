@@ -1,8 +1,6 @@
 """soilssl:fitpoints: soil heads on sample points under spatial cross-validation."""
 import json
 
-import numpy as np
-
 from qgis.core import (QgsProcessingOutputString, QgsProcessingParameterEnum,
                        QgsProcessingParameterFeatureSink,
                        QgsProcessingParameterFeatureSource, QgsProcessingParameterField,
@@ -79,8 +77,6 @@ class FitPoints(SoilSSLAlgorithm):
                              loss=self.enum(parameters, "LOSS", context),
                              seed=self.parameterAsInt(parameters, "SEED", context), tile=tile,
                              model_path=model_path, progress=progress, **compute)
-            xy = src.transform @ tuple(src.points_to_pixels(points.xs, points.ys, points.crs))
-        coords = np.column_stack(xy)[fit.keep]
         out_fields = oof_fields(points_src.fields(), fit)
         sink, sink_id = self.parameterAsSink(parameters, "OUTPUT_POINTS", context, out_fields,
                                              points_src.wkbType(), points_src.sourceCrs())
@@ -88,7 +84,7 @@ class FitPoints(SoilSSLAlgorithm):
         results = {"OUTPUT_POINTS": sink_id, "OUTPUT_MODEL": model_path,
                    "CV_TABLE": json.dumps(fit.cv.table()), "METHODS": json.dumps(fit.chosen)}
         if report_path:
-            write_report(report_path, fit.cv, coords, fit.chosen,
+            write_report(report_path, fit.cv, fit.coords, fit.chosen,
                          title="SoilSSL spatial cross-validation")
             results["OUTPUT_REPORT"] = report_path
         return results

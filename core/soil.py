@@ -86,10 +86,11 @@ def cache_dir() -> str:
 
 def cached_point_features(source: TileSource, backbone: Backbone, cols, rows, pool: str = "cls",
                           tile: Optional[int] = None, cache: Optional[str] = None,
-                          progress: Optional[Progress] = None, **compute) -> np.ndarray:
+                          progress: Optional[Progress] = None,
+                          normalization: Optional[dict] = None, **compute) -> np.ndarray:
     """point_features, cached by backbone, raster, bands, DEM, points and tiling."""
     progress = ensure(progress)
-    tile, norm = prepare(source, backbone, tile, None, progress)
+    tile, norm = prepare(source, backbone, tile, normalization, progress)
     key = hashlib.sha256(json.dumps({
         "backbone": backbone.reference, "raster": _fingerprint(source.path),
         "bands": list(source.bands), "dem": _fingerprint(source.dem), "tile": tile,
@@ -120,6 +121,7 @@ class FitResult:
     keep: np.ndarray                # (N_input,) points used
     folds: np.ndarray               # (N_used,) fold id
     chosen: dict                    # target -> method label refitted for mapping
+    coords: np.ndarray              # (N_used, 2) point coordinates in the raster CRS
     model: dict = field(repr=False, default_factory=dict)
     skipped: dict = field(default_factory=dict)
 
@@ -163,12 +165,13 @@ def fit_points(source: TileSource, points: Points, backbone: Backbone,
     c, r = cols[keep], rows[keep]
     x_map, y_map = source.transform @ (c + 0.0, r + 0.0)
     # folds first: a fold with too few points is reported before any feature is computed
-    folds = spatial_folds(np.column_stack([x_map, y_map]), n_folds, fold_mode, seed)
-    progress.info(f"{n} points; extracting features of their {tile or backbone.tile_size} px "
-                  f"tiles...")
+    coords = np.column_stack([x_map, y_map])
+    folds = spatial_folds(coords, n_folds, fold_mode, seed)
+    tile, norm = prepare(source, backbone, tile, None, progress)
+    progress.info(f"{n} points; extracting features of their {tile} px tiles...")
     sets = {PIXELS: pix[keep],
             FEATURES: cached_point_features(source, backbone, c, r, pool, tile, cache,
-                                            progress.sub(0.0, 0.3), **compute)}
+                                            progress.sub(0.0, 0.3), norm.to_dict(), **compute)}
     if compare is not None:
         sets[COMPARE] = cached_point_features(source, compare, c, r, pool, tile, cache,
                                               progress.sub(0.3, 0.4), **compute)
@@ -180,16 +183,16 @@ def fit_points(source: TileSource, points: Points, backbone: Backbone,
     progress.info(cv.format_table())
     chosen = _choose(cv, method)
     model = _model_dict(source, backbone, cv, sets, y, weights, folds, chosen, loss, seed, pool,
-                        tile or backbone.tile_size, progress.sub(0.9, 1.0))
+                        tile, norm.to_dict(), progress.sub(0.9, 1.0))
     if model_path:
         atomic_save(model, model_path)
-    return FitResult(cv, keep, folds, chosen, model,
+    return FitResult(cv, keep, folds, chosen, coords, model,
                      {"outside": int((~source.inside(cols, rows)).sum()),
                       "on_nodata": int(on_nodata.sum())})
 
 
 def _model_dict(source, backbone, cv, sets, y, weights, folds, chosen, loss, seed, pool, tile,
-                progress) -> dict:
+                normalization, progress) -> dict:
     heads, fold_heads = {}, {}
     for t, target in enumerate(cv.target_names):
         label = chosen[target]
@@ -208,7 +211,7 @@ def _model_dict(source, backbone, cv, sets, y, weights, folds, chosen, loss, see
         "targets": list(cv.target_names), "methods": dict(chosen), "loss": loss, "seed": seed,
         "backbone": backbone.reference, "bands": list(source.bands), "dem": bool(source.dem),
         "pool": pool, "tile_size": int(tile),
-        "normalization": prepare(source, backbone, tile, None)[1].to_dict(),
+        "normalization": normalization,
         "heads": heads, "fold_heads": fold_heads,
         "aoa": fit_aoa(sets[FEATURES], folds) if uses_features else None,
         "cv_table": cv.table(), "n_points": int(len(folds)),
