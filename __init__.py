@@ -12,5 +12,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def classFactory(iface):  # noqa: N802 (QGIS API name)
+    # Before anything of SoilSSL can import torch: keep triton (a second LLVM, which kills
+    # QGIS desktop next to Mesa's) out of QGIS's process.  Why and how: nativeguard.py.
+    from .nativeguard import keep_out
+    report = keep_out(log=False)
+    from qgis.core import Qgis, QgsMessageLog
+    QgsMessageLog.logMessage(report.message(), "SoilSSL",
+                             Qgis.Warning if report.loaded else Qgis.Info)
     from .plugin import SoilSSLPlugin
     return SoilSSLPlugin(iface)
