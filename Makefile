@@ -1,16 +1,21 @@
 # SoilSSL — two commands do everything on a fresh Debian 12 machine:
 #   make demo   installs what is missing, then runs the pipeline on resources/demo
-#   make test   installs what is missing, then runs the test suite
+#   make test   installs what is missing, then runs the test suite (with the desktop test:
+#               the real QGIS under Xvfb; screenshots in .build/desktop/)
 PY := .venv/bin/python
 export QT_QPA_PLATFORM := offscreen
 
-.PHONY: setup test demo bench zip clean
+.PHONY: setup test desktop demo bench zip clean
 
 setup:
 	@bash scripts/setup.sh
 
 test: setup
 	$(PY) -m pytest -q
+
+# Only the desktop test (tests/test_desktop.py).
+desktop: setup
+	$(PY) -m pytest -q -m desktop
 
 demo: setup
 	@bash scripts/demo.sh

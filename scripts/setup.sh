@@ -14,6 +14,16 @@ if ! [ -x /usr/bin/qgis_process.bin ] || ! /usr/bin/python3 -c "import qgis.core
     python3-qgis qgis-providers qgis python3-venv python3-matplotlib >/dev/null
 fi
 
+# The desktop test (tests/test_desktop.py) runs the real QGIS on a virtual X display:
+# Xvfb, a window manager (openbox), ImageMagick's `import` for screenshots, X11 utilities.
+if ! command -v xvfb-run >/dev/null || ! command -v openbox >/dev/null \
+    || ! command -v import >/dev/null || ! command -v xwininfo >/dev/null; then
+  echo "== installing Xvfb, openbox, ImageMagick (desktop test)"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+    xvfb xauth openbox imagemagick x11-utils >/dev/null
+fi
+
 if ! .venv/bin/python -c "import torch, timm, rasterio, sklearn, pytest" 2>/dev/null; then
   echo "== creating .venv (torch, timm, rasterio, scikit-learn)"
   /usr/bin/python3 -m venv --system-site-packages .venv
