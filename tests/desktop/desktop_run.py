@@ -7,7 +7,9 @@ What a user does, driven from QGIS's own event loop (QTimer.singleShot; nothing 
 3. run every algorithm as the dialog's Run button does: a background
    ``QgsProcessingAlgRunnerTask`` with the outputs marked "Open output file" (destination
    project = this project) and loaded by Processing's ``handleAlgorithmResults``:
-   extract -> clustermap -> pcamap -> pretrain (tiny) -> fitpoints -> predictmap on the demo;
+   extract -> clustermap -> pcamap -> pretrain (tiny) -> fitpoints -> predictmap on the demo
+   (the starting backbone outputs/init.pth is made by run.sh, outside QGIS: torch is first
+   imported in QGIS by extractfeatures' task, as for a user);
 4. checks: QGIS alive, layers in the project with their names and renderers, legends and
    renderer min/max equal to the data's real range (read with GDAL);
 5. screenshots of the main window and of the whole screen, ``results.json``, and
@@ -184,22 +186,11 @@ def dialog():
     def shoot():
         grab(dlg, "dialog_predictmap.png")
         dlg.close()
-        later(make_init)
+        later(lambda: run_next(list(CHAIN)))
     later(shoot, 1000)
 
 
 # -- 3. the chain, as the dialog runs it -------------------------------------------------
-def make_init():
-    step("init backbone")
-    # A random ViT-Tiny at 32 px as the starting backbone (no weights can be downloaded).
-    import torch
-    from soilssl.core.backbone import create_model, save_backbone
-    torch.manual_seed(0)
-    save_backbone(os.path.join(DATA, "init.pth"),
-                  create_model("vit_tiny_patch16_224", 3, 32), "vit_tiny_patch16_224", 3, 32)
-    later(lambda: run_next(list(CHAIN)))
-
-
 def rgb():
     return os.path.join(DEMO, "rgb.tif")
 

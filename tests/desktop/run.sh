@@ -18,6 +18,16 @@ PROFILES=$(mktemp -d "${TMPDIR:-/tmp}/soilssl-desktop-XXXXXX")
 trap 'rm -rf "$PROFILES"' EXIT
 SITE=$("$ROOT/.venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 
+# The starting backbone, made outside QGIS (a random ViT-Tiny at 32 px; nothing can be
+# downloaded): inside QGIS, torch is first imported by an algorithm's task, as for a user.
+mkdir -p "$OUT/outputs" "$PROFILES/pkg" && ln -s "$ROOT" "$PROFILES/pkg/soilssl"
+PYTHONPATH="$PROFILES/pkg" "$ROOT/.venv/bin/python" - "$OUT/outputs/init.pth" <<'PY' || exit 2
+import sys, torch
+from soilssl.core.backbone import create_model, save_backbone
+torch.manual_seed(0)
+save_backbone(sys.argv[1], create_model("vit_tiny_patch16_224", 3, 32), "vit_tiny_patch16_224", 3, 32)
+PY
+
 export PYTHONPATH="$SITE"                  # torch, timm, rasterio, scikit-learn for QGIS
 export SOILSSL_ZIP="$OUT/soilssl.zip" SOILSSL_DEMO="$ROOT/resources/demo"
 export SOILSSL_DESKTOP_OUT="$OUT" SOILSSL_TIMEOUT="${SOILSSL_TIMEOUT:-300}"
