@@ -12,5 +12,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def classFactory(iface):  # noqa: N802 (QGIS API name)
+    from .deps.paths import activate_and_log
+    activate_and_log()  # SoilSSL's own package folder on sys.path, before torch is imported
     from .plugin import SoilSSLPlugin
     return SoilSSLPlugin(iface)
