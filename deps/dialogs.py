@@ -70,7 +70,7 @@ class InstallDialog(QDialog):
         row.addWidget(QLabel("Torch build:"))
         self.build_box = QComboBox()
         self.builds = [detected]
-        self.build_box.addItem(f"{detected.label} (detected: {detected.reason})")
+        self.build_box.addItem(f"{detected.label} (detected)")
         for tag, _ in reversed(torch_build.CUDA_BUILDS):
             if tag != detected.tag:
                 self.builds.append(torch_build.TorchBuild(
@@ -80,9 +80,11 @@ class InstallDialog(QDialog):
             self.builds.append(torch_build.TorchBuild("cpu", torch_build.PYTORCH_INDEX + "cpu",
                                                       "chosen by hand"))
             self.build_box.addItem("CPU build")
-        self.build_box.setToolTip(detected.reason)
         row.addWidget(self.build_box, 1)
         layout.addLayout(row)
+        self.detected = QLabel(f"Detected: {detected.reason}")
+        self.detected.setWordWrap(True)
+        layout.addWidget(self.detected)
 
         self.progress = QProgressBar()
         self.progress.setRange(0, 1000)

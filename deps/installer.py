@@ -75,11 +75,12 @@ def python_candidates(executable, base_executable, exec_prefix, version_info, pl
 
 
 def probe_python(exe, timeout=30):
-    """'X.Y' of an interpreter, or None if it does not run."""
+    """'X.Y <base prefix>' of an interpreter, or None if it does not run."""
     if not os.path.isfile(exe):
         return None
+    code = "import sys; print('%d.%d' % sys.version_info[:2], sys.base_prefix)"
     try:
-        run = subprocess.run([exe, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+        run = subprocess.run([exe, "-c", code],
                              capture_output=True, text=True, timeout=timeout, env=child_env(),
                              creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))
     except (OSError, subprocess.SubprocessError):
@@ -87,19 +88,28 @@ def probe_python(exe, timeout=30):
     return run.stdout.strip() if run.returncode == 0 else None
 
 
-def find_python(candidates=None, version_info=None, probe=probe_python):
-    """The interpreter of QGIS's Python version (pip must build for the same Python)."""
+def find_python(candidates=None, version_info=None, probe=probe_python, base_prefix=None):
+    """The interpreter of the Python installation QGIS runs: same version and same base
+    prefix (a pyenv or conda python3.X first on PATH has other site-packages: a virtual
+    environment of it would not see QGIS's packages)."""
     version_info = version_info or sys.version_info
+    base_prefix = base_prefix or sys.base_prefix
     if candidates is None:
         candidates = python_candidates(sys.executable, getattr(sys, "_base_executable", None),
                                        sys.exec_prefix, version_info, sys.platform)
     want = f"{version_info[0]}.{version_info[1]}"
     for exe in candidates:
-        if probe(exe) == want:
+        answer = (probe(exe) or "").split(" ", 1)
+        if answer[0] == want and len(answer) == 2 and _same_path(answer[1], base_prefix):
             return exe
-    raise DepsError(f"Cannot find the Python {want} interpreter that QGIS runs (tried: "
-                    f"{', '.join(candidates) or 'nothing'}). Install the packages by hand: see "
-                    "'Installing the deep-learning packages' in the SoilSSL README.")
+    raise DepsError(f"Cannot find the Python {want} interpreter that QGIS runs (from "
+                    f"{base_prefix}; tried: {', '.join(candidates) or 'nothing'}). Install the "
+                    "packages by hand: see 'Installing the deep-learning packages' in the "
+                    "SoilSSL README.")
+
+
+def _same_path(a, b):
+    return os.path.normcase(os.path.realpath(a)) == os.path.normcase(os.path.realpath(b))
 
 
 def child_env(base=None):

@@ -111,14 +111,19 @@ def test_python_candidates_inside_qgis_on_each_platform():
     venv = python_candidates("/x/.venv/bin/python", "/usr/bin/python3.11", "/x/.venv",
                              (3, 11), "linux", which)
     assert venv[:2] == ["/x/.venv/bin/python", "/usr/bin/python3.11"]
-    # the first candidate of QGIS's own Python version wins
-    versions = {"/usr/bin/python3.11": "3.11", "/usr/bin/python3": "3.11"}
-    assert find_python(["/nope", "/usr/bin/python3.11"], (3, 11), versions.get) == \
+    # the first candidate of QGIS's own Python installation wins: same version, same prefix
+    # (not a pyenv python3.11 that comes first on PATH: its site-packages differ)
+    answers = {"/usr/bin/python3.11": "3.11 /usr", "/usr/bin/python3": "3.11 /usr",
+               "/root/.pyenv/shims/python3.11": "3.11 /root/.pyenv/versions/3.11.7",
+               "/usr/local/bin/python3": "3.13 /usr"}
+    assert find_python(["/nope", "/root/.pyenv/shims/python3.11", "/usr/local/bin/python3",
+                        "/usr/bin/python3.11"], (3, 11), answers.get, "/usr") == \
         "/usr/bin/python3.11"
-    wrong = {"/usr/bin/python3": "3.13"}
     from soilssl.deps.installer import DepsError
-    with pytest.raises(DepsError, match="Cannot find the Python 3.11 interpreter.*README"):
-        find_python(["/usr/bin/python3"], (3, 11), wrong.get)
+    with pytest.raises(DepsError, match="Cannot find the Python 3.11 interpreter that QGIS runs "
+                                        r"\(from /usr; tried: .*README"):
+        find_python(["/usr/local/bin/python3", "/root/.pyenv/shims/python3.11"], (3, 11),
+                    answers.get, "/usr")
 
 
 def test_find_python_on_this_machine_as_qgis_sees_it():
@@ -126,7 +131,7 @@ def test_find_python_on_this_machine_as_qgis_sees_it():
     cands = python_candidates("/usr/bin/qgis", "/usr/bin/qgis", sys.base_exec_prefix,
                               sys.version_info, sys.platform)
     exe = find_python(cands, sys.version_info)
-    assert probe_python(exe) == "%d.%d" % sys.version_info[:2]
+    assert probe_python(exe) == "%d.%d %s" % (*sys.version_info[:2], sys.base_prefix)
     assert os.path.basename(exe).startswith("python")
 
 
@@ -340,13 +345,12 @@ def test_failed_install_says_why_and_leaves_nothing(qgis_app, local_index, tmp_p
     profile = tmp_path / "deps"
     dialog = InstallDialog(build=TorchBuild("cpu", local_index.url + "torchidx/", "test"),
                            options=dict(root=str(profile), index_url=local_index.url + "pypi/",
-                                        torch_packages=["soilssl-probe-torch"],
-                                        other_packages=["soilssl-probe-nothing"]))
+                                        torch_packages=["soilssl-probe-nothing"]))
     dialog.start()
     run_dialog(qgis_app, dialog)
     assert dialog.state == "failed"
     text = dialog.status.text()
-    assert text.startswith("Not installed: Installing timm, rasterio and scikit-learn failed")
+    assert text.startswith("Not installed: Installing torch (CPU build) failed (exit code 1).")
     assert "soilssl-probe-nothing" in text and "Nothing was changed" in text
     assert os.listdir(profile) == ["constraints.txt"]
     dialog.close()
@@ -544,6 +548,7 @@ def test_plugin_menu_has_install_and_diagnostics(qgis_app, monkeypatch):
     shown = []
     monkeypatch.setattr(dialogs.DiagnosticsDialog, "exec_", lambda self: shown.append(
         self.text.toPlainText()))
+    monkeypatch.setattr(dialogs.diagnostics, "report", lambda qgis: f"SoilSSL diagnostics {qgis}")
     iface = Iface()
     plugin = soilssl.classFactory(iface)
     plugin.initProcessing = lambda: None  # the session's plugin has the provider already
