@@ -1,6 +1,5 @@
 """What SoilSSL runs with: versions, the torch build, the CUDA device and the paths, as text
 (the Diagnostics dialog shows it with a copy button; the plugin also writes it to the log)."""
-import importlib.metadata
 import json
 import os
 import platform
@@ -76,8 +75,9 @@ def collect(qgis_version=None, env=None, python_for_pip=None):
         if os.path.isfile(manifest):
             with open(manifest) as f:
                 info = json.load(f)
+            index = info.get("torch_index") or "PyPI"
             rows.append(("deps installed", f"{info.get('date', '?')}, torch build "
-                         f"{info.get('torch_build', '?')} from {info.get('torch_index') or 'PyPI'}"))
+                         f"{info.get('torch_build', '?')} from {index}"))
     rows.append(("sys.executable", sys.executable))
     rows.append(("Python for pip", python_for_pip or "-"))
     sp = site.getsitepackages() if hasattr(site, "getsitepackages") else []

@@ -219,7 +219,7 @@ class InstallDialog(QDialog):
         self.installed.emit(manifest)
 
     def _fail(self, message):
-        kept = self._stop_process()
+        self._stop_process()
         self.state = "failed"
         if self.plan is not None:
             self.plan.discard()
@@ -228,7 +228,6 @@ class InstallDialog(QDialog):
         self._log(text)
         log(text, Qgis.Warning)
         self._idle()
-        return kept
 
     def cancel(self):
         if self.state != "running":
@@ -248,7 +247,6 @@ class InstallDialog(QDialog):
         if proc is not None and proc.state() != QProcess.NotRunning:
             proc.kill()
             proc.waitForFinished(10000)
-        return proc
 
     def _idle(self):
         self.install_button.setEnabled(True)

@@ -578,7 +578,8 @@ def test_diagnostics_dialog_lists_versions_build_device_paths_and_copies(qgis_ap
     assert rows["numpy"].startswith(numpy.__version__)
     for key in ("timm", "rasterio", "scikit-learn", "GDAL", "sys.executable", "site-packages"):
         assert key in rows, key
-    assert rows["torch build"] == (f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU only")
+    assert rows["torch build"] == (f"CUDA {torch.version.cuda}" if torch.version.cuda
+                                   else "CPU only")
     assert rows["CUDA device"].startswith(torch.cuda.get_device_name(0) if torch.cuda.is_available()
                              else "none")
     assert rows["deps folder"].endswith("(nothing installed)")
