@@ -570,8 +570,13 @@ def test_diagnostics_dialog_lists_versions_build_device_paths_and_copies(qgis_ap
     import torch
     from qgis.core import Qgis
     from qgis.PyQt.QtGui import QGuiApplication
+    from qgis.core import QgsApplication
     from soilssl.deps.dialogs import DiagnosticsDialog, diagnostics_text
+    logged = []
+    QgsApplication.messageLog().messageReceived.connect(
+        lambda message, tag, level: logged.append((tag, message)))
     text = diagnostics_text()
+    assert ("SoilSSL", text) in logged  # also in View → Panels → Log Messages
     rows = dict(re.split(r"\s{2,}", line, maxsplit=1) for line in text.splitlines()[1:])
     assert rows["QGIS"] == Qgis.QGIS_VERSION
     assert rows["torch"].startswith(torch.__version__ + "  (")
