@@ -12,6 +12,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def classFactory(iface):  # noqa: N802 (QGIS API name)
+    from .deps.paths import activate_and_log
+    activate_and_log()  # SoilSSL's own package folder on sys.path, before torch is imported
     # Before anything of SoilSSL can import torch: keep triton (a second LLVM, which kills
     # QGIS desktop next to Mesa's) out of QGIS's process.  Why and how: nativeguard.py.
     from .nativeguard import keep_out

@@ -27,10 +27,23 @@ def missing_packages():
     return [pip for mod, pip in REQUIRED.items() if importlib.util.find_spec(mod) is None]
 
 
-def install_hint(missing):
-    return ("SoilSSL needs these Python packages in QGIS's Python: " + ", ".join(missing) +
-            ". Install them with: python3 -m pip install --user " + " ".join(missing) +
-            " (on Windows from the OSGeo4W Shell). See the SoilSSL README.")
+INSTALL_ACTION = "Plugins → SoilSSL → Install dependencies…"
+INSTALL_URL = "soilssl:install-dependencies"  # a link that opens the installer (plugin.py)
+
+
+def install_hint(missing, short=False, link=None):
+    """What to do about missing packages.  ``short``: one line that fits the message bar of an
+    algorithm dialog at its default width (the bar shows one line).  ``link`` (default: in the QGIS desktop) makes the
+    menu path a link that opens the installer."""
+    if link is None:
+        from qgis.utils import iface
+        link = iface is not None
+    action = f'<a href="{INSTALL_URL}">{INSTALL_ACTION}</a>' if link else INSTALL_ACTION
+    if short:  # the names are in the longer message and in the installer
+        return f"Missing packages: {action}"
+    return (f"SoilSSL needs these Python packages, which QGIS's Python does not have: "
+            f"{', '.join(missing)}. Install them with {action}, or by hand as 'Installing the "
+            "deep-learning packages' in the SoilSSL README shows.")
 
 
 class SoilSSLAlgorithm(QgsProcessingAlgorithm):
@@ -95,7 +108,7 @@ class SoilSSLAlgorithm(QgsProcessingAlgorithm):
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         missing = missing_packages()
         if missing:
-            raise QgsProcessingException(install_hint(missing))
+            raise QgsProcessingException(install_hint(missing, link=False))
         from ..core.errors import SoilSSLError
         from ..core.progress import Progress
         from .running import bridge, check_outputs, translated, warn_geographic

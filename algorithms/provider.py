@@ -20,9 +20,9 @@ class SoilSSLProvider(QgsProcessingProvider):
     def icon(self):
         return QIcon(os.path.join(PLUGIN_DIR, "resources", "icon.svg"))
 
-    def warningMessage(self):  # noqa: N802  (shown in the Toolbox when deps are missing)
+    def warningMessage(self):  # noqa: N802  (a one-line message bar; plain: also logged)
         missing = missing_packages()
-        return install_hint(missing) if missing else ""
+        return install_hint(missing, short=True, link=False) if missing else ""
 
     def unload(self):
         from .running import remove_bridge
