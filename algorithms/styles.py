@@ -9,13 +9,14 @@ Layers panel legend on the renderer-changed signal only.  Editing the renderer i
 (as this module once did) left the legend of the QML's template, so a prediction ranging
 7.63-9.84 showed a 0 ... 1 legend in the Layers panel until the file was reopened.
 """
+import math
 import os
 
-from qgis.core import (QgsClassificationEqualInterval, QgsContrastEnhancement,
-                       QgsGraduatedSymbolRenderer, QgsLimitedRandomColorRamp,
-                       QgsPalettedRasterRenderer, QgsProcessingLayerPostProcessorInterface,
-                       QgsRasterBandStats, QgsRasterLayer, QgsSingleBandGrayRenderer, QgsStyle)
-from qgis.PyQt.QtGui import QColor
+from qgis.core import (QgsContrastEnhancement, QgsGraduatedSymbolRenderer,
+                       QgsLimitedRandomColorRamp, QgsPalettedRasterRenderer,
+                       QgsProcessingLayerPostProcessorInterface, QgsRasterBandStats,
+                       QgsRasterLayer, QgsRendererRange, QgsSingleBandGrayRenderer, QgsStyle,
+                       QgsSymbol)
 
 from .base import PLUGIN_DIR
 
@@ -104,22 +105,26 @@ def feature_style(layer):
 
 # -- vector renderers -------------------------------------------------------------
 def residual_style(field):
-    """Points coloured by ``field`` (observed - predicted): a diverging red-blue ramp with
-    classes symmetric about 0, the middle class (white) straddling 0."""
+    """Points coloured by ``field`` (observed - predicted): a diverging red-blue ramp over
+    classes symmetric about 0 (to the largest |residual|), the middle one straddling 0 in
+    the ramp's neutral colour."""
     def style(layer):
-        if layer.fields().indexOf(field) < 0:
+        index = layer.fields().indexOf(field)
+        if index < 0:
             return
-        renderer = QgsGraduatedSymbolRenderer(field)
-        method = QgsClassificationEqualInterval()
-        method.setSymmetricMode(True, 0.0, True)
-        method.setLabelFormat("%1 to %2")
-        renderer.setClassificationMethod(method)
-        renderer.updateClasses(layer, RESIDUAL_CLASSES)
+        values = [v for v in layer.uniqueValues(index) if isinstance(v, (int, float))]
+        lim = max((abs(v) for v in values), default=0.0) or 1.0
         ramp = QgsStyle.defaultStyle().colorRamp("RdBu")
-        renderer.updateColorRamp(ramp)
-        symbol = renderer.sourceSymbol()
-        if symbol is not None:
-            symbol.setColor(QColor("#777777"))
+        n = RESIDUAL_CLASSES
+        digits = max(0, 2 - math.floor(math.log10(lim)))
+        ranges = []
+        for i in range(n):
+            lo, hi = -lim + 2 * lim * i / n, -lim + 2 * lim * (i + 1) / n
+            symbol = QgsSymbol.defaultSymbol(layer.geometryType())
+            symbol.setColor(ramp.color(i / (n - 1)))
+            ranges.append(QgsRendererRange(lo, hi, symbol, f"{lo:.{digits}f} to {hi:.{digits}f}"))
+        renderer = QgsGraduatedSymbolRenderer(field, ranges)
+        renderer.setSourceColorRamp(ramp)
         _install(layer, renderer)
     return style
 

@@ -57,6 +57,14 @@ def run_dialog(alg_id, params, timeout=240):
             time.sleep(0.01)
         log = dlg.findChild(QTextEdit, "txtLog")
         text, html = log.toPlainText(), log.toHtml()
+        fragments = []  # (text, font family) of each run of text in the log
+        block = log.document().begin()
+        while block.isValid():
+            it = block.begin()
+            while not it.atEnd():
+                fragments.append((it.fragment().text(), it.fragment().charFormat().fontFamily()))
+                it += 1
+            block = block.next()
     finally:
         dlg.close()
         dlg.deleteLater()
@@ -64,6 +72,7 @@ def run_dialog(alg_id, params, timeout=240):
     layers = {lyr.name(): lyr for lyr in project.mapLayers().values()}
     run = Run(done[0][0], done[0][1], text, layers, model)
     run.html = html
+    run.fragments = fragments
     return run
 
 
@@ -150,3 +159,100 @@ def test_prediction_and_uncertainty_legends_show_the_data_range(dialogs, scene, 
         assert again.renderer().classificationMin() == pytest.approx(lo, rel=1e-4, abs=1e-6)
         assert again.renderer().classificationMax() == pytest.approx(hi, rel=1e-4, abs=1e-6)
         del fresh_model, other
+
+
+def test_feature_raster_grey_first_feature_then_clusters_list_k_classes(dialogs, scene,
+                                                                        tiny_ckpt, tmp_path):
+    raster, _ = scene
+    feats = str(tmp_path / "features.tif")
+    run = dialogs("soilssl:extractfeatures", {"INPUT": raster, "BACKBONE": tiny_ckpt,
+                                              "TILE_SIZE": 32, "STRIDE": 16, "DEVICE": 1,
+                                              "OUTPUT": feats})
+    layer = run.layers["Features"]
+    renderer = layer.renderer()  # not an RGB of three arbitrary feature dimensions
+    assert renderer.type() == "singlebandgray" and renderer.grayBand() == 1
+    with rasterio.open(feats) as ds:
+        assert ds.descriptions[0] == "f0"
+        f0 = ds.read(1, masked=True).compressed()
+    ce = renderer.contrastEnhancement()
+    assert ce.minimumValue() == pytest.approx(np.quantile(f0, 0.02), abs=0.1 * np.ptp(f0))
+    assert ce.maximumValue() == pytest.approx(np.quantile(f0, 0.98), abs=0.1 * np.ptp(f0))
+    assert f0.min() <= ce.minimumValue() < ce.maximumValue() <= f0.max()
+    legend = [n.data(0) for n in run.legend(layer)]
+    assert any("f0" in str(text) for text in legend), legend  # the feature's name
+
+    run = dialogs("soilssl:clustermap", {"INPUT": feats, "K": 3,
+                                         "OUTPUT": str(tmp_path / "k.tif")})
+    layer = run.layers["Clusters"]
+    assert layer.renderer().type() == "paletted"
+    assert [c.value for c in layer.renderer().classes()] == [0, 1, 2]
+    labels = [n.data(0) for n in run.legend(layer)]
+    assert [t for t in labels if str(t).startswith("class ")] == ["class 0", "class 1", "class 2"]
+    assert "not a SoilSSL feature raster" not in run.log
+    # more classes than the template's 16 colours: each its own colour
+    run = dialogs("soilssl:clustermap", {"INPUT": feats, "K": 20,
+                                         "OUTPUT": str(tmp_path / "k20.tif")})
+    classes = run.layers["Clusters"].renderer().classes()
+    assert [c.value for c in classes] == list(range(20))
+    assert len({c.color.name() for c in classes}) == 20
+
+
+def test_clustermap_warns_on_a_plain_image(dialogs, scene, tmp_path):
+    raster, _ = scene
+    run = dialogs("soilssl:clustermap", {"INPUT": raster, "K": 3,
+                                         "OUTPUT": str(tmp_path / "k.tif")})
+    assert "is not a SoilSSL feature raster (3 band(s) of uint8, no feature metadata)" in run.log
+    assert "Run Extract ViT features on the image first" in run.log
+
+
+def test_fitpoints_log_table_results_and_residual_points(dialogs, scene, tiny_ckpt, tmp_path):
+    import json
+
+    import processing
+    raster, points = scene
+    params = {"INPUT": raster, "BACKBONE": tiny_ckpt, "POINTS": points, "FIELDS": ["ph"],
+              "METHOD": 0, "FOLDS": 3, "TILE_SIZE": 32, "DEVICE": 1,
+              "OUTPUT_POINTS": str(tmp_path / "oof.gpkg"),
+              "OUTPUT_MODEL": str(tmp_path / "m.pth")}
+    run = dialogs("soilssl:fitpoints", params)
+    # the CV table in aligned columns, as the log widget shows it
+    lines = run.log.splitlines()
+    head = [i for i, l in enumerate(lines) if l.startswith("target") and "R² pooled" in l]
+    assert len(head) == 1, run.log
+    table = lines[head[0]:head[0] + 5]
+    assert sorted(l.split()[1] for l in table[1:]) == ["mlp", "rf_features", "rf_pixels", "ridge"]
+    for col in ("method", "RMSE", "MAE", "R²", "R² pooled"):
+        at = table[0].index(col)
+        assert all(l[at - 1] == " " and l[at] != " " for l in table[1:]), (col, table)
+    # in the fixed-width font of the system (what <code> gets), its spacing kept
+    from qgis.PyQt.QtGui import QFontDatabase
+    fixed = QFontDatabase.systemFont(QFontDatabase.FixedFont).family()
+    frag = [f for f in run.fragments if "R²\u00a0pooled" in f[0]]
+    assert len(frag) == 1 and frag[0][1] == fixed
+    # Results: no raw JSON; the outputs stay for models and scripts
+    results = run.log[run.log.index("Results:"):]
+    assert '"target"' not in results and "rmse_mean" not in results
+    assert "CV_TABLE" not in run.results and "OUTPUT_MODEL" in run.results
+    res = processing.run("soilssl:fitpoints", dict(params, METHOD="ridge",
+                                                  OUTPUT_POINTS=str(tmp_path / "b.gpkg"),
+                                                  OUTPUT_MODEL=str(tmp_path / "b.pth")))
+    assert json.loads(res["CV_TABLE"])[0]["method"] == "ridge"
+    assert json.loads(res["METHODS"]) == {"ph": "ridge"}
+    # the out-of-fold points: a diverging ramp on the chosen method's residual, centred on 0
+    layer = run.layers["Points with out-of-fold predictions"]
+    renderer = layer.renderer()
+    chosen = [l for l in lines if "refitting" in l][0].split()[2]
+    assert renderer.type() == "graduatedSymbol"
+    assert renderer.classAttribute() == f"res_ph_{chosen}"
+    ranges = renderer.ranges()
+    assert len(ranges) % 2 == 1
+    res_values = [f[f"res_ph_{chosen}"] for f in layer.getFeatures()]
+    assert ranges[0].lowerValue() == pytest.approx(-ranges[-1].upperValue())
+    assert ranges[0].lowerValue() <= min(res_values) and max(res_values) <= ranges[-1].upperValue()
+    middle = ranges[len(ranges) // 2]
+    assert middle.lowerValue() == pytest.approx(-middle.upperValue())  # straddles 0
+    low, mid, high = (r.symbol().color() for r in (ranges[0], middle, ranges[-1]))
+    assert low.red() > low.blue() and high.blue() > high.red()  # red below 0, blue above
+    assert min(mid.red(), mid.green(), mid.blue()) > 200  # neutral, light at 0
+    legend = [n.data(0) for n in run.legend(layer)]
+    assert len([t for t in legend if " to " in str(t)]) == len(ranges)
