@@ -116,8 +116,9 @@ def figures(cv, coords: np.ndarray, chosen: dict) -> List[tuple]:
             sel = cv.folds == k
             a1.scatter(coords[sel, 0], coords[sel, 1], color=colours[k], s=10, label=f"fold {k}")
         a1.set_title("spatial folds", fontsize=9)
-        a1.legend(fontsize=7, title="fold", title_fontsize=7, loc="center left",
-                  bbox_to_anchor=(1.0, 0.5), frameon=False)
+        a1.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14),
+                  ncols=min(len(cv.fold_ids), 6), frameon=False, columnspacing=1.0,
+                  handletextpad=0.2)
         lim = float(np.nanmax(np.abs(res))) if np.isfinite(res).any() else 1.0
         sc = a2.scatter(coords[ok, 0], coords[ok, 1], c=res[ok], cmap="RdBu", vmin=-(lim or 1),
                         vmax=lim or 1, s=10)

@@ -83,6 +83,8 @@ def test_report_figures_are_readable(tmp_path):
                 labels += [t.get_window_extent(renderer) for t in ticks]
             labels += [t.get_window_extent(renderer) for t in (ax.xaxis.label, ax.yaxis.label,
                                                                ax.title) if t.get_text()]
+        labels += [ax.get_legend().get_window_extent(renderer) for ax in fig.axes
+                   if ax.get_legend()]
         assert not _overlaps(labels), heading
         if "folds" in heading:  # the map's coordinates, as plain metres
             ticks = [t.get_text() for t in fig.axes[0].get_xticklabels() if t.get_text()]
