@@ -52,8 +52,9 @@ class SoilSSLAlgorithm(QgsProcessingAlgorithm):
         return self.GROUP
 
     def shortHelpString(self):  # noqa: N802
-        return texts.short_help(self.NAME, {p.name(): texts.default_text(p)
-                                            for p in self.parameterDefinitions()})
+        params = self.parameterDefinitions()
+        return texts.short_help(self.NAME, {p.name(): texts.default_text(p) for p in params},
+                                {p.name(): p.description() for p in params})
 
     def icon(self):
         return QIcon(os.path.join(PLUGIN_DIR, "resources", "icon.svg"))

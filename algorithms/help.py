@@ -1,4 +1,5 @@
 """All user-facing help text of the SoilSSL algorithms, kept in one place."""
+import html
 
 REFERENCE = ("Method: Tresson P. et al. (2024), Self-supervised learning of Vision Transformers "
              "for digital soil mapping using visual data, Geoderma.")
@@ -60,7 +61,10 @@ PARAMS = {
     "MODEL": "A model file written by Fit soil heads on points.",
     "POINTS_BUFFER": "Optional soil sample points: tiles within BUFFER px of any point are "
                      "left out of pretraining, so the backbone never learns their surroundings.",
-    "BUFFER": "Exclusion buffer around the points in pixels (paper: 448 px = 672 m at 1.5 m).",
+    "BUFFER": "Exclusion buffer around the points, in pixels of the input: in metres it is "
+              "BUFFER × the input's pixel size (paper: 448 px = 672 m at 1.5 m pixels; the log "
+              "gives it for your raster). On dense points a large BUFFER leaves no tile: the "
+              "error then names the largest BUFFER, or a smaller STRIDE, that leaves enough.",
     "ARCH_TRAIN": "timm ViT architecture (paper: vit_base_patch16_224; vit_tiny/vit_small "
                   "for laptops).",
     "INIT": "Initial weights (DINO ImageNet file, cached timm name, SoilSSL checkpoint); empty "
@@ -174,16 +178,19 @@ def default_text(param) -> str:
     return str(value)
 
 
-def short_help(name: str, defaults=None) -> str:
-    """The Toolbox help: what it does, each parameter (with ``defaults``: name -> text of its
-    default value, from the parameter definitions), the paper reference."""
+def short_help(name: str, defaults=None, labels=None) -> str:
+    """The Toolbox help: what it does, each parameter by the label its form shows (with
+    ``labels``: name -> label, and ``defaults``: name -> text of its default value, from the
+    parameter definitions), the paper reference."""
     _, text, params = ALGS[name]
     defaults = defaults or {}
+    labels = labels or {}
 
     def item(key):
         param = ALIASES.get(key, key)
         default = f" <i>Default: {defaults[param]}.</i>" if defaults.get(param) else ""
-        return f"<li><b>{param}</b>: {PARAMS[key]}{default}</li>"
+        label = html.escape(labels.get(param, param), quote=False)
+        return f"<li><b>{label}</b>: {PARAMS[key]}{default}</li>"
 
     items = "".join(item(p) for p in params)
     return f"<p>{text}</p><ul>{items}</ul><p><i>{REFERENCE}</i></p>"
