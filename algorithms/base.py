@@ -56,8 +56,8 @@ class SoilSSLAlgorithm(QgsProcessingAlgorithm):
         return texts.short_help(self.NAME, {p.name(): texts.default_text(p) for p in params},
                                 {p.name(): p.description() for p in params})
 
-    def icon(self):
-        return QIcon(os.path.join(PLUGIN_DIR, "resources", "icon.svg"))
+    def icon(self):  # one per group, drawn for 16 px
+        return QIcon(os.path.join(PLUGIN_DIR, "resources", "icons", self.GROUP + ".svg"))
 
     def createInstance(self):  # noqa: N802
         return type(self)()

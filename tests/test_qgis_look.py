@@ -256,3 +256,52 @@ def test_fitpoints_log_table_results_and_residual_points(dialogs, scene, tiny_ck
     assert min(mid.red(), mid.green(), mid.blue()) > 200  # neutral, light at 0
     legend = [n.data(0) for n in run.legend(layer)]
     assert len([t for t in legend if " to " in str(t)]) == len(ranges)
+
+
+# ----------------------------------------------------------------------------- Toolbox
+def _algorithms():
+    from qgis.core import QgsApplication
+    return QgsApplication.processingRegistry().providerById("soilssl").algorithms()
+
+
+def test_toolbox_names_fit_and_one_readable_icon_per_group(qgis_app):
+    from qgis.PyQt.QtGui import QColor
+    algs = _algorithms()
+    for alg in algs:
+        assert len(alg.displayName()) <= 30, alg.displayName()  # default Toolbox width
+    by_group = {}
+    for alg in algs:
+        image = alg.icon().pixmap(16, 16).toImage()
+        assert (image.width(), image.height()) == (16, 16), alg.name()
+        opaque = [QColor(image.pixel(x, y)) for x in range(16) for y in range(16)
+                  if QColor.fromRgba(image.pixel(x, y)).alpha() > 128]
+        assert len(opaque) >= 64, alg.name()  # a shape, not a speck
+        assert len({c.name() for c in opaque}) >= 2, alg.name()  # with some contrast
+        by_group.setdefault(alg.groupId(), []).append(image)
+    assert {"features", "training", "soil", "tools"} <= set(by_group)
+    firsts = [images[0] for images in by_group.values()]
+    for images in by_group.values():
+        assert all(i == images[0] for i in images)  # one icon per group
+    assert all(a != b for i, a in enumerate(firsts) for b in firsts[i + 1:])  # groups differ
+
+
+def test_clear_feature_cache_from_the_toolbox(qgis_app, tmp_path, monkeypatch):
+    import processing
+    from soilssl.core.cache import cache_folder, cache_size
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    folder = cache_folder()
+    assert folder == str(tmp_path / "cache" / "soilssl" / "point-features")
+    os.makedirs(folder)
+    for i in range(3):
+        np.save(os.path.join(folder, f"{i}.npy"), np.zeros(100, np.float32))
+    with open(os.path.join(folder, "notes.txt"), "w") as f:  # not the cache's: kept
+        f.write("mine")
+    assert cache_size()["files"] == 3
+    res = processing.run("soilssl:clearcache", {})
+    assert res["FILES"] == 3 and res["BYTES"] == 3 * (128 + 400) and res["FOLDER"] == folder
+    assert os.listdir(folder) == ["notes.txt"]
+    assert processing.run("soilssl:clearcache", {})["FILES"] == 0
+    alg = qgis_app.processingRegistry().algorithmById("soilssl:clearcache")
+    assert alg.group() == "Tools" and "~/.cache/soilssl/point-features" in alg.shortHelpString()
+    fit = qgis_app.processingRegistry().algorithmById("soilssl:fitpoints")
+    assert "Clear feature cache" in fit.shortHelpString()
