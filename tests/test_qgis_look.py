@@ -5,6 +5,7 @@ the algorithm runs in a background task as in the desktop, then Processing loads
 outputs ("Open output file after running") into the project, with a Layers panel model
 (``QgsLayerTreeModel``) watching, and the dialog's own log records what it printed.
 """
+import itertools
 import os
 import time
 
@@ -305,3 +306,35 @@ def test_clear_feature_cache_from_the_toolbox(qgis_app, tmp_path, monkeypatch):
     assert alg.group() == "Tools" and "~/.cache/soilssl/point-features" in alg.shortHelpString()
     fit = qgis_app.processingRegistry().algorithmById("soilssl:fitpoints")
     assert "Clear feature cache" in fit.shortHelpString()
+
+
+def test_model_designer_layout_boxes_apart_titles_whole(qgis_app):
+    """The shipped model in the Model Designer: no two boxes overlap and every title fits
+    its box on one line in the Designer's own font (it cuts what does not fit in two)."""
+    from processing.modeler.ModelerDialog import ModelerDialog
+    from qgis.PyQt.QtCore import QRectF
+    from qgis.PyQt.QtGui import QFontMetricsF
+    dlg = ModelerDialog.create()
+    try:
+        dlg.loadModel(os.path.join(os.path.dirname(os.path.dirname(__file__)), "resources",
+                                   "models", "soil_mapping.model3"))
+        items = [i for i in dlg.view().scene().items() if hasattr(i, "component")
+                 and hasattr(i, "font")]
+        rects = []
+        for item in items:
+            comp = item.component()
+            title = comp.description() if hasattr(comp, "description") else ""
+            title = title or getattr(comp, "name", lambda: "")()
+            size, pos = comp.size(), comp.position()
+            assert QFontMetricsF(item.font()).horizontalAdvance(title) <= size.width() - 60, \
+                title  # the icon and the buttons take the rest
+            ports = 25 if hasattr(comp, "algorithmId") else 0  # an algorithm's In/Out
+            rects.append((title, QRectF(pos.x() - size.width() / 2,
+                                        pos.y() - size.height() / 2 - ports, size.width(),
+                                        size.height() + 2 * ports)))
+        assert len(rects) == 16 + 5 + 8  # inputs, algorithms, outputs
+        for (a, ra), (b, rb) in itertools.combinations(rects, 2):
+            assert not ra.intersects(rb), (a, b)
+    finally:
+        dlg.hide()
+        dlg.deleteLater()
