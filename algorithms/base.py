@@ -65,11 +65,12 @@ class SoilSSLAlgorithm(QgsProcessingAlgorithm):
         return self.GROUP
 
     def shortHelpString(self):  # noqa: N802
-        return texts.short_help(self.NAME, {p.name(): texts.default_text(p)
-                                            for p in self.parameterDefinitions()})
+        params = self.parameterDefinitions()
+        return texts.short_help(self.NAME, {p.name(): texts.default_text(p) for p in params},
+                                {p.name(): p.description() for p in params})
 
-    def icon(self):
-        return QIcon(os.path.join(PLUGIN_DIR, "resources", "icon.svg"))
+    def icon(self):  # one per group, drawn for 16 px
+        return QIcon(os.path.join(PLUGIN_DIR, "resources", "icons", self.GROUP + ".svg"))
 
     def createInstance(self):  # noqa: N802
         return type(self)()

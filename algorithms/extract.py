@@ -3,6 +3,7 @@ from qgis.core import (QgsProcessingParameterEnum,
                        QgsProcessingParameterRasterDestination)
 
 from .base import POOLS, SoilSSLAlgorithm
+from .styles import feature_style, style_output
 
 
 class ExtractFeatures(SoilSSLAlgorithm):
@@ -33,4 +34,5 @@ class ExtractFeatures(SoilSSLAlgorithm):
                 pool=self.enum(parameters, "POOL", context),
                 min_valid=self.parameterAsDouble(parameters, "MIN_VALID", context),
                 progress=progress, **compute)
+        style_output(context, output, style=feature_style)
         return {"OUTPUT": output, "TILES": summary["tiles"], "SKIPPED": summary["skipped"]}

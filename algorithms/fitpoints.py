@@ -8,11 +8,21 @@ from qgis.core import (QgsProcessingOutputString, QgsProcessingParameterEnum,
                        QgsProcessing)
 
 from .base import SoilSSLAlgorithm
-from .points import oof_fields, read_points, write_oof
+from .points import column, oof_fields, read_points, write_oof
+from .styles import on_load, residual_style
 
 METHODS = ["all", "mlp", "ridge", "rf_features", "rf_pixels"]
 FOLD_MODES = ["kmeans", "random"]
 LOSSES = ["mse", "huber", "l1"]
+
+
+def in_dialog(feedback):
+    """Whether the run is the algorithm dialog's own (not a model's step, a script or
+    qgis_process).  That dialog prints every result under "Results" (pprint of the
+    whole dict), so the JSON outputs would show there as a raw dump; the CV table is in
+    the log as a table and in the report instead."""
+    return feedback is not None and \
+        feedback.metaObject().className() == "QgsProcessingAlgorithmDialogFeedback"
 
 
 class FitPoints(SoilSSLAlgorithm):
@@ -48,8 +58,9 @@ class FitPoints(SoilSSLAlgorithm):
         self.addParameter(QgsProcessingParameterFileDestination(
             "OUTPUT_REPORT", "Cross-validation report", "HTML files (*.html)", optional=True))
         self.addOutput(QgsProcessingOutputString("CV_TABLE", "CV table (JSON: one object per "
-                                                 "target and method)"))
-        self.addOutput(QgsProcessingOutputString("METHODS", "Method refitted per target (JSON)"))
+                                                 "target and method; models and scripts)"))
+        self.addOutput(QgsProcessingOutputString("METHODS", "Method refitted per target (JSON; "
+                                                 "models and scripts)"))
 
     def execute(self, parameters, context, feedback, progress):
         from ..core.report import write_report
@@ -81,8 +92,11 @@ class FitPoints(SoilSSLAlgorithm):
         sink, sink_id = self.parameterAsSink(parameters, "OUTPUT_POINTS", context, out_fields,
                                              points_src.wkbType(), points_src.sourceCrs())
         write_oof(sink, feats, fit, out_fields)
-        results = {"OUTPUT_POINTS": sink_id, "OUTPUT_MODEL": model_path,
-                   "CV_TABLE": json.dumps(fit.cv.table()), "METHODS": json.dumps(fit.chosen)}
+        target = fit.cv.target_names[0]  # points coloured by the first target's residual
+        on_load(context, sink_id, residual_style(column(f"res_{target}_{fit.chosen[target]}")))
+        results = {"OUTPUT_POINTS": sink_id, "OUTPUT_MODEL": model_path}
+        if not in_dialog(feedback):  # the dialog prints every result raw under "Results"
+            results.update(CV_TABLE=json.dumps(fit.cv.table()), METHODS=json.dumps(fit.chosen))
         if report_path:
             write_report(report_path, fit.cv, fit.coords, fit.chosen,
                          title="SoilSSL spatial cross-validation")

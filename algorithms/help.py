@@ -1,4 +1,5 @@
 """All user-facing help text of the SoilSSL algorithms, kept in one place."""
+import html
 
 REFERENCE = ("Method: Tresson P. et al. (2024), Self-supervised learning of Vision Transformers "
              "for digital soil mapping using visual data, Geoderma.")
@@ -11,6 +12,7 @@ GROUPS = {
     "features": "Feature extraction",
     "training": "Self-supervised training",
     "soil": "Soil mapping",
+    "tools": "Tools",
 }
 
 PARAMS = {
@@ -57,10 +59,13 @@ PARAMS = {
     "OUTPUT_MODEL": "Model file for Predict soil map: the chosen head refitted on all points, "
                     "the per-fold heads, the backbone reference and checksum, normalisation.",
     "OUTPUT_REPORT": "HTML report: CV table, observed-vs-predicted plots, folds and residuals.",
-    "MODEL": "A model file written by Fit soil heads on points.",
+    "MODEL": "A model file written by Fit soil heads.",
     "POINTS_BUFFER": "Optional soil sample points: tiles within BUFFER px of any point are "
                      "left out of pretraining, so the backbone never learns their surroundings.",
-    "BUFFER": "Exclusion buffer around the points in pixels (paper: 448 px = 672 m at 1.5 m).",
+    "BUFFER": "Exclusion buffer around the points, in pixels of the input: in metres it is "
+              "BUFFER × the input's pixel size (paper: 448 px = 672 m at 1.5 m pixels; the log "
+              "gives it for your raster). On dense points a large BUFFER leaves no tile: the "
+              "error then names the largest BUFFER, or a smaller STRIDE, that leaves enough.",
     "ARCH_TRAIN": "timm ViT architecture (paper: vit_base_patch16_224; vit_tiny/vit_small "
                   "for laptops).",
     "INIT": "Initial weights (DINO ImageNet file, cached timm name, SoilSSL checkpoint); empty "
@@ -102,7 +107,7 @@ ALGS = {
          "BATCH_SIZE", "AMP", "POOL", "MIN_VALID", "WORKERS", "OUTPUT_FEATURES"],
     ),
     "clustermap": (
-        "Landscape clusters (K-means of features)",
+        "Landscape clusters (K-means)",
         "Clusters the pixels of a feature raster with K-means (fitted on a random sample, "
         "applied window by window) into a single-band class raster (0..K-1, nodata 255), "
         "shown with a paletted style. The paper maps K = 8 landscape classes.",
@@ -117,7 +122,7 @@ ALGS = {
         ["FEATURES", "SEED", "OUTPUT_PCA"],
     ),
     "pretrain": (
-        "Self-supervised pretraining (DINO)",
+        "Pretrain backbone (DINO)",
         "Continues DINO training (Caron et al. 2021) of a ViT on tiles of your raster, without "
         "labels, so that its features describe your landscape: student and teacher networks, "
         "multi-crop augmentations suited to overhead imagery (flips, 90° rotations, colour "
@@ -130,11 +135,14 @@ ALGS = {
          "RESUME", "DEVICE", "BATCH_SIZE", "AMP", "WORKERS", "OUTPUT_CKPT"],
     ),
     "fitpoints": (
-        "Fit soil heads on points (spatial CV)",
+        "Fit soil heads (spatial CV)",
         "Predicts soil properties at sample points from the ViT features of the tile centred "
         "on each point, and judges every method by spatial cross-validation (folds = K-means "
         "of the point coordinates): RMSE, MAE and R² per fold, mean ± std, as in the paper's "
-        "Table 2. The CV table goes to the log, the report and the result (CV_TABLE).",
+        "Table 2. The CV table goes to the log, the report and, for models and scripts, "
+        "the CV_TABLE output. The point tiles' features are cached in "
+        "~/.cache/soilssl/point-features (a second fit on the same points skips the ViT); "
+        "Tools ▸ Clear feature cache empties it.",
         ["INPUT_RASTER", "BANDS", "DEM", "BACKBONE", "ARCH", "COMPARE_BACKBONE", "POINTS",
          "FIELDS", "METHOD", "FOLDS", "FOLD_MODE", "LOSS", "WEIGHT_FIELD", "SEED", "TILE_SIZE",
          "DEVICE", "BATCH_SIZE", "AMP", "WORKERS", "OUTPUT_POINTS", "OUTPUT_MODEL",
@@ -148,6 +156,14 @@ ALGS = {
         ["INPUT_RASTER", "BANDS", "DEM", "MODEL", "BACKBONE_MOVED", "STRIDE_PRED", "DEVICE",
          "BATCH_SIZE", "AMP", "WORKERS", "OUTPUT_PREDICTION", "OUTPUT_UNCERTAINTY",
          "OUTPUT_AOA"],
+    ),
+    "clearcache": (
+        "Clear feature cache",
+        "Deletes the cached point features of Fit soil heads (~/.cache/soilssl/point-features, "
+        "or $XDG_CACHE_HOME/soilssl/point-features): one file per backbone, raster and point "
+        "set, kept so that a second fit on the same points skips the ViT. Clearing only costs "
+        "time on the next fit. The log says how many files and megabytes were freed.",
+        [],
     ),
 }
 
@@ -174,16 +190,19 @@ def default_text(param) -> str:
     return str(value)
 
 
-def short_help(name: str, defaults=None) -> str:
-    """The Toolbox help: what it does, each parameter (with ``defaults``: name -> text of its
-    default value, from the parameter definitions), the paper reference."""
+def short_help(name: str, defaults=None, labels=None) -> str:
+    """The Toolbox help: what it does, each parameter by the label its form shows (with
+    ``labels``: name -> label, and ``defaults``: name -> text of its default value, from the
+    parameter definitions), the paper reference."""
     _, text, params = ALGS[name]
     defaults = defaults or {}
+    labels = labels or {}
 
     def item(key):
         param = ALIASES.get(key, key)
         default = f" <i>Default: {defaults[param]}.</i>" if defaults.get(param) else ""
-        return f"<li><b>{param}</b>: {PARAMS[key]}{default}</li>"
+        label = html.escape(labels.get(param, param), quote=False)
+        return f"<li><b>{label}</b>: {PARAMS[key]}{default}</li>"
 
     items = "".join(item(p) for p in params)
     return f"<p>{text}</p><ul>{items}</ul><p><i>{REFERENCE}</i></p>"

@@ -3,7 +3,7 @@ from qgis.core import (QgsProcessingParameterRasterDestination,
                        QgsProcessingParameterRasterLayer)
 
 from .base import SoilSSLAlgorithm
-from .styles import style_output
+from .styles import first_classes, style_output
 
 
 class _FeatureMap(SoilSSLAlgorithm):
@@ -24,8 +24,11 @@ class _FeatureMap(SoilSSLAlgorithm):
         output = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
         seed = self.parameterAsInt(parameters, "SEED", context)
         summary = self.make(layer.source(), output, seed, parameters, context, progress)
-        style_output(context, output, self.STYLE)
+        style_output(context, output, self.STYLE, self.fit(summary))
         return dict(summary, OUTPUT=output)
+
+    def fit(self, summary):
+        return None
 
 
 class ClusterMap(_FeatureMap):
@@ -41,6 +44,9 @@ class ClusterMap(_FeatureMap):
         k = self.parameterAsInt(parameters, "K", context)
         s = cluster_map(path, output, k=k, seed=seed, progress=progress)
         return {"K": s["k"]}
+
+    def fit(self, summary):  # the legend lists exactly the K classes
+        return first_classes(summary["K"])
 
 
 class PcaMap(_FeatureMap):

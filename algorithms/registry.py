@@ -4,5 +4,6 @@ from .fitpoints import FitPoints
 from .maps import ClusterMap, PcaMap
 from .predictmap import PredictMap
 from .pretrain import Pretrain
+from .tools import ClearCache
 
-ALGORITHMS = [ExtractFeatures, ClusterMap, PcaMap, Pretrain, FitPoints, PredictMap]
+ALGORITHMS = [ExtractFeatures, ClusterMap, PcaMap, Pretrain, FitPoints, PredictMap, ClearCache]

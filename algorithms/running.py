@@ -5,7 +5,8 @@ once (a plugin reload replaces it instead of adding a second one).  While an alg
 runs, ``FeedbackHandler.routing`` points it at that run's feedback: records from the
 algorithm's thread go to its own feedback, records from helper threads (tile readers) to
 the latest run started.  Warnings (and messages starting with "Warning") become feedback
-warnings, the rest feedback info.
+warnings, tables (several lines aligned with spaces) command info in a fixed-width font,
+the rest feedback info.
 """
 import contextlib
 import logging
@@ -42,6 +43,8 @@ class FeedbackHandler(logging.Handler):
             msg = self.format(record)
             if record.levelno >= logging.WARNING or msg.startswith("Warning"):
                 fb.pushWarning(msg)
+            elif "\n" in msg and "  " in msg:  # a table: fixed-width font, spacing kept
+                fb.pushCommandInfo(preformatted(msg))
             else:
                 fb.pushInfo(msg)
         except Exception:  # a log message must never break a run
@@ -59,6 +62,11 @@ class FeedbackHandler(logging.Handler):
             self._local.feedback = previous
             with self._lock:
                 self._running = [f for f in self._running if f is not feedback]
+
+
+def preformatted(text):
+    """``text`` with its spaces kept in the dialog's HTML log (non-breaking spaces)."""
+    return text.replace(" ", "\u00a0")
 
 
 def bridge():

@@ -1,31 +1,63 @@
-"""QML styles from resources/styles applied to SoilSSL outputs."""
+"""Styles of SoilSSL outputs: the QML files of resources/styles, fitted to each output's data.
+
+A style reaches the user two ways: a sidecar ``<name>.qml`` beside a raster (QGIS loads it
+whenever the file is opened later) and, when Processing loads the output ("Open output
+file after running"), a post-processor that styles the loaded layer.
+
+The fitted renderer is always installed with ``layer.setRenderer``: QGIS rebuilds the
+Layers panel legend on the renderer-changed signal only.  Editing the renderer in place
+(as this module once did) left the legend of the QML's template, so a prediction ranging
+7.63-9.84 showed a 0 ... 1 legend in the Layers panel until the file was reopened.
+"""
+import math
 import os
 
-from qgis.core import QgsProcessingLayerPostProcessorInterface
+from qgis.core import (QgsContrastEnhancement, QgsGraduatedSymbolRenderer,
+                       QgsLimitedRandomColorRamp, QgsPalettedRasterRenderer,
+                       QgsProcessingLayerPostProcessorInterface, QgsRasterBandStats,
+                       QgsRasterLayer, QgsRendererRange, QgsSingleBandGrayRenderer, QgsStyle,
+                       QgsSymbol)
 
 from .base import PLUGIN_DIR
 
 STYLES = os.path.join(PLUGIN_DIR, "resources", "styles")
+RESIDUAL_CLASSES = 7  # odd: the middle class straddles 0 and takes the ramp's neutral colour
 _post_processors = []  # QGIS keeps raw pointers: keep the Python objects alive
 
 
-class _StyleLoader(QgsProcessingLayerPostProcessorInterface):
-    def __init__(self, qml):
+class _Restyle(QgsProcessingLayerPostProcessorInterface):
+    def __init__(self, style):
         super().__init__()
-        self.qml = qml
+        self.style = style
 
     def postProcessLayer(self, layer, context, feedback):  # noqa: N802
-        layer.loadNamedStyle(self.qml)
-        stretch_to_data(layer)
+        self.style(layer)
         layer.triggerRepaint()
 
 
-def stretch_to_data(layer):
-    """Spread a pseudocolour style's ramp over the layer's own min..max (band 1)."""
-    renderer = layer.renderer()
-    if renderer is None or renderer.type() != "singlebandpseudocolor":
-        return
-    from qgis.core import QgsRasterBandStats
+def _install(layer, renderer):
+    """Give ``layer`` ``renderer`` so that its legend follows (see the module note)."""
+    if renderer is not None:
+        layer.setRenderer(renderer)
+
+
+def qml_style(qml, fit=None):
+    """A style: load ``resources/styles/<qml>``, then ``fit(layer, renderer)`` -> renderer
+    (default: a pseudocolour ramp stretched over the data)."""
+    fit = fit or stretch_to_data
+
+    def style(layer):
+        layer.loadNamedStyle(os.path.join(STYLES, qml))
+        if fit is not None and layer.renderer() is not None:
+            _install(layer, fit(layer, layer.renderer().clone()))
+    return style
+
+
+# -- raster renderers fitted to the data ---------------------------------------
+def stretch_to_data(layer, renderer):
+    """A pseudocolour renderer's ramp spread over the layer's own min..max (band 1)."""
+    if renderer.type() != "singlebandpseudocolor":
+        return renderer
     stats = layer.dataProvider().bandStatistics(1, QgsRasterBandStats.Min | QgsRasterBandStats.Max)
     lo, hi = stats.minimumValue, stats.maximumValue
     fn = renderer.shader().rasterShaderFunction()
@@ -33,25 +65,85 @@ def stretch_to_data(layer):
     old_lo, old_hi = items[0].value, items[-1].value
     for item in items:
         item.value = lo + (item.value - old_lo) / ((old_hi - old_lo) or 1.0) * (hi - lo)
-        item.label = f"{item.value:.3f}"
+        item.label = f"{item.value:.{fn.labelPrecision()}f}"
     fn.setColorRampItemList(items)
     fn.setMinimumValue(lo)
     fn.setMaximumValue(hi)
     renderer.setClassificationMin(lo)
     renderer.setClassificationMax(hi)
+    return renderer
 
 
-def style_output(context, path, qml):
-    """Style ``path`` with ``resources/styles/<qml>``: a sidecar ``<name>.qml`` (QGIS
-    loads it whenever the raster is opened) and, when Processing loads the output, the
-    same style on the loaded layer."""
-    from qgis.core import QgsRasterLayer
+def first_classes(k):
+    """A fit keeping the palette's first ``k`` classes (more colours if k exceeds it)."""
+    def fit(layer, renderer):
+        if renderer.type() != "paletted":
+            return renderer
+        classes = list(renderer.classes())[:k]
+        extra = QgsLimitedRandomColorRamp.randomColors(max(0, k - len(classes)))
+        for value, colour in zip(range(len(classes), k), extra):
+            classes.append(QgsPalettedRasterRenderer.Class(value, colour, f"class {value}"))
+        out = QgsPalettedRasterRenderer(layer.dataProvider(), renderer.band(), classes)
+        out.setOpacity(renderer.opacity())
+        return out
+    return fit
+
+
+def feature_style(layer):
+    """A feature raster: single-band grey of its first feature (band 1, named by its
+    description), stretched over the 2-98 % cumulative cut of its values."""
+    provider = layer.dataProvider()
+    renderer = QgsSingleBandGrayRenderer(provider, 1)
+    lo, hi = provider.cumulativeCut(1, 0.02, 0.98)
+    enhancement = QgsContrastEnhancement(provider.dataType(1))
+    enhancement.setContrastEnhancementAlgorithm(QgsContrastEnhancement.StretchToMinimumMaximum)
+    enhancement.setMinimumValue(lo)
+    enhancement.setMaximumValue(hi)
+    renderer.setContrastEnhancement(enhancement)
+    _install(layer, renderer)
+
+
+# -- vector renderers -------------------------------------------------------------
+def residual_style(field):
+    """Points coloured by ``field`` (observed - predicted): a diverging red-blue ramp over
+    classes symmetric about 0 (to the largest |residual|), the middle one straddling 0 in
+    the ramp's neutral colour."""
+    def style(layer):
+        index = layer.fields().indexOf(field)
+        if index < 0:
+            return
+        values = [v for v in layer.uniqueValues(index) if isinstance(v, (int, float))]
+        lim = max((abs(v) for v in values), default=0.0) or 1.0
+        ramp = QgsStyle.defaultStyle().colorRamp("RdBu")
+        n = RESIDUAL_CLASSES
+        digits = max(0, 2 - math.floor(math.log10(lim)))
+        ranges = []
+        for i in range(n):
+            lo, hi = -lim + 2 * lim * i / n, -lim + 2 * lim * (i + 1) / n
+            symbol = QgsSymbol.defaultSymbol(layer.geometryType())
+            symbol.setColor(ramp.color(i / (n - 1)))
+            ranges.append(QgsRendererRange(lo, hi, symbol, f"{lo:.{digits}f} to {hi:.{digits}f}"))
+        renderer = QgsGraduatedSymbolRenderer(field, ranges)
+        renderer.setSourceColorRamp(ramp)
+        _install(layer, renderer)
+    return style
+
+
+# -- wiring --------------------------------------------------------------------------
+def on_load(context, layer_id, style):
+    """Apply ``style(layer)`` to the output ``layer_id`` when Processing loads it."""
+    if context.willLoadLayerOnCompletion(layer_id):
+        post = _Restyle(style)
+        _post_processors.append(post)
+        context.layerToLoadOnCompletionDetails(layer_id).setPostProcessor(post)
+
+
+def style_output(context, path, qml=None, fit=None, style=None):
+    """Style the raster ``path``: with ``resources/styles/<qml>`` (then ``fit``), or with
+    ``style(layer)``; saved as the sidecar ``<name>.qml`` and applied on load."""
+    style = style or qml_style(qml, fit)
     layer = QgsRasterLayer(path, "styled")
     if layer.isValid():
-        layer.loadNamedStyle(os.path.join(STYLES, qml))
-        stretch_to_data(layer)
+        style(layer)
         layer.saveNamedStyle(os.path.splitext(path)[0] + ".qml")
-    if context.willLoadLayerOnCompletion(path):
-        loader = _StyleLoader(os.path.join(STYLES, qml))
-        _post_processors.append(loader)
-        context.layerToLoadOnCompletionDetails(path).setPostProcessor(loader)
+    on_load(context, path, style)

@@ -36,6 +36,22 @@ def _valid(block: np.ndarray, nodata) -> np.ndarray:
     return ok
 
 
+def check_features(path: str, progress: Optional[Progress] = None) -> bool:
+    """Warn when ``path`` is not a feature raster written by extract_features (its tags say
+    so): a plain image would be clustered on its colours, not on ViT features.  -> whether
+    it is one."""
+    tags = read_tags(path)
+    if tags.get("soilssl_product") == "features":
+        return True
+    with rasterio.open(path) as ds:
+        kind = f"{ds.count} band(s) of {ds.dtypes[0]}"
+    ensure(progress).info(
+        f"Warning: '{path}' is not a SoilSSL feature raster ({kind}, no feature metadata): "
+        f"it is mapped on its own pixel values, not on ViT features. Run Extract ViT features "
+        f"on the image first and use its output as INPUT.")
+    return False
+
+
 def sample_pixels(path: str, max_sample: int = MAX_SAMPLE, seed: int = 0,
                   progress: Optional[Progress] = None) -> np.ndarray:
     """A seeded random sample (n, C) of valid pixels, read window by window."""
@@ -85,6 +101,7 @@ def cluster_map(features: str, output: str, k: int = 8, seed: int = 0,
     if not 2 <= k <= 254:
         raise InputError(f"K must be between 2 and 254 (got {k}).")
     progress = ensure(progress)
+    check_features(features, progress)
     x = sample_pixels(features, max_sample, seed, progress.sub(0, 0.3))
     if len(x) < k:
         raise InputError(f"Only {len(x)} valid feature pixels for K={k} clusters: lower K or "
@@ -108,6 +125,7 @@ def pca_map(features: str, output: str, seed: int = 0, max_sample: int = MAX_SAM
     """3-component PCA as a displayable uint8 RGB raster (PC1 red, PC2 blue, PC3 green)."""
     from sklearn.decomposition import PCA
     progress = ensure(progress)
+    check_features(features, progress)
     x = sample_pixels(features, max_sample, seed, progress.sub(0, 0.3))
     if x.shape[1] < 3 or len(x) < 3:
         raise InputError(f"PCA needs at least 3 bands and 3 valid pixels (got {x.shape[1]} "

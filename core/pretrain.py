@@ -231,6 +231,52 @@ def buffer_excluded(grid: TileGrid, cols, rows, buffer: float) -> np.ndarray:
     return excluded.ravel()
 
 
+def tile_distances(grid: TileGrid, cols, rows, chunk: int = 4096) -> np.ndarray:
+    """(len(grid),) distance in pixels from each tile's window to its nearest point (the
+    measure :func:`buffer_excluded` compares with BUFFER; inf without points)."""
+    pts = np.c_[np.asarray(cols, float), np.asarray(rows, float)] if cols is not None \
+        else np.empty((0, 2))
+    pts = pts[np.isfinite(pts).all(axis=1)]
+    out = np.full(len(grid), np.inf)
+    if not len(pts):
+        return out
+    s, t = float(grid.stride), float(grid.tile)
+    idx = np.arange(len(grid))
+    x0, y0 = (idx % grid.n_cols) * s, (idx // grid.n_cols) * s
+    for a in range(0, len(grid), chunk):
+        xs, ys = x0[a:a + chunk, None], y0[a:a + chunk, None]
+        dx = np.maximum(np.maximum(xs - pts[:, 0], pts[:, 0] - (xs + t)), 0.0)
+        dy = np.maximum(np.maximum(ys - pts[:, 1], pts[:, 1] - (ys + t)), 0.0)
+        out[a:a + chunk] = np.sqrt(dx * dx + dy * dy).min(axis=1)
+    return out
+
+
+def buffer_advice(width: int, height: int, tile: int, stride: int, cols, rows, buffer: float,
+                  needed: int, pixel_size: float) -> str:
+    """What to change when BUFFER leaves too few tiles: the largest BUFFER (whole pixels)
+    leaving ``needed`` grid tiles, and a smaller STRIDE if one leaves them at this BUFFER."""
+    def metres(px):
+        return f"{px * pixel_size:g} m"
+
+    grid = TileGrid(width, height, int(tile), int(stride))
+    dist = np.sort(tile_distances(grid, cols, rows))[::-1]
+    needed = max(1, min(int(needed), len(grid)))
+    largest = math.ceil(dist[needed - 1]) - 1  # excluded when distance <= BUFFER
+    parts = [f"BUFFER {buffer:g} px ({metres(buffer)} at {pixel_size:g} m pixels) leaves "
+             f"{int((dist > buffer).sum())} of the {len(grid)} tiles of {tile} px every "
+             f"{stride} px."]
+    if largest >= 0:
+        parts.append(f"The largest BUFFER leaving {needed} tiles is {largest} px "
+                     f"({metres(largest)}; {int((dist > largest).sum())} tiles).")
+    for smaller in sorted({stride // 2, stride // 4} - {0}, reverse=True):
+        left = int((tile_distances(TileGrid(width, height, int(tile), smaller), cols, rows)
+                    > buffer).sum())
+        if left >= needed:
+            parts.append(f"Or keep BUFFER and set STRIDE {smaller} px: {left} tiles.")
+            break
+    return " ".join(parts)
+
+
 def sample_tiles(source: TileSource, tile: int, stride: Optional[int] = None, cols=None,
                  rows=None, buffer: float = 448.0, min_valid: float = DEFAULT_MIN_VALID,
                  workers: int = 2, batch_size: int = 64, rank: int = 0, world: int = 1,
@@ -517,12 +563,19 @@ class _Run:
                                   cfg.min_valid, cfg.workers, max(cfg.batch_size, 32),
                                   self.dd.rank, self.dd.world, self.progress.sub(0.0, 0.05))
         c = self.tiles.counts()
+        pixel = max(src.pixel_size)
         self.log.info(
             f"Tiles of {cfg.tile_size} px every {self.tiles.grid.stride} px: {c['total']} on the "
-            f"grid, {c['kept']} kept, {c['excluded_buffer']} excluded within {cfg.buffer:g} px of "
-            f"{c['points']} point(s), {c['skipped_nodata']} skipped as nodata "
-            f"(valid < {cfg.min_valid:g}).")
+            f"grid, {c['kept']} kept, {c['excluded_buffer']} excluded within {cfg.buffer:g} px "
+            f"({cfg.buffer * pixel:g} m at {pixel:g} m pixels) of {c['points']} point(s), "
+            f"{c['skipped_nodata']} skipped as nodata (valid < {cfg.min_valid:g}).")
         n = c["kept"]
+        if n == 0 and c["excluded_buffer"] and cols is not None:
+            raise InputError(
+                f"No tile is left to train on: {c['excluded_buffer']} of the {c['total']} "
+                f"tiles lie within BUFFER of a soil point. " +
+                buffer_advice(src.width, src.height, cfg.tile_size, self.tiles.grid.stride, cols,
+                              rows, cfg.buffer, cfg.batch_size, pixel))
         if n == 0:
             raise InputError("No tile is left to train on: lower BUFFER or TILE_SIZE, or check "
                              "the nodata of the input.")

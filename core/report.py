@@ -1,14 +1,17 @@
 """HTML report of a spatial cross-validation: table, observed-vs-predicted, folds and residuals.
 
-Self-contained (plots embedded as PNG data URIs, matplotlib's Agg backend), so
-that it opens in any browser or in QGIS's result viewer.
+Self-contained (plots embedded as PNG data URIs), so that it opens in any browser or in
+QGIS's result viewer.  The plots use matplotlib's object-oriented API: a ``Figure`` drawn
+by its own Agg canvas.  No pyplot and no ``matplotlib.use``: the report is written from a
+Processing worker thread, and pyplot's global state (or a backend switch) would reach the
+whole QGIS process.
 """
 from __future__ import annotations
 
 import base64
 import html
 import io
-from typing import Optional
+from typing import List, Optional
 
 import numpy as np
 
@@ -17,20 +20,53 @@ from .files import atomic_write_text
 CSS = ("body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse}"
        "td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}th{background:#eee}"
        "td:nth-child(-n+2){text-align:left}.best{font-weight:bold;background:#e8f5e9}"
-       "img{max-width:100%}")
+       "img{max-width:100%}.note{max-width:60em;color:#333}")
+
+R2_NOTE = ("Why R² can be negative per fold while the pooled R² is positive: R² per fold "
+           "compares a fold's errors with the spread of the property <i>inside that fold</i>. "
+           "A spatial fold is one compact area where the property varies little, so even "
+           "small errors can exceed that local spread (R² &lt; 0) — the model is not worse "
+           "than a constant there, the fold is nearly constant. The pooled R² compares all "
+           "out-of-fold predictions with the spread over the whole study area, which is what "
+           "a map has to reproduce. RMSE and MAE do not depend on the spread: judge methods "
+           "by them first.")
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def _png(fig) -> str:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-    plt.close(fig)
+    fig.savefig(buf, format="png", dpi=80)
     return "<img src='data:image/png;base64," + base64.b64encode(buf.getvalue()).decode() + "'>"
+
+
+def _fold_colours(fold_ids):
+    from matplotlib import colormaps
+    cmap = colormaps["tab10"] if len(fold_ids) <= 10 else colormaps["tab20"]
+    return {k: cmap(i % cmap.N) for i, k in enumerate(fold_ids)}
+
+
+def _plain_coordinates(ax) -> None:
+    """Map coordinates as plain numbers (no '1e6' offset), few enough not to overlap."""
+    from matplotlib.ticker import MaxNLocator
+    ax.ticklabel_format(axis="both", style="plain", useOffset=False)
+    ax.xaxis.set_major_locator(MaxNLocator(4))
+    ax.yaxis.set_major_locator(MaxNLocator(5))
+    ax.tick_params(labelsize=7)
+    for label in ax.get_xticklabels():
+        label.set_rotation(30)
+        label.set_horizontalalignment("right")
 
 
 def _table(cv, chosen: dict) -> str:
     head = ("<tr><th>target</th><th>method</th><th>n</th><th>RMSE (mean ± std)</th>"
-            "<th>MAE</th><th>R² (mean ± std)</th><th>R² pooled</th></tr>")
+            "<th>MAE</th><th>R² per fold (mean ± std)</th><th>R² pooled</th></tr>")
     rows = []
     for r in cv.table():
         cls = " class='best'" if chosen.get(r["target"]) == r["method"] else ""
@@ -42,13 +78,64 @@ def _table(cv, chosen: dict) -> str:
     return "<table>" + head + "".join(rows) + "</table>"
 
 
+def figures(cv, coords: np.ndarray, chosen: dict) -> List[tuple]:
+    """[(heading, Figure)] of the report: per target, observed vs predicted per method, then
+    the folds and the chosen method's residuals on the map."""
+    colours = _fold_colours(list(cv.fold_ids))
+    out = []
+    for t, target in enumerate(cv.target_names):
+        ok = np.isfinite(cv.y[:, t])
+        m = len(cv.methods)
+        cols = min(m, 4)
+        rows = (m + cols - 1) // cols
+        fig = _figure(3.4 * cols, 3.3 * rows + 0.5)
+        axes = fig.subplots(rows, cols, squeeze=False)
+        lo, hi = np.nanmin(cv.y[ok, t]), np.nanmax(cv.y[ok, t])
+        for i, spec in enumerate(cv.methods):
+            ax = axes.flat[i]
+            for k in cv.fold_ids:
+                sel = ok & (cv.folds == k)
+                ax.scatter(cv.y[sel, t], cv.predictions[t, i, sel], s=8, color=colours[k],
+                           label=f"fold {k}")
+            ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+            ax.set_title(spec.label, fontsize=9)
+            ax.set_xlabel("observed", fontsize=8)
+            ax.set_ylabel("predicted (out of fold)", fontsize=8)
+            ax.tick_params(labelsize=7)
+        for ax in list(axes.flat)[m:]:
+            ax.axis("off")
+        axes.flat[m - 1].legend(fontsize=7, title="spatial fold", title_fontsize=7,
+                                loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+        out.append((f"{target}: observed vs predicted", fig))
+
+        label = chosen[target]
+        res = cv.residuals(target, label)
+        fig = _figure(11, 4.8)
+        a1, a2 = fig.subplots(1, 2)
+        for k in cv.fold_ids:
+            sel = cv.folds == k
+            a1.scatter(coords[sel, 0], coords[sel, 1], color=colours[k], s=10, label=f"fold {k}")
+        a1.set_title("spatial folds", fontsize=9)
+        a1.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14),
+                  ncols=min(len(cv.fold_ids), 6), frameon=False, columnspacing=1.0,
+                  handletextpad=0.2)
+        lim = float(np.nanmax(np.abs(res))) if np.isfinite(res).any() else 1.0
+        sc = a2.scatter(coords[ok, 0], coords[ok, 1], c=res[ok], cmap="RdBu", vmin=-(lim or 1),
+                        vmax=lim or 1, s=10)
+        a2.set_title(f"residuals of {label} (observed − predicted)", fontsize=9)
+        bar = fig.colorbar(sc, ax=a2, shrink=0.9)
+        bar.set_label("residual", fontsize=8)
+        bar.ax.tick_params(labelsize=7)
+        for ax in (a1, a2):
+            ax.set_aspect("equal")
+            _plain_coordinates(ax)
+        out.append((f"{target}: folds and residuals", fig))
+    return out
+
+
 def write_report(path: str, cv, coords: np.ndarray, chosen: dict, title: str = "SoilSSL",
                  notes: Optional[list] = None) -> str:
     """Write the report of ``cv`` (a cv.CVResult) for points at ``coords`` (N, 2)."""
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
     parts = [f"<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
              f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
     sizes = [int((cv.folds == k).sum()) for k in cv.fold_ids]
@@ -58,37 +145,10 @@ def write_report(path: str, cv, coords: np.ndarray, chosen: dict, title: str = "
     for note in notes or []:
         parts.append(f"<p>{html.escape(note)}</p>")
     parts.append("<h2>Cross-validation</h2>" + _table(cv, chosen))
-    for t, target in enumerate(cv.target_names):
-        ok = np.isfinite(cv.y[:, t])
-        m = len(cv.methods)
-        cols = min(m, 4)
-        fig, axes = plt.subplots((m + cols - 1) // cols, cols, figsize=(3.2 * cols,
-                                 3.2 * ((m + cols - 1) // cols)), squeeze=False)
-        lo, hi = np.nanmin(cv.y[ok, t]), np.nanmax(cv.y[ok, t])
-        for i, spec in enumerate(cv.methods):
-            ax = axes.flat[i]
-            ax.scatter(cv.y[ok, t], cv.predictions[t, i, ok], s=6, c=cv.folds[ok], cmap="tab10")
-            ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
-            ax.set_title(spec.label, fontsize=9)
-            ax.set_xlabel("observed", fontsize=8)
-            ax.set_ylabel("predicted (out of fold)", fontsize=8)
-        for ax in list(axes.flat)[m:]:
-            ax.axis("off")
-        parts.append(f"<h2>{html.escape(target)}: observed vs predicted</h2>" + _png(fig))
-        label = chosen[target]
-        res = cv.residuals(target, label)
-        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4.2))
-        a1.scatter(coords[:, 0], coords[:, 1], c=cv.folds, cmap="tab10", s=10)
-        a1.set_title("spatial folds", fontsize=9)
-        lim = np.nanmax(np.abs(res)) or 1.0
-        sc = a2.scatter(coords[ok, 0], coords[ok, 1], c=res[ok], cmap="RdBu", vmin=-lim,
-                        vmax=lim, s=10)
-        a2.set_title(f"residuals of {label} (observed − predicted)", fontsize=9)
-        fig.colorbar(sc, ax=a2)
-        for ax in (a1, a2):
-            ax.set_aspect("equal")
-            ax.tick_params(labelsize=7)
-        parts.append(f"<h2>{html.escape(target)}: folds and residuals</h2>" + _png(fig))
+    if any(r["r2_mean"] < 0 < r["r2_pooled"] for r in cv.table()):
+        parts.append(f"<p class='note'>{R2_NOTE}</p>")
+    for heading, fig in figures(cv, coords, chosen):
+        parts.append(f"<h2>{html.escape(heading)}</h2>" + _png(fig))
     parts.append("<p><i>Method: Tresson P. et al. (2024), Self-supervised learning of Vision "
                  "Transformers for digital soil mapping using visual data, Geoderma.</i></p>"
                  "</body></html>")

@@ -21,6 +21,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUTPUT = os.path.join(ROOT, "resources", "models", "soil_mapping.model3")
 
 
+WIDTH = 270  # component boxes wide enough for every title (the Designer's 200 cut some)
+# Component centres (Model Designer scene coordinates), in layers: the pretraining inputs on
+# the left, the shared inputs in the top row, each algorithm below what it reads, its own
+# inputs to its left and its outputs to its right; no two boxes overlap (tests/test_qgis_ux).
+LAYOUT = {
+    "arch": (140, 60), "tile_size": (140, 120), "epochs": (140, 180), "buffer": (140, 240),
+    "init": (140, 300), "out_dim": (140, 360), "local_crops": (140, 420),
+    "raster": (470, 60), "dem": (770, 60), "points": (1070, 60), "device": (1370, 60),
+    "batch_size": (1670, 60),
+    "fields": (470, 700), "method": (470, 760), "folds": (470, 820), "clusters": (1370, 760),
+    "pretrain": (580, 560), "fitpoints": (880, 900), "predictmap": (1180, 1240),
+    "extractfeatures": (1440, 560), "clustermap": (1740, 900),
+}
+
+
 def build():
     """The model (needs a running QgsApplication with the SoilSSL provider registered)."""
     from qgis.core import (QgsProcessing, QgsProcessingModelAlgorithm,
@@ -31,7 +46,7 @@ def build():
                            QgsProcessingParameterFeatureSource, QgsProcessingParameterField,
                            QgsProcessingParameterFile, QgsProcessingParameterNumber,
                            QgsProcessingParameterRasterLayer, QgsProcessingParameterString)
-    from qgis.PyQt.QtCore import QPointF
+    from qgis.PyQt.QtCore import QPointF, QSizeF
     from soilssl.algorithms.base import DEVICES
     from soilssl.algorithms.fitpoints import METHODS
     from soilssl.algorithms.help import REFERENCE
@@ -55,7 +70,7 @@ def build():
          False, "Tile size of pretraining, fitting and mapping (paper: 224)."),
         (QgsProcessingParameterNumber("epochs", "Pretraining epochs", integer, 5, minValue=1),
          False, "DINO epochs on the scene."),
-        (QgsProcessingParameterNumber("buffer", "Exclusion buffer around the points (px)",
+        (QgsProcessingParameterNumber("buffer", "Buffer around the points (px)",
                                       double, 16.0, minValue=0.0), False,
          "Tiles this close to a sample point are not used for pretraining (paper: 448 px; the "
          "demo points are dense)."),
@@ -87,7 +102,8 @@ def build():
         if is_advanced:
             param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         component = QgsProcessingModelParameter(param.name())
-        component.setPosition(QPointF(120 + 190 * (i % 4), 60 + 70 * (i // 4)))
+        component.setPosition(QPointF(*LAYOUT[param.name()]))
+        component.setSize(QSizeF(WIDTH, 30))
         model.addModelParameter(param, component)
         help_content[param.name()] = text
     model.setHelpContent(help_content)
@@ -97,6 +113,7 @@ def build():
         c.setChildId(child_id)
         c.setDescription(c.algorithm().displayName())
         c.setPosition(QPointF(*position))
+        c.setSize(QSizeF(WIDTH, 30))
         for name, src in sources.items():
             c.addParameterSources(name, [src])
         for param in c.algorithm().parameterDefinitions():  # the rest at their defaults, as
@@ -108,7 +125,9 @@ def build():
             out = QgsProcessingModelOutput(name, description)
             out.setChildId(child_id)
             out.setChildOutputName(child_output)
-            out.setPosition(QPointF(position[0] + 220, position[1] + 40 * len(model_outputs)))
+            out.setPosition(QPointF(position[0] + WIDTH + 40,
+                                    position[1] + 40 * len(model_outputs)))
+            out.setSize(QSizeF(WIDTH, 30))
             model_outputs[name] = out
         c.setModelOutputs(model_outputs)
         model.addChildAlgorithm(c)
@@ -118,26 +137,26 @@ def build():
     raster = {"INPUT": p("raster"), "DEM": p("dem")}
     compute = {"DEVICE": p("device"), "BATCH_SIZE": p("batch_size")}
     backbone = Src.fromChildOutput("pretrain", "OUTPUT")
-    child("pretrain", "pretrain", (200, 420), {
+    child("pretrain", "pretrain", LAYOUT["pretrain"], {
         **raster, **compute, "POINTS": p("points"), "BUFFER": p("buffer"), "ARCH": p("arch"),
         "INIT": p("init"), "EPOCHS": p("epochs"), "TILE_SIZE": p("tile_size"),
         "OUT_DIM": p("out_dim"), "LOCAL_CROPS": p("local_crops")},
         [("backbone", "OUTPUT", "Pretrained backbone")])
-    child("fitpoints", "fitpoints", (200, 560), {
+    child("fitpoints", "fitpoints", LAYOUT["fitpoints"], {
         **raster, **compute, "BACKBONE": backbone, "POINTS": p("points"),
         "FIELDS": p("fields"), "METHOD": p("method"), "FOLDS": p("folds")},
         [("cv_points", "OUTPUT_POINTS", "Points with CV predictions"),
          ("soil_model", "OUTPUT_MODEL", "Soil model"),
          ("cv_report", "OUTPUT_REPORT", "Cross-validation report")])
-    child("predictmap", "predictmap", (200, 700), {
+    child("predictmap", "predictmap", LAYOUT["predictmap"], {
         **raster, **compute, "MODEL": Src.fromChildOutput("fitpoints", "OUTPUT_MODEL"),
         "STRIDE": fixed(0)},
         [("soil_map", "OUTPUT", "Soil map"),
          ("uncertainty", "OUTPUT_UNCERTAINTY", "Uncertainty"),
          ("aoa", "OUTPUT_AOA", "Area of applicability")])
-    child("extractfeatures", "extractfeatures", (640, 560), {
+    child("extractfeatures", "extractfeatures", LAYOUT["extractfeatures"], {
         **raster, **compute, "BACKBONE": backbone})
-    child("clustermap", "clustermap", (640, 700), {
+    child("clustermap", "clustermap", LAYOUT["clustermap"], {
         "INPUT": Src.fromChildOutput("extractfeatures", "OUTPUT"), "K": p("clusters")},
         [("clusters", "OUTPUT", "Landscape clusters")])
     model.updateDestinationParameters()
