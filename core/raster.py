@@ -239,7 +239,7 @@ class TileSource:
             self.transform = ds.transform
             self.crs = ds.crs
             self.nodata = [ds.nodatavals[b - 1] for b in self.bands]
-            self._mask_bands = _mask_bands(ds, self.bands)
+            self._mask_bands = mask_bands(ds, self.bands)
             self.dtype = ds.dtypes[self.bands[0] - 1]
             self.descriptions = [ds.descriptions[b - 1] or f"band {b}" for b in self.bands]
             if self.crs is None:
@@ -406,7 +406,7 @@ class TileSource:
         self.close()
 
 
-def _mask_bands(ds, bands: Sequence[int]) -> tuple:
+def mask_bands(ds, bands: Sequence[int]) -> tuple:
     """The bands whose GDAL mask :meth:`TileSource.read` must read: none when every
     selected band's mask is "all valid" or its nodata value (compared in memory); the
     first band for a per-dataset mask (alpha band, internal or external .msk mask,
@@ -611,9 +611,12 @@ class RasterWriter:
         try:
             self.ds.close()
             check_raster(self.tmp)
-        except Exception as exc:
+        except (OSError, CPLE_BaseError) as exc:
             self.abort()
             raise write_error(self.path, exc) from exc
+        except BaseException:
+            self.abort()
+            raise
 
     def commit(self) -> str:
         """Finish and publish this one file."""

@@ -186,3 +186,27 @@ def test_all_nodata_raster_is_an_error(tmp_path):
     with pytest.raises(InputError, match="no valid pixel"):
         pca_map(path, str(tmp_path / "p.tif"))
     assert not os.path.exists(tmp_path / "p.tif")
+
+
+def test_maps_follow_the_gdal_mask(tmp_path):
+    """A feature raster whose nodata is an internal mask (not a value): masked pixels
+    are neither sampled nor classified."""
+    path, labels = _feature_raster(tmp_path)
+    with rasterio.open(path) as ds:
+        f, profile = ds.read(), ds.profile
+    f[:, :3, :3] = 1e6  # no NaN, no nodata value: only the mask says these are not data
+    profile.update(nodata=None)
+    masked = str(tmp_path / "masked.tif")
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+        with rasterio.open(masked, "w", **profile) as ds:
+            ds.write(f)
+            mask = np.full(f.shape[1:], 255, np.uint8)
+            mask[:3, :3] = 0
+            ds.write_mask(mask)
+    cluster_map(masked, str(tmp_path / "k.tif"), k=4, seed=1)
+    pca_map(masked, str(tmp_path / "p.tif"))
+    with rasterio.open(tmp_path / "k.tif") as k, rasterio.open(tmp_path / "p.tif") as p:
+        k, p = k.read(1), p.read()
+    assert (k[:3, :3] == CLUSTER_NODATA).all() and (p[:, :3, :3] == 0).all()
+    ok = k != CLUSTER_NODATA
+    assert ok.sum() == 400 - 9 and len(set(zip(labels[ok].tolist(), k[ok].tolist()))) == 4
