@@ -17,7 +17,7 @@ from rasterio.windows import Window
 
 from .errors import InputError
 from .progress import Progress, ensure
-from .raster import RasterWriter, read_tags
+from .raster import RasterWriter, mask_bands, read_tags
 
 CLUSTER_NODATA = 255
 MAX_SAMPLE = 50_000
@@ -28,11 +28,17 @@ def _row_windows(ds, rows_per_window: int = 64) -> Iterator[Window]:
         yield Window(0, r, ds.width, min(rows_per_window, ds.height - r))
 
 
-def _valid(block: np.ndarray, nodata) -> np.ndarray:
-    """block (C,h,w) -> (h,w) mask of pixels with every band valid."""
+def _valid(ds, block: np.ndarray, win: Window) -> np.ndarray:
+    """block (C,h,w) of every band of ``ds`` at ``win`` -> (h,w) mask of pixels with every
+    band valid: finite, not a nodata value, and valid in GDAL's mask (alpha band, internal
+    or external mask) as :meth:`~.raster.TileSource.read` sees it."""
     ok = np.isfinite(block).all(axis=0)
-    if nodata is not None and not np.isnan(nodata):
-        ok &= (block != nodata).all(axis=0)
+    for band, nodata in zip(block, ds.nodatavals):
+        if nodata is not None and not np.isnan(nodata):
+            ok &= band != nodata
+    masks = mask_bands(ds, ds.indexes)
+    if masks:
+        ok &= (ds.read_masks(masks, window=win) > 0).all(axis=0)
     return ok
 
 
@@ -64,7 +70,7 @@ def sample_pixels(path: str, max_sample: int = MAX_SAMPLE, seed: int = 0,
         for win in _row_windows(ds):
             progress.check()
             block = ds.read(window=win).astype(np.float32, copy=False)
-            ok = _valid(block, ds.nodata) & (rng.random(block.shape[1:]) < rate)
+            ok = _valid(ds, block, win) & (rng.random(block.shape[1:]) < rate)
             parts.append(block[:, ok].T)
     x = np.concatenate(parts) if parts else np.empty((0, 0), np.float32)
     if len(x) == 0:
@@ -85,7 +91,7 @@ def apply_by_windows(path: str, output: str, fn: Callable[[np.ndarray], np.ndarr
         for win in _row_windows(ds):
             progress.check()
             block = ds.read(window=win).astype(np.float32, copy=False)
-            ok = _valid(block, ds.nodata)
+            ok = _valid(ds, block, win)
             out = np.full((count,) + ok.shape, nodata, dtype)
             if ok.any():
                 out[:, ok] = fn(block[:, ok].T).T.astype(dtype)

@@ -207,24 +207,24 @@ def buffer_excluded(grid: TileGrid, cols, rows, buffer: float) -> np.ndarray:
 
     Points are fractional pixel positions (col, row) in the raster grid; the
     distance is the Euclidean distance from the point to the window's
-    footprint [c0, c0 + tile] x [r0, r0 + tile] (0 inside it).  Non-finite
-    positions are ignored.
+    footprint [c0, c0 + tile] x [r0, r0 + tile] (0 inside it; c0 = c * stride +
+    ``grid.offset``, as :meth:`TileGrid.window`).  Non-finite positions are ignored.
     """
     excluded = np.zeros((grid.n_rows, grid.n_cols), bool)
     if cols is None or len(cols) == 0:
         return excluded.ravel()
-    s, t, b = float(grid.stride), float(grid.tile), float(buffer)
+    s, t, b, o = float(grid.stride), float(grid.tile), float(buffer), float(grid.offset)
     for px, py in zip(np.asarray(cols, float), np.asarray(rows, float)):
         if not (np.isfinite(px) and np.isfinite(py)):
             continue
-        c_lo = max(0, math.ceil((px - b - t) / s))
-        c_hi = min(grid.n_cols - 1, math.floor((px + b) / s))
-        r_lo = max(0, math.ceil((py - b - t) / s))
-        r_hi = min(grid.n_rows - 1, math.floor((py + b) / s))
+        c_lo = max(0, math.ceil((px - b - t - o) / s))
+        c_hi = min(grid.n_cols - 1, math.floor((px + b - o) / s))
+        r_lo = max(0, math.ceil((py - b - t - o) / s))
+        r_hi = min(grid.n_rows - 1, math.floor((py + b - o) / s))
         if c_lo > c_hi or r_lo > r_hi:
             continue
-        x0 = np.arange(c_lo, c_hi + 1) * s
-        y0 = np.arange(r_lo, r_hi + 1) * s
+        x0 = np.arange(c_lo, c_hi + 1) * s + o
+        y0 = np.arange(r_lo, r_hi + 1) * s + o
         dx = np.maximum(np.maximum(x0 - px, px - (x0 + t)), 0.0)
         dy = np.maximum(np.maximum(y0 - py, py - (y0 + t)), 0.0)
         excluded[r_lo:r_hi + 1, c_lo:c_hi + 1] |= (dy[:, None] ** 2 + dx[None, :] ** 2) <= b * b

@@ -3,13 +3,17 @@
 * :class:`TileSource` opens an image (band selection, 1-based) and an optional
   DEM warped on the fly onto the image grid (``rasterio.vrt.WarpedVRT``) as an
   extra channel.  Reads are by window, padded outside the raster, with a
-  validity mask built from nodata.  It is thread-safe: each thread gets its own
-  dataset handles.
+  validity mask that is GDAL's mask of the bands (nodata values, alpha band,
+  internal or external mask) and finite values.  It is thread-safe: each thread
+  gets its own dataset handles (:class:`Handles`); :func:`iter_batches` opens its
+  own and closes them when the iteration ends.
 * :class:`Normalization` holds per-channel mean/std estimated from a sample of
   windows; it travels with every product that uses it (checkpoint, feature
   raster tags, model file).
 * :class:`TileGrid` is the grid of tiles (TILE_SIZE at STRIDE) and the
-  georeferencing of the one-pixel-per-tile outputs.
+  georeferencing of the one-pixel-per-tile outputs: output pixels are the
+  STRIDE cells of the input from its origin, each the footprint of the stride
+  cell its tile is centred on.
 * :func:`iter_batches` reads tiles in background threads (GDAL releases the
   GIL) with a bounded prefetch queue, so reading overlaps compute and memory
   stays bounded whatever the raster size.
@@ -28,7 +32,8 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import rasterio
-from rasterio.enums import Resampling
+from rasterio.enums import MaskFlags, Resampling
+from rasterio._err import CPLE_BaseError
 from rasterio.errors import RasterioIOError
 from rasterio.transform import Affine
 from rasterio.vrt import WarpedVRT
@@ -80,10 +85,16 @@ class Normalization:
 class TileGrid:
     """Tiles of ``tile`` px every ``stride`` px over a ``width`` x ``height`` raster.
 
-    Tile (r, c) covers pixels [c*stride, c*stride+tile) x [r*stride, r*stride+tile);
-    edge tiles run past the raster and are padded.  There are ceil(W/stride) x
-    ceil(H/stride) tiles.  Output pixel (r, c) is a ``stride``-sized pixel centred
-    on its tile's centre; with stride == tile it is exactly the tile's footprint.
+    The raster is cut into ``stride`` px cells from its origin: ceil(W/stride) x
+    ceil(H/stride) of them, the last ones running past the raster when ``stride``
+    does not divide its size.  Cell (r, c) is output pixel (r, c), so an output
+    (:meth:`out_transform`) has the input's origin and covers its extent.  Its tile
+    is the ``tile`` px window centred on the cell's centre ((c + 0.5) * stride,
+    (r + 0.5) * stride), placed as :meth:`TileSource.centred_window` places a tile
+    on a point (to the half pixel when exactly one of tile and stride is odd).
+    With stride == tile the tile is the cell itself; with a smaller stride edge
+    tiles run past the raster and are read with padding, which
+    :meth:`TileSource.valid_fraction` counts as invalid.
     """
 
     width: int
@@ -108,17 +119,25 @@ class TileGrid:
     def __len__(self) -> int:
         return self.n_rows * self.n_cols
 
+    @property
+    def offset(self) -> int:
+        """Column (and row) of tile 0's first pixel: tile (r, c) starts at
+        (c * stride + offset, r * stride + offset); 0 when stride == tile."""
+        return self.stride // 2 - self.tile // 2
+
     def window(self, index: int) -> Window:
         r, c = divmod(int(index), self.n_cols)
-        return Window(c * self.stride, r * self.stride, self.tile, self.tile)
+        o = self.offset
+        return Window(c * self.stride + o, r * self.stride + o, self.tile, self.tile)
 
     def windows(self, indices: Optional[Sequence[int]] = None) -> "GridWindows":
         """The windows of ``indices`` (default: every tile, row by row), made on demand."""
         return GridWindows(self, indices)
 
     def out_transform(self, transform: Affine) -> Affine:
-        shift = (self.tile - self.stride) / 2.0
-        return transform @ Affine.translation(shift, shift) @ Affine.scale(self.stride)
+        """Georeferencing of the one-pixel-per-tile outputs: the input's origin, pixels
+        of ``stride`` input pixels."""
+        return transform * Affine.scale(self.stride)
 
 
 class GridWindows:
@@ -158,6 +177,45 @@ def _open(path: str):
         raise InputError(f"Cannot open raster '{path}': {exc}") from exc
 
 
+class Handles:
+    """Dataset handles of a :class:`TileSource`, one set per thread that reads through
+    them, all closed by :meth:`close`.  :func:`iter_batches` opens one for each call and
+    closes it when the iteration ends, so repeated calls (an epoch each) hold no more
+    files than one; the source's own (for direct :meth:`TileSource.read` calls) lives
+    until :meth:`TileSource.close`."""
+
+    def __init__(self, source: "TileSource"):
+        self._source = source
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._open: list = []
+
+    def get(self) -> tuple:
+        """This thread's (image, DEM VRT or None), opened on first use."""
+        h = getattr(self._local, "h", None)
+        if h is None:
+            h = self._local.h = self._source._open_datasets()
+            with self._lock:
+                self._open.append(h)
+        return h[:2]
+
+    def close(self) -> None:
+        """Close every handle opened so far (call when no thread reads through them)."""
+        with self._lock:
+            opened, self._open = self._open, []
+            self._local = threading.local()
+        for datasets in opened:  # image, DEM VRT, DEM (VRT first)
+            for ds in datasets:
+                if ds is not None:
+                    ds.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 class TileSource:
     """An image (selected bands) plus an optional DEM channel on the image grid."""
 
@@ -181,6 +239,7 @@ class TileSource:
             self.transform = ds.transform
             self.crs = ds.crs
             self.nodata = [ds.nodatavals[b - 1] for b in self.bands]
+            self._mask_bands = mask_bands(ds, self.bands)
             self.dtype = ds.dtypes[self.bands[0] - 1]
             self.descriptions = [ds.descriptions[b - 1] or f"band {b}" for b in self.bands]
             if self.crs is None:
@@ -200,9 +259,7 @@ class TileSource:
                 raise InputError(
                     f"The DEM does not overlap the raster: DEM extent {_fmt(dem_bounds)} vs "
                     f"raster extent {_fmt(img_bounds)} (in {self.crs}).")
-        self._local = threading.local()
-        self._handles = []
-        self._lock = threading.Lock()
+        self._handles = Handles(self)
 
     # -- metadata -------------------------------------------------------------
     @property
@@ -226,27 +283,39 @@ class TileSource:
                 "width": self.width, "height": self.height, "crs": self.crs.to_string()}
 
     # -- reading --------------------------------------------------------------
-    def _datasets(self):
-        h = getattr(self._local, "h", None)
-        if h is None:
-            img = rasterio.open(self.path)
-            dem = None
-            if self.dem:
-                src = rasterio.open(self.dem)
+    def _open_datasets(self) -> tuple:
+        """New handles: (image, DEM warped onto the image grid, DEM) (None, None without
+        a DEM)."""
+        img = rasterio.open(self.path)
+        dem = src = None
+        if self.dem:
+            src = rasterio.open(self.dem)
+            try:
                 dem = WarpedVRT(src, crs=self.crs, transform=self.transform, width=self.width,
                                 height=self.height, resampling=Resampling.bilinear,
                                 src_nodata=self.dem_nodata, nodata=self.dem_nodata
                                 if self.dem_nodata is not None else np.nan,
                                 dtype="float32")
-                dem._soilssl_src = src
-            h = self._local.h = (img, dem)
-            with self._lock:
-                self._handles.append(h)
-        return h
+            except BaseException:
+                src.close()
+                img.close()
+                raise
+        return img, dem, src
 
-    def read(self, window: Window) -> tuple:
-        """Read a window (may extend past the raster) -> (float32 (C,h,w), valid (h,w))."""
-        img, dem = self._datasets()
+    def handles(self) -> Handles:
+        """A new set of per-thread dataset handles for :meth:`read`; the caller closes
+        it (``with source.handles() as h: ...``)."""
+        return Handles(self)
+
+    def read(self, window: Window, handles: Optional[Handles] = None) -> tuple:
+        """Read a window (may extend past the raster) -> (float32 (C,h,w), valid (h,w)).
+
+        A pixel is valid where GDAL's mask of every selected band says so (nodata
+        value, alpha band, internal or external mask: ``read_masks``), its values are
+        finite and, with a DEM, the DEM has data there; padding is invalid.
+        ``handles`` (default: the source's own) are the dataset handles to read with.
+        """
+        img, dem = (handles or self._handles).get()
         h, w = int(window.height), int(window.width)
         out = np.zeros((self.channels, h, w), np.float32)
         valid = np.zeros((h, w), bool)
@@ -259,9 +328,12 @@ class TileSource:
         ys, xs = slice(r0 - row0, r1 - row0), slice(c0 - col0, c1 - col0)
         data = img.read(self.bands, window=inner)
         ok = np.ones(data.shape[1:], bool)
+        # nodata values: what GDAL's nodata mask computes, without reading the data again
         for i, nd in enumerate(self.nodata):
             if nd is not None and not np.isnan(nd):
                 ok &= data[i] != nd
+        if self._mask_bands:  # alpha band, internal/external mask: read GDAL's mask
+            ok &= (img.read_masks(self._mask_bands, window=inner) > 0).all(axis=0)
         if np.issubdtype(data.dtype, np.floating):
             ok &= np.isfinite(data).all(axis=0)  # also covers a NaN nodata value
         out[: len(self.bands), ys, xs] = data
@@ -269,16 +341,17 @@ class TileSource:
             z = dem.read(self.dem_band, window=inner).astype(np.float32)
             if self.dem_nodata is not None:
                 ok &= z != self.dem_nodata
-            ok &= np.isfinite(z)
+            ok &= np.isfinite(z)  # the warper marks where the DEM's own mask is invalid
             out[-1, ys, xs] = z
         valid[ys, xs] = ok
         return out, valid
 
-    def valid_fraction(self, window: Window, valid: np.ndarray) -> float:
-        """Share of valid pixels among those of ``window`` inside the raster (padding ignored)."""
-        w = max(0, min(int(window.col_off + window.width), self.width) - max(int(window.col_off), 0))
-        h = max(0, min(int(window.row_off + window.height), self.height) - max(int(window.row_off), 0))
-        return float(valid.sum()) / (w * h) if w * h else 0.0
+    @staticmethod
+    def valid_fraction(window: Window, valid: np.ndarray) -> float:
+        """Share of valid pixels in ``window``.  Padding outside the raster is invalid,
+        so MIN_VALID is the share of the tile that holds data."""
+        n = int(window.width) * int(window.height)
+        return float(np.count_nonzero(valid)) / n if n else 0.0
 
     def compute_normalization(self, n_windows: int = 64, size: int = 256,
                               seed: int = 0) -> Normalization:
@@ -323,20 +396,27 @@ class TileSource:
         return Window(int(math.floor(col)) - tile // 2, int(math.floor(row)) - tile // 2, tile, tile)
 
     def close(self):
-        with self._lock:
-            for img, dem in self._handles:
-                img.close()
-                if dem is not None:
-                    dem.close()
-                    dem._soilssl_src.close()
-            self._handles.clear()
-        self._local = threading.local()
+        """Close the handles of direct :meth:`read` calls (the source stays usable)."""
+        self._handles.close()
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.close()
+
+
+def mask_bands(ds, bands: Sequence[int]) -> tuple:
+    """The bands whose GDAL mask :meth:`TileSource.read` must read: none when every
+    selected band's mask is "all valid" or its nodata value (compared in memory); the
+    first band for a per-dataset mask (alpha band, internal or external .msk mask,
+    NODATA_VALUES), which serves every band; otherwise the bands with a mask of their
+    own."""
+    flags = [set(ds.mask_flag_enums[b - 1]) for b in bands]
+    if any(MaskFlags.per_dataset in f for f in flags):
+        return (bands[[MaskFlags.per_dataset in f for f in flags].index(True)],)
+    return tuple(b for b, f in zip(bands, flags)
+                 if not f <= {MaskFlags.all_valid, MaskFlags.nodata})
 
 
 def _bounds(transform: Affine, width: int, height: int) -> tuple:
@@ -417,11 +497,15 @@ def iter_batches(source: TileSource, windows: Sequence[Window], norm: Normalizat
     Tiles are read and normalised by ``workers`` threads; at most ``prefetch``
     batches are in flight beyond the one being consumed, so memory is bounded.
     GDAL's block cache is capped meanwhile (see ``_CappedBlockCache``), so it
-    stays bounded whatever the raster size.  Cancel is checked before each batch.
+    stays bounded whatever the raster size.  The reading threads open their own
+    dataset handles, closed when the iteration ends (exhausted, closed, or left on
+    an error), so repeated calls hold no files.  Cancel is checked before each batch.
     """
     progress = ensure(progress)
     n = len(windows)
     starts = list(range(0, n, max(1, batch_size)))
+
+    handles = source.handles()
 
     def load(start):
         wins = windows[start:start + batch_size]
@@ -430,13 +514,14 @@ def iter_batches(source: TileSource, windows: Sequence[Window], norm: Normalizat
         batch = np.empty((len(wins), source.channels, h, w), np.float32)
         frac = np.empty(len(wins), np.float32)
         for i, win in enumerate(wins):
-            arr, valid = source.read(win)
+            arr, valid = source.read(win, handles)
             batch[i] = norm.apply(arr, valid)
             frac[i] = source.valid_fraction(win, valid)
         return start, batch, frac
 
     limit = _block_cache_cap(source, int(windows[0].height)) if n else None
-    with _CappedBlockCache(limit):
+    # the pool is shut down (its threads done) before the handles close
+    with handles, _CappedBlockCache(limit):
         if workers <= 0:
             for s in starts:
                 progress.check()
@@ -502,11 +587,23 @@ class RasterWriter:
                 self.ds.set_band_description(i, str(name))
         self.done = False
 
-    def write(self, data: np.ndarray, window: Window) -> None:
-        """Write (count, h, w) data at ``window``."""
+    def write(self, data: np.ndarray, window) -> None:
+        """Write (count, h, w) data at ``window`` (a Window or ((row0, row1), (col0, col1))).
+
+        A failed write (disk full and friends: OSError, GDAL errors) raises
+        :func:`~.files.write_error`; a block that does not fit the window is a bug
+        and raises ValueError saying so, not a hint about the output location."""
+        win = window if isinstance(window, Window) else Window.from_slices(*window)
+        want = (self.ds.count, int(win.height), int(win.width))
+        if np.shape(data) != want:
+            raise ValueError(
+                f"Internal error while writing '{self.path}': a block of shape "
+                f"{tuple(np.shape(data))} cannot go into {want[0]} band(s) of {want[1]} x "
+                f"{want[2]} px at row {int(win.row_off)}, column {int(win.col_off)}. Nothing "
+                f"was written.")
         try:
-            self.ds.write(data, window=window)
-        except Exception as exc:  # disk full and friends
+            self.ds.write(data, window=win)
+        except (OSError, CPLE_BaseError) as exc:  # disk full and friends
             raise write_error(self.path, exc) from exc
 
     def finish(self) -> None:
@@ -514,9 +611,12 @@ class RasterWriter:
         try:
             self.ds.close()
             check_raster(self.tmp)
-        except Exception as exc:
+        except (OSError, CPLE_BaseError) as exc:
             self.abort()
             raise write_error(self.path, exc) from exc
+        except BaseException:
+            self.abort()
+            raise
 
     def commit(self) -> str:
         """Finish and publish this one file."""

@@ -268,48 +268,51 @@ def predict_map(source: TileSource, model: dict, output: str,
     grid = TileGrid(source.width, source.height, tile, int(stride or tile))
     heads = [load_regressor(model["heads"][t]) for t in targets]
     folds = [[load_regressor(s) for s in model["fold_heads"][t]] for t in targets]
+    if aoa and model.get("aoa") is None:
+        raise InputError("This model has no area-of-applicability state.")
     tags = {"soilssl_product": "prediction", "targets": targets, "methods": model["methods"],
             "backbone": model["backbone"]}
     geo = dict(crs=source.crs, transform=grid.out_transform(source.transform))
     w, h, nt = grid.n_cols, grid.n_rows, len(targets)
-    writers = [RasterWriter(output, w, h, nt, "float32", nodata=PRED_NODATA, tags=tags,
-                            band_names=targets, **geo)]
+    # product -> (path, band names, tags); every block is made for its writer's bands
+    products = {"prediction": (output, list(targets), tags)}
     if uncertainty:
-        writers.append(RasterWriter(uncertainty, w, h, nt, "float32", nodata=PRED_NODATA,
-                                    tags=dict(tags, soilssl_product="uncertainty"),
-                                    band_names=[f"{t} std" for t in targets], **geo))
-    if aoa and model.get("aoa") is not None:
-        writers.append(RasterWriter(aoa, w, h, 2, "float32", nodata=PRED_NODATA,
-                                    tags=dict(tags, soilssl_product="aoa",
-                                              threshold=model["aoa"]["threshold"]),
-                                    band_names=["inside AOA (1/0)", "dissimilarity index"],
-                                    **geo))
-    elif aoa:
-        raise InputError("This model has no area-of-applicability state.")
+        products["uncertainty"] = (uncertainty, [f"{t} std" for t in targets],
+                                   dict(tags, soilssl_product="uncertainty"))
+    if aoa:
+        products["aoa"] = (aoa, ["inside AOA (1/0)", "dissimilarity index"],
+                           dict(tags, soilssl_product="aoa",
+                                threshold=model["aoa"]["threshold"]))
+    writers = {}
     try:
+        for name, (path, bands, product_tags) in products.items():
+            writers[name] = RasterWriter(path, w, h, len(bands), "float32",
+                                         nodata=PRED_NODATA, tags=product_tags,
+                                         band_names=bands, **geo)
         inside_count = 0
         for row, feats in iter_grid_rows(source, grid, norm, backbone, dev, batch_size, amp,
                                          model.get("pool", "cls"), workers=workers,
                                          progress=progress):
             ok = np.isfinite(feats).all(axis=1)
-            blocks = [np.full((nt, w), PRED_NODATA, np.float32) for _ in writers]
+            blocks = {name: np.full((len(products[name][1]), w), PRED_NODATA, np.float32)
+                      for name in writers}
             if ok.any():
+                x = feats[ok]
                 for t in range(nt):
-                    blocks[0][t, ok] = heads[t].predict(feats[ok])
-                    if uncertainty:
-                        per_fold = np.stack([f.predict(feats[ok]) for f in folds[t]])
-                        blocks[1][t, ok] = per_fold.std(axis=0)
-                if aoa:
-                    di, inside = aoa_predict(model["aoa"], feats[ok])
-                    blocks[-1] = np.full((2, w), PRED_NODATA, np.float32)
-                    blocks[-1][0, ok] = inside
-                    blocks[-1][1, ok] = di
+                    blocks["prediction"][t, ok] = heads[t].predict(x)
+                    if "uncertainty" in blocks:
+                        per_fold = np.stack([f.predict(x) for f in folds[t]])
+                        blocks["uncertainty"][t, ok] = per_fold.std(axis=0)
+                if "aoa" in blocks:
+                    di, inside = aoa_predict(model["aoa"], x)
+                    blocks["aoa"][0, ok] = inside
+                    blocks["aoa"][1, ok] = di
                     inside_count += int(inside.sum())
-            for wr, block in zip(writers, blocks):
-                wr.write(block[:, None, :], ((row, row + 1), (0, w)))
-        commit_all(writers)
+            for name, wr in writers.items():
+                wr.write(blocks[name][:, None, :], ((row, row + 1), (0, w)))
+        commit_all(list(writers.values()))
     finally:
-        for wr in writers:
+        for wr in writers.values():
             if not wr.done:
                 wr.abort()
     return {"output": output, "uncertainty": uncertainty, "aoa": aoa if model.get("aoa") else None,

@@ -233,14 +233,16 @@ def test_tile_larger_than_raster(qgis_app, rgb, tiny_ckpt, out, embeds):
 def test_all_nodata_tile_is_skipped_and_nodata_in_output(qgis_app, rgb, tiny_ckpt, out):
     fb = feedback()
     res = run("extractfeatures", extract_params(rgb, tiny_ckpt, out), fb)
-    assert (res["TILES"], res["SKIPPED"]) == (20, 1)  # the 40 x 40 px nodata corner
+    # the 40 x 40 px nodata corner, and the last row: 4 of its tiles' 32 px rows are on the
+    # raster, the rest is padding, which is not data (MIN_VALID 0.5)
+    assert (res["TILES"], res["SKIPPED"]) == (20, 6)
     with rasterio.open(res["OUTPUT"]) as ds:
         f = ds.read()
-    assert np.isnan(f[:, 0, 0]).all()
+    assert np.isnan(f[:, 0, 0]).all() and np.isnan(f[:, 3, :]).all()
     finite = np.isfinite(f[0])
-    finite[0, 0] = True
+    finite[0, 0] = finite[3, :] = True
     assert finite.all()
-    assert any("1 skipped as nodata" in m for m in fb.infos)
+    assert any("6 skipped as nodata" in m for m in fb.infos)
 
 
 # ----------------------------------------------------------------------------- backbones

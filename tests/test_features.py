@@ -31,9 +31,11 @@ def test_feature_raster_georeferencing(rgb, backbone, tmp_path):
         assert ds.crs == crs and ds.dtypes[0] == "float32"
         assert ds.transform == from_origin(in_t.c, in_t.f, 1.5 * 32, 1.5 * 32)
         f = ds.read()
-    # the 40x40 nodata corner: tile (0,0) fully nodata -> NaN; the others hold features
-    assert np.isnan(f[:, 0, 0]).all()
-    assert np.isfinite(f[:, 1:, :]).all() and np.isfinite(f[:, :, 2:]).all()
+    # the 40x40 nodata corner: tile (0,0) fully nodata -> NaN; the others hold features,
+    # except the last row, whose tiles have 4 of their 32 rows on the raster: padding is
+    # not data (MIN_VALID 0.5); the last column has 22 of 32 columns on it
+    assert np.isnan(f[:, 0, 0]).all() and np.isnan(f[:, 3, :]).all()
+    assert np.isfinite(f[:, 1:3, :]).all() and np.isfinite(f[:, :3, 2:]).all()
     assert s["skipped"] == int(np.isnan(f[0]).sum())
     tags = read_tags(out)
     assert tags["tile_size"] == 32 and tags["stride"] == 32
@@ -55,16 +57,30 @@ def test_features_equal_direct_forward_and_are_deterministic(rgb, backbone, tmp_
     np.testing.assert_allclose(fa[:, 1, 2], direct[0], rtol=1e-4, atol=1e-4)
 
 
-def test_smaller_stride_centres_pixels_on_tiles(rgb, backbone, tmp_path):
+def test_smaller_stride_covers_the_input_extent(rgb, backbone, tmp_path):
     out = str(tmp_path / "s.tif")
     with TileSource(rgb) as src:
-        extract_features(src, backbone, out, stride=16, device="cpu")
-        t = src.transform
+        s = extract_features(src, backbone, out, stride=16, device="cpu")
+        t, bounds = src.transform, src.bounds
+        norm = read_tags(out)["normalization"]
+        # each pixel is the tile centred on its 16 px cell: the tile a point there gets
+        cols, rows = np.array([2, 5, 0, 8]), np.array([3, 1, 4, 5])
+        points = point_features(src, backbone, (cols + 0.5) * 16, (rows + 0.5) * 16,
+                                normalization=norm)
     with rasterio.open(out) as ds:
-        assert (ds.width, ds.height) == (10, 7)
-        assert ds.res == (24.0, 24.0)
-        # pixel (0,0) centred on the first tile's centre (16 px, 16 px)
-        assert ds.transform @ (0.5, 0.5) == pytest.approx(t @ (16, 16))
+        assert (ds.width, ds.height) == (10, 7)  # ceil(150/16), ceil(100/16)
+        # same origin as the input, pixels of 16 x 1.5 m
+        assert ds.transform == from_origin(t.c, t.f, 24.0, 24.0)
+        assert ds.bounds.left == bounds[0] and ds.bounds.top == bounds[3]
+        # the last column and row hang 10 and 12 px past the raster: no more
+        assert ds.bounds.right - bounds[2] == 10 * 1.5 and bounds[1] - ds.bounds.bottom == 12 * 1.5
+        f = ds.read()
+    np.testing.assert_allclose(points, f[:, rows, cols].T, rtol=1e-4, atol=1e-4)
+    # tiles of the last column have 14 of their 32 columns on the raster, those of the
+    # last row 12: less than MIN_VALID 0.5 -> no values where there is (mostly) no imagery
+    assert np.isnan(f[:, :, 9]).all() and np.isnan(f[:, 6, :]).all()
+    assert np.isfinite(f[:, 3:6, 1:9]).all()
+    assert s["skipped"] == int(np.isnan(f[0]).sum())
 
 
 def test_mean_pool_differs_from_cls(rgb, backbone, tmp_path):
@@ -170,3 +186,27 @@ def test_all_nodata_raster_is_an_error(tmp_path):
     with pytest.raises(InputError, match="no valid pixel"):
         pca_map(path, str(tmp_path / "p.tif"))
     assert not os.path.exists(tmp_path / "p.tif")
+
+
+def test_maps_follow_the_gdal_mask(tmp_path):
+    """A feature raster whose nodata is an internal mask (not a value): masked pixels
+    are neither sampled nor classified."""
+    path, labels = _feature_raster(tmp_path)
+    with rasterio.open(path) as ds:
+        f, profile = ds.read(), ds.profile
+    f[:, :3, :3] = 1e6  # no NaN, no nodata value: only the mask says these are not data
+    profile.update(nodata=None)
+    masked = str(tmp_path / "masked.tif")
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+        with rasterio.open(masked, "w", **profile) as ds:
+            ds.write(f)
+            mask = np.full(f.shape[1:], 255, np.uint8)
+            mask[:3, :3] = 0
+            ds.write_mask(mask)
+    cluster_map(masked, str(tmp_path / "k.tif"), k=4, seed=1)
+    pca_map(masked, str(tmp_path / "p.tif"))
+    with rasterio.open(tmp_path / "k.tif") as k, rasterio.open(tmp_path / "p.tif") as p:
+        k, p = k.read(1), p.read()
+    assert (k[:3, :3] == CLUSTER_NODATA).all() and (p[:, :3, :3] == 0).all()
+    ok = k != CLUSTER_NODATA
+    assert ok.sum() == 400 - 9 and len(set(zip(labels[ok].tolist(), k[ok].tolist()))) == 4

@@ -15,33 +15,48 @@ from soilssl.core.raster import Normalization, RasterWriter, TileGrid, TileSourc
 
 
 @pytest.mark.parametrize("w,h,tile,stride", [(150, 100, 32, 32), (64, 64, 64, 64),
-                                             (100, 37, 32, 16), (65, 33, 32, 8)])
-def test_grid_covers_raster_exactly(w, h, tile, stride):
+                                             (100, 37, 32, 16), (65, 33, 32, 8),
+                                             (50, 41, 31, 5), (50, 41, 32, 5), (50, 41, 31, 6)])
+def test_grid_tiles_are_centred_on_their_stride_cells(tmp_path, w, h, tile, stride):
     grid = TileGrid(w, h, tile, stride)
     assert grid.n_cols == math.ceil(w / stride) and grid.n_rows == math.ceil(h / stride)
-    covered = np.zeros((h, w), int)
-    for win in grid.windows():
-        assert win.width == tile and win.height == tile
-        r0, c0 = int(win.row_off), int(win.col_off)
-        covered[r0:r0 + tile, c0:c0 + tile] += 1
-    assert covered.min() >= 1  # every pixel is in some tile
-    last = grid.window(len(grid) - 1)
-    assert last.col_off < w <= last.col_off + tile or w <= last.col_off + tile
-    assert last.col_off < w and last.row_off < h  # no tile entirely outside
+    path = write_raster(tmp_path / "g.tif", np.ones((1, h, w), np.uint8))
+    with TileSource(path) as src:
+        for idx in range(len(grid)):
+            r, c = divmod(idx, grid.n_cols)
+            win = grid.window(idx)
+            assert win.width == tile and win.height == tile
+            # centred on the centre of stride cell (r, c), to the half pixel an odd/even
+            # size difference allows...
+            cx, cy = win.col_off + tile / 2, win.row_off + tile / 2
+            assert abs(cx - (c + 0.5) * stride) <= 0.5 and abs(cy - (r + 0.5) * stride) <= 0.5
+            if (tile - stride) % 2 == 0:
+                assert (cx, cy) == ((c + 0.5) * stride, (r + 0.5) * stride)
+            # ...and the very tile a point at that centre gets (point features, fit_points)
+            assert win == src.centred_window((c + 0.5) * stride, (r + 0.5) * stride, tile)
+    # the output pixels are the stride cells: they tile the raster from its origin
+    assert grid.window(0).col_off == stride // 2 - tile // 2
+    if stride == tile:
+        assert grid.window(0) == Window(0, 0, tile, tile)
 
 
-def test_output_transform_matches_tile_centres():
+def test_output_grid_covers_the_input_extent():
     t = from_origin(1000.0, 5000.0, 2.0, 2.0)
     g = TileGrid(100, 60, 32, 32)
     assert g.out_transform(t) == from_origin(1000.0, 5000.0, 64.0, 64.0)
-    g = TileGrid(100, 60, 32, 8)
+    g = TileGrid(96, 64, 32, 8)  # STRIDE < TILE_SIZE: same origin, pixel = 8 input pixels
     ot = g.out_transform(t)
+    assert ot == from_origin(1000.0, 5000.0, 16.0, 16.0)
+    assert (g.n_cols, g.n_rows) == (12, 8)
+    # the output's extent is exactly the input's (96 x 64 px of 2 m)
+    assert ot @ (g.n_cols, g.n_rows) == t @ (96, 64) == (1192.0, 4872.0)
     for idx in (0, 5, len(g) - 1):
         r, c = divmod(idx, g.n_cols)
         win = g.window(idx)
-        centre_px = (win.col_off + 16, win.row_off + 16)
-        assert ot @ (c + 0.5, r + 0.5) == pytest.approx(t @ centre_px)
-        assert ot.a == 16.0
+        # each output pixel is centred on its tile's centre
+        assert ot @ (c + 0.5, r + 0.5) == t @ (win.col_off + 16, win.row_off + 16)
+    assert g.window(0) == Window(-12, -12, 32, 32)  # edge tiles run past the raster
+    assert g.window(len(g) - 1) == Window(76, 44, 32, 32)
 
 
 def test_stride_larger_than_tile_is_refused():
@@ -72,10 +87,14 @@ def test_nodata_mask_and_valid_fraction(rgb):
         assert not valid.any()
         arr, valid = src.read(Window(30, 30, 20, 20))
         assert valid.sum() == 400 - 100
-        # padding outside the raster does not count as nodata
+        # padding outside the raster counts as invalid: MIN_VALID is the share of the tile
+        # that holds data
         win = Window(140, 90, 20, 20)
         arr, valid = src.read(win)
-        assert src.valid_fraction(win, valid) == 1.0
+        assert valid.sum() == 100 and src.valid_fraction(win, valid) == 0.25
+        win = Window(-10, 50, 20, 20)
+        arr, valid = src.read(win)
+        assert src.valid_fraction(win, valid) == 0.5
 
 
 def test_float_nan_nodata_is_invalid(tmp_path):
@@ -172,3 +191,142 @@ def test_writer_unwritable_folder(tmp_path):
         target = ro / "o.tif"
     with pytest.raises(InputError, match="Cannot write into folder"):
         RasterWriter(target, 4, 4, 1, "float32", "EPSG:32637", from_origin(0, 4, 1, 1))
+
+
+def test_writer_non_io_error_says_what_happened(tmp_path):
+    out = tmp_path / "o.tif"
+    with pytest.raises(ValueError) as info:
+        with RasterWriter(out, 4, 4, 2, "float32", "EPSG:32637", from_origin(0, 4, 1, 1)) as w:
+            w.write(np.ones((3, 1, 4), np.float32), Window(0, 0, 4, 1))
+    message = str(info.value)
+    assert "(3, 1, 4)" in message and "2 band" in message and "o.tif" in message
+    assert "output location" not in message and "disk" not in message
+    assert os.listdir(tmp_path) == []
+
+
+# -- masks as GDAL defines them ----------------------------------------------------------
+def _masked_raster(tmp_path, kind):
+    """RGB uint8 20 x 30 px: 100 where valid; the left 10 columns and the top 4 rows are
+    masked out by an alpha band, an internal mask or a nodata value (masked pixels hold 200,
+    or the nodata value 7)."""
+    bad = np.zeros((20, 30), bool)
+    bad[:, :10] = True
+    bad[:4] = True
+    data = np.full((3, 20, 30), 100, np.uint8)
+    data[:, bad] = 7 if kind == "nodata" else 200
+    profile = dict(driver="GTiff", width=30, height=20, dtype="uint8", crs="EPSG:32637",
+                   transform=from_origin(500000.0, 2900000.0, 1.0, 1.0))
+    path = str(tmp_path / f"{kind}.tif")
+    if kind == "alpha":  # an RGBA orthophoto
+        alpha = np.where(bad, 0, 255).astype(np.uint8)
+        with rasterio.open(path, "w", count=4, photometric="RGB", alpha="YES", **profile) as ds:
+            ds.write(np.concatenate([data, alpha[None]]))
+    elif kind == "internal_mask":  # e.g. a JPEG-compressed GeoTIFF with its mask
+        with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+            with rasterio.open(path, "w", count=3, **profile) as ds:
+                ds.write(data)
+                ds.write_mask(np.where(bad, 0, 255).astype(np.uint8))
+        assert not os.path.exists(path + ".msk")
+    else:
+        with rasterio.open(path, "w", count=3, nodata=7, **profile) as ds:
+            ds.write(data)
+    return path, bad
+
+
+@pytest.mark.parametrize("kind", ["alpha", "internal_mask", "nodata"])
+def test_gdal_masks_make_pixels_invalid(tmp_path, kind):
+    from soilssl.core.features import pixel_values
+    path, bad = _masked_raster(tmp_path, kind)
+    with rasterio.open(path) as ds:  # what GDAL says
+        np.testing.assert_array_equal(ds.dataset_mask() > 0, ~bad)
+    with TileSource(path, bands=[1, 2, 3]) as src:
+        arr, valid = src.read(Window(0, 0, 30, 20))
+        np.testing.assert_array_equal(valid, ~bad)
+        win = Window(5, 2, 10, 10)  # 5 x 8 masked columns and rows
+        _, valid = src.read(win)
+        assert src.valid_fraction(win, valid) == pytest.approx(5 * 8 / 100)
+        # the tile validity that extraction and pretraining use
+        norm = Normalization([0.0] * 3, [1.0] * 3)
+        wins = [Window(0, 0, 10, 10), Window(20, 10, 10, 10), win]
+        fracs = np.concatenate([f for _, _, f in iter_batches(src, wins, norm, batch_size=2)])
+        np.testing.assert_allclose(fracs, [0.0, 1.0, 0.4])
+        # pixel values (the pixel baseline and the points on nodata)
+        px = pixel_values(src, [2.5, 20.5, 20.5], [10.5, 1.5, 10.5])
+        assert np.isnan(px[:2]).all() and px[2].tolist() == [100.0, 100.0, 100.0]
+        # the normalisation only sees valid pixels
+        norm = src.compute_normalization(n_windows=4, size=20)
+        assert norm.mean == pytest.approx([100.0] * 3)
+
+
+# -- reader handles ------------------------------------------------------------------------
+def _open_files() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.fixture
+def image_and_dem(tmp_path):
+    rng = np.random.default_rng(0)
+    img = write_raster(tmp_path / "img.tif", rng.integers(1, 255, (3, 64, 64), dtype=np.uint8),
+                       transform=from_origin(1000, 2000, 1.0, 1.0), nodata=0)
+    dem = write_raster(tmp_path / "dem.tif", rng.normal(100, 5, (40, 40)).astype(np.float32),
+                       transform=from_origin(990, 2010, 2.0, 2.0))
+    return img, dem
+
+
+def test_iter_batches_releases_its_reader_handles(image_and_dem):
+    img, dem = image_and_dem
+    before = _open_files()
+    norm = Normalization([0.0] * 4, [1.0] * 4)
+    with TileSource(img, dem=dem) as src:
+        wins = TileGrid(src.width, src.height, 16, 16).windows()
+
+        def run(workers):
+            return sum(len(b) for _, b, _ in iter_batches(src, wins, norm, batch_size=4,
+                                                          workers=workers))
+        for _ in range(3):  # warm-up (imports, GDAL drivers, allocator)
+            run(2)
+        files, rss = _open_files(), _rss()
+        for i in range(50):
+            assert run(2 if i % 2 else 0) == 16
+            assert _open_files() == files, f"handles left open after call {i + 1}"
+        assert _rss() - rss < 4 << 20
+        # a generator left half-way (an error or a cancel in the consumer) closes its too
+        it = iter_batches(src, wins, norm, batch_size=4, workers=2)
+        next(it)
+        it.close()
+        assert _open_files() == files
+        src.read(Window(0, 0, 8, 8))  # direct reads keep one handle set per thread...
+    assert _open_files() == before  # ...until close()
+
+
+def test_pretraining_keeps_open_files_and_memory_flat(image_and_dem, tmp_path, monkeypatch):
+    """50 epochs of a tiny run (2-block, 48-dim ViT, 32 px, 4 tiles in 2 batches, image +
+    DEM): every epoch reads through iter_batches with 2 threads.  Open files and RSS must not
+    grow with the epochs (they grew by 4 files and 0.3 MB per epoch)."""
+    import soilssl.core.backbone as backbone_module
+    from conftest import TINY
+    from soilssl.core.pretrain import PretrainConfig, pretrain
+    real = backbone_module.create_model
+    monkeypatch.setattr(backbone_module, "create_model",
+                        lambda *a, **k: real(*a, depth=2, embed_dim=48, num_heads=3, **k))
+    img, dem = image_and_dem
+    seen = []
+
+    def on_info(message):
+        if message.startswith("Epoch "):
+            seen.append((_open_files(), _rss()))
+    cfg = PretrainConfig(input=img, dem=dem, output=str(tmp_path / "ck.pth"), arch=TINY,
+                         tile_size=32, epochs=50, batch_size=2, out_dim=16, hidden_dim=16,
+                         bottleneck_dim=8, local_crops_number=0, warmup_epochs=0, buffer=0,
+                         workers=2, seed=0)
+    summary = pretrain(cfg, progress=Progress(on_info=on_info))
+    assert len(summary["loss_history"]) == 50 and len(seen) == 50
+    files = [f for f, _ in seen]
+    assert files[-1] == files[0], files
+    rss = [r for _, r in seen]
+    assert rss[-1] - rss[9] < 4 << 20, [round(r / 2 ** 20, 1) for r in rss]

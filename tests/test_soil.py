@@ -5,13 +5,14 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from rasterio.transform import from_origin
 
 from conftest import write_raster
 from soilssl.core.backbone import load_backbone
 from soilssl.core.errors import InputError
 from soilssl.core.progress import Progress
 from soilssl.core.raster import TileSource
-from soilssl.core.soil import Points, fit_points, load_model, predict_map
+from soilssl.core.soil import PRED_NODATA, Points, fit_points, load_model, predict_map
 
 
 @pytest.fixture
@@ -91,11 +92,14 @@ def test_predict_map_alignment_uncertainty_and_aoa(scene, vit, tmp_path, tiny_ck
         model = load_model(str(tmp_path / "m.pth"))
         s = predict_map(src, model, str(tmp_path / "p.tif"), str(tmp_path / "u.tif"),
                         str(tmp_path / "a.tif"), stride=16)
-        t = src.transform
+        t, src_bounds = src.transform, src.bounds
     with rasterio.open(tmp_path / "p.tif") as p, rasterio.open(tmp_path / "u.tif") as u, \
             rasterio.open(tmp_path / "a.tif") as a:
         assert (p.width, p.height, p.count) == (12, 8, 2) and p.dtypes[0] == "float32"
-        assert p.transform @ (0.5, 0.5) == pytest.approx(t @ (16, 16)) and p.res == (24, 24)
+        # STRIDE 16 < TILE_SIZE 32: pixels of 16 input pixels from the input's origin, the
+        # map covering exactly the input's extent
+        assert p.transform == from_origin(t.c, t.f, 24.0, 24.0)
+        assert p.bounds == src_bounds
         assert u.transform == p.transform == a.transform
         pred, unc, inside = p.read(1), u.read(1), a.read(1)
     assert np.isfinite(pred).all() and (unc > 0).any()
@@ -120,3 +124,61 @@ def test_predict_map_refuses_pixel_models_and_band_mismatch(scene, vit, tmp_path
         with pytest.raises(InputError, match=r"fitted on bands \[1, 2, 3\]"):
             predict_map(src, load_model(str(tmp_path / "m.pth")), str(tmp_path / "p.tif"))
     assert not os.path.exists(tmp_path / "p.tif")
+
+
+def test_predict_map_one_and_three_targets_with_an_empty_row(scene, vit, tmp_path):
+    """A grid row without any valid tile, AOA on, 1 and 3 targets (the AOA raster has 2
+    bands whatever the number of targets)."""
+    with rasterio.open(scene) as ds:
+        img, profile = ds.read(), ds.profile
+    img[:, 32:64] = 0  # nodata: tile row 1 (of 4) has no data
+    path = str(tmp_path / "holes.tif")
+    with rasterio.open(path, "w", **profile) as ds:
+        ds.write(img)
+    rng = np.random.default_rng(0)
+    with TileSource(path) as src:
+        cols = rng.uniform(8, 120, 60)
+        rows = np.r_[rng.uniform(8, 28, 30), rng.uniform(70, 120, 30)]
+        xs, ys = src.transform @ (cols, rows)
+        y = np.column_stack([rows / 10 + rng.normal(0, 0.1, 60), rows, cols])
+        fit_points(src, Points(xs, ys, src.crs.to_wkt(), y, ["ph", "si", "cl"]), vit,
+                   method="ridge", n_folds=3, model_path=str(tmp_path / "m3.pth"))
+        three = load_model(str(tmp_path / "m3.pth"))
+        one = dict(three, targets=["si"], **{k: {"si": three[k]["si"]}
+                                             for k in ("methods", "heads", "fold_heads")})
+        for name, model in (("one", one), ("three", three)):
+            out = {k: str(tmp_path / f"{name}_{k}.tif") for k in ("p", "u", "a")}
+            s = predict_map(src, model, out["p"], out["u"], out["a"])
+            n = len(model["targets"])
+            with rasterio.open(out["p"]) as p, rasterio.open(out["u"]) as u, \
+                    rasterio.open(out["a"]) as a:
+                assert (p.count, u.count, a.count) == (n, n, 2)
+                assert list(p.descriptions) == model["targets"]
+                pred, unc, aoa = p.read(), u.read(), a.read()
+            for arr in (pred, unc, aoa):
+                assert (arr[:, 1] == PRED_NODATA).all()  # the empty row stays nodata
+                assert (arr[:, [0, 2, 3]] != PRED_NODATA).all()
+            assert set(np.unique(aoa[0, [0, 2, 3]])) <= {0.0, 1.0}
+            assert (aoa[1, [0, 2, 3]] >= 0).all() and s["inside_aoa"] == int((aoa[0] == 1).sum())
+        # the same predictions for "si" whatever the other targets
+        with rasterio.open(tmp_path / "one_p.tif") as a, \
+                rasterio.open(tmp_path / "three_p.tif") as b:
+            np.testing.assert_array_equal(a.read(1), b.read(2))
+
+
+def test_predict_map_aoa_without_uncertainty_and_bad_outputs(scene, vit, tmp_path):
+    with TileSource(scene) as src:
+        fit_points(src, _points(src, n=40), vit, method="ridge", n_folds=3,
+                   model_path=str(tmp_path / "m.pth"))
+        model = load_model(str(tmp_path / "m.pth"))
+        predict_map(src, model, str(tmp_path / "p.tif"), aoa=str(tmp_path / "a.tif"))
+        with rasterio.open(tmp_path / "a.tif") as a, rasterio.open(tmp_path / "p.tif") as p:
+            assert a.count == 2 and p.count == 2
+            assert set(np.unique(a.read(1))) <= {0.0, 1.0}
+        # a model without AOA state: refused before anything is written
+        model["aoa"] = None
+        with pytest.raises(InputError, match="area-of-applicability"):
+            predict_map(src, model, str(tmp_path / "p2.tif"), str(tmp_path / "u2.tif"),
+                        str(tmp_path / "a2.tif"))
+    assert sorted(os.listdir(tmp_path)) == sorted(["a.tif", "p.tif", "m.pth", "tiny.pth",
+                                                   "scene.tif"])
