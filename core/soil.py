@@ -210,6 +210,7 @@ def _model_dict(source, backbone, cv, sets, y, weights, folds, chosen, loss, see
         "soilssl": {"format": MODEL_FORMAT, "version": 1},
         "targets": list(cv.target_names), "methods": dict(chosen), "loss": loss, "seed": seed,
         "backbone": backbone.reference, "bands": list(source.bands), "dem": bool(source.dem),
+        "dem_path": os.path.abspath(source.dem) if source.dem else None,
         "pool": pool, "tile_size": int(tile),
         "normalization": normalization,
         "heads": heads, "fold_heads": fold_heads,
