@@ -96,6 +96,16 @@ def test_predictmap_reads_a_model_saved_as_pt_with_the_bands_it_was_fitted_on(
                          "OUTPUT": str(tmp_path / "p5.tif")}, "not a SoilSSL model file")
 
 
+def test_files_written_by_one_tool_are_accepted_by_the_next_whatever_their_extension(qgis_app):
+    from qgis.core import QgsApplication, QgsProcessingContext
+    registry, context = QgsApplication.processingRegistry(), QgsProcessingContext()
+    for alg, param in (("predictmap", "MODEL"), ("pretrain", "RESUME"), ("pretrain", "INIT"),
+                       ("fitpoints", "BACKBONE"), ("extractfeatures", "BACKBONE")):
+        definition = registry.algorithmById(f"soilssl:{alg}").parameterDefinition(param)
+        for name in ("m.pth", "m.pt", "m.model", "checkpoint"):
+            assert definition.checkValueIsAcceptable(f"/data/{name}", context), (alg, param, name)
+
+
 def test_predictmap_takes_the_dem_from_the_model(qgis_app, rgb, tiny_ckpt, points, out, dem,
                                                  tmp_path):
     res = fit(rgb, points, tiny_ckpt, out, DEM=dem)
