@@ -79,16 +79,16 @@ class FitPoints(SoilSSLAlgorithm):
                              fold_mode=self.enum(parameters, "FOLD_MODE", context),
                              loss=self.enum(parameters, "LOSS", context),
                              seed=self.parameterAsInt(parameters, "SEED", context), tile=tile,
-                             model_path=outputs.stage(model_path), progress=progress,
-                             **compute)
+                             progress=progress, **compute)
+            outputs.save(fit.model, model_path)
             out_fields = oof_fields(points_src.fields(), fit)
             sink = StagedSink(self, parameters, "OUTPUT_POINTS", context, out_fields,
                               points_src.wkbType(), points_src.sourceCrs(), outputs)
             write_oof(sink.sink, feats, fit, out_fields)
             sink.close()
             if report_path:
-                write_report(outputs.stage(report_path), fit.cv, fit.coords, fit.chosen,
-                             title="SoilSSL spatial cross-validation")
+                outputs.write(report_path, lambda tmp: write_report(
+                    tmp, fit.cv, fit.coords, fit.chosen, title="SoilSSL spatial cross-validation"))
             outputs.commit()
         results = {"OUTPUT_POINTS": sink.published(), "OUTPUT_MODEL": model_path,
                    "CV_TABLE": json.dumps(fit.cv.table()), "METHODS": json.dumps(fit.chosen)}

@@ -185,6 +185,26 @@ class Outputs:
         self._staged.append((tmp, path, tmp_dir))
         return tmp
 
+    def write(self, path: str, write) -> str:
+        """Stage ``path`` and call ``write(tmp)``; errors name ``path``, not the temporary
+        file (what :func:`atomic_write` does for one file)."""
+        from .errors import SoilSSLError
+        tmp = self.stage(path)
+        try:
+            write(tmp)
+        except OSError as exc:
+            raise write_error(os.path.abspath(str(path)), exc) from exc
+        except SoilSSLError as exc:
+            if tmp not in str(exc):
+                raise
+            raise type(exc)(str(exc).replace(tmp, os.path.abspath(str(path)))) from exc
+        return tmp
+
+    def save(self, obj, path: str) -> str:
+        """``torch.save`` ``obj`` as the staged ``path``."""
+        import torch
+        return self.write(path, lambda tmp: torch.save(obj, tmp))
+
     def _moves(self) -> List[Tuple[str, str]]:
         """(temporary file, final file) pairs: a staged folder publishes every file its
         writer made beside the staged name (same stem: sidecars)."""

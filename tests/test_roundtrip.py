@@ -195,9 +195,11 @@ def test_fitpoints_failure_after_the_model_leaves_nothing(qgis_app, rgb, tiny_ck
         monkeypatch.setattr(report, "write_report", full_disk)
     else:
         monkeypatch.setattr(fitpoints, "write_oof", full_disk)
-    fails("fitpoints", {"INPUT": rgb, "BACKBONE": tiny_ckpt, "TILE_SIZE": 32, "POINTS": points,
-                        "FIELDS": ["ph"], "METHOD": "ridge", "FOLDS": 2, "DEVICE": "cpu",
-                        "WORKERS": 0, "OUTPUT_POINTS": str(out / "oof.shp"),
-                        "OUTPUT_MODEL": str(out / "model.pth"),
-                        "OUTPUT_REPORT": str(out / "r.html")}, "No space left on device")
+    msg = fails("fitpoints", {
+        "INPUT": rgb, "BACKBONE": tiny_ckpt, "TILE_SIZE": 32, "POINTS": points, "FIELDS": ["ph"],
+        "METHOD": "ridge", "FOLDS": 2, "DEVICE": "cpu", "WORKERS": 0,
+        "OUTPUT_POINTS": str(out / "oof.shp"), "OUTPUT_MODEL": str(out / "model.pth"),
+        "OUTPUT_REPORT": str(out / "r.html")}, "No space left on device")
     assert os.listdir(out) == []
+    if failing == "report":  # the message names the file the user asked for
+        assert f"Writing '{out / 'r.html'}' failed" in msg and ".tmp" not in msg
