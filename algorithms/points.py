@@ -143,11 +143,13 @@ class StagedSink:
         if is_local_file(dest):
             if not os.path.splitext(dest)[1]:
                 dest += "." + alg.parameterDefinition(name).defaultFileExtension()
-            self.final, self.tmp = dest, outputs.stage(dest, folder=True)
+            self.final = os.path.abspath(dest)
+            self.tmp = outputs.stage(self.final, folder=True)
             value = parameters.get(name)
+            # a copy keeps the dialog's options (load into the project, encoding...)
             definition = QgsProcessingOutputLayerDefinition(value) \
                 if isinstance(value, QgsProcessingOutputLayerDefinition) else \
-                QgsProcessingOutputLayerDefinition(dest, context.project())
+                QgsProcessingOutputLayerDefinition(dest)
             definition.sink = QgsProperty.fromValue(self.tmp)
             params = dict(parameters, **{name: definition})
         self.sink, self._id = alg.parameterAsSink(params, name, context, fields, wkb_type, crs)
