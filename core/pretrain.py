@@ -529,8 +529,9 @@ class _Run:
             want = head_dims(teacher.head.state_dict())
             diff = ", ".join(f"{k} {have[k]} (this run: {want[k]})" for k in want
                              if have[k] != want[k]) or "other layers"
-            reason = (f"INIT's DINO head does not fit this run: {diff}; set the head "
-                      f"dimensions to INIT's to continue it")
+            reason = (f"INIT's DINO head does not fit this run: {diff}; give INIT's "
+                      f"dimensions (OUT_DIM; --out-dim, --hidden-dim, --bottleneck-dim on the "
+                      f"command line) to continue it")
         else:
             student.head.load_state_dict(heads["student"])
             teacher.head.load_state_dict(heads["teacher"])
