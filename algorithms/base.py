@@ -166,7 +166,7 @@ class SoilSSLAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException("INPUT is not a raster layer SoilSSL can read.")
         dem = self.parameterAsRasterLayer(parameters, "DEM", context)
         bands, dem = resolve_inputs(recorded, self.band_list(parameters, context) or None,
-                                    dem.source() if dem else None, progress)
+                                    dem.source() if dem else None, progress, layer.source())
         return TileSource(layer.source(), bands, dem)
 
     def band_list(self, parameters, context, name="BANDS"):

@@ -22,6 +22,8 @@ class RecordedInputs:
     bands: Optional[List[int]]      # None: not recorded
     dem: Optional[bool]             # None: not recorded
     dem_path: Optional[str] = None  # the DEM file used, when recorded
+    raster: Optional[str] = None    # the image it was made from: given values that differ
+    #                                 are refused only on that image (None: on any image)
 
 
 def model_inputs(model: dict) -> RecordedInputs:
@@ -52,19 +54,36 @@ def checkpoint_inputs(spec: Optional[str]) -> Optional[RecordedInputs]:
         return None
     dem = src.get("dem") or None
     return RecordedInputs("The checkpoint", [int(b) for b in src["bands"]], dem is not None,
-                          str(dem) if dem else None)
+                          str(dem) if dem else None, str(src.get("path") or "") or None)
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)
 
 
 def resolve_inputs(recorded: Optional[RecordedInputs], bands: Optional[List[int]],
-                   dem: Optional[str], progress: Optional[Progress] = None
-                   ) -> Tuple[Optional[List[int]], Optional[str]]:
-    """(bands, dem) for a run: the given ones, or the recorded ones where none is given.
-    Raises :class:`InputError` naming both values when a given one contradicts the record."""
+                   dem: Optional[str], progress: Optional[Progress] = None,
+                   image: Optional[str] = None) -> Tuple[Optional[List[int]], Optional[str]]:
+    """(bands, dem) for a run on ``image``: the given ones, or the recorded ones where none
+    is given.  Raises :class:`InputError` naming both values when a given one contradicts
+    the record -- for a checkpoint only on the image it was trained on (another image may
+    order its bands otherwise: a given value is then used as given, with a note)."""
     if recorded is None:
         return bands, dem
     progress = ensure(progress)
     what = recorded.what
     taken = []
+    other_image = bool(recorded.raster and image and not _same_file(recorded.raster, image))
+    if other_image and (bands and recorded.bands and [int(b) for b in bands] != recorded.bands
+                        or dem and recorded.dem is False):
+        progress.info(f"{what} was made from bands {recorded.bands}"
+                      f"{' + DEM' if recorded.dem else ''} of another image; BANDS/DEM as "
+                      f"given are used on this one.")
+        recorded = RecordedInputs(what, None if bands else recorded.bands,
+                                  None if dem else recorded.dem, recorded.dem_path)
     if bands and recorded.bands and [int(b) for b in bands] != recorded.bands:
         raise InputError(
             f"{what} was made from bands {recorded.bands} but BANDS gives {list(bands)}: leave "

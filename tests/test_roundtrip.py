@@ -152,6 +152,13 @@ def test_extract_takes_bands_and_dem_from_a_soilssl_checkpoint(qgis_app, rgb, de
     fails("extractfeatures", {"INPUT": rgb, "BACKBONE": str(tmp_path / "ssl.pth"),
                               "BANDS": "1,2,3", "DEM": dem, "DEVICE": "cpu",
                               "OUTPUT": str(tmp_path / "f3.tif")}, r"\[3, 2, 1\].*\[1, 2, 3\]")
+    # on another image (which may order its bands otherwise) given bands are used as given
+    import shutil
+    other = str(shutil.copy(rgb, tmp_path / "other.tif"))
+    res = run("extractfeatures", {"INPUT": other, "BACKBONE": str(tmp_path / "ssl.pth"),
+                                  "BANDS": "1,2,3", "DEM": dem, "DEVICE": "cpu", "WORKERS": 0,
+                                  "OUTPUT": str(tmp_path / "f4.tif")})
+    assert read_tags(res["OUTPUT"])["bands"] == [1, 2, 3]
 
 
 # ----------------------------------------------------------------------------- defect 9
