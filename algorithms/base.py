@@ -170,14 +170,18 @@ class SoilSSLAlgorithm(QgsProcessingAlgorithm):
         self.add_number("WORKERS", "Reader threads", 2, minimum=0, maximum=32, is_advanced=True)
 
     # -- reading shared parameters ------------------------------------------
-    def source(self, parameters, context):
+    def source(self, parameters, context, recorded=None, progress=None):
+        """The TileSource of INPUT, BANDS and DEM; BANDS/DEM left empty are taken from
+        ``recorded`` (core.inputs: what a model or checkpoint was made from)."""
+        from ..core.inputs import resolve_inputs
         from ..core.raster import TileSource
         layer = self.parameterAsRasterLayer(parameters, "INPUT", context)
         if layer is None:
             raise QgsProcessingException("INPUT is not a raster layer SoilSSL can read.")
         dem = self.parameterAsRasterLayer(parameters, "DEM", context)
-        return TileSource(layer.source(), self.band_list(parameters, context) or None,
-                          dem.source() if dem else None)
+        bands, dem = resolve_inputs(recorded, self.band_list(parameters, context) or None,
+                                    dem.source() if dem else None, progress, layer.source())
+        return TileSource(layer.source(), bands, dem)
 
     def band_list(self, parameters, context, name="BANDS"):
         """Band numbers from a list, repeated values, or text like '4,3,2'."""

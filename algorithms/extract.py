@@ -23,9 +23,12 @@ class ExtractFeatures(SoilSSLAlgorithm):
 
     def execute(self, parameters, context, feedback, progress):
         from ..core.features import extract_features
+        from ..core.inputs import checkpoint_inputs
         output = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
         compute = self.compute(parameters, context)
-        with self.source(parameters, context) as src:
+        recorded = checkpoint_inputs(self.parameterAsString(parameters, "BACKBONE",
+                                                            context).strip())
+        with self.source(parameters, context, recorded, progress) as src:
             backbone = self.backbone(parameters, context, in_chans=src.channels,
                                      tile=self.parameterAsInt(parameters, "TILE_SIZE", context),
                                      device=compute["device"])

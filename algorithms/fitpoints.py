@@ -8,7 +8,7 @@ from qgis.core import (QgsProcessingOutputString, QgsProcessingParameterEnum,
                        QgsProcessing)
 
 from .base import SoilSSLAlgorithm
-from .points import column, oof_fields, read_points, write_oof
+from .points import StagedSink, column, oof_fields, read_points, write_oof
 from .styles import on_load, residual_style
 
 METHODS = ["all", "mlp", "ridge", "rf_features", "rf_pixels"]
@@ -63,6 +63,7 @@ class FitPoints(SoilSSLAlgorithm):
                                                  "models and scripts)"))
 
     def execute(self, parameters, context, feedback, progress):
+        from ..core.files import Outputs
         from ..core.report import write_report
         from ..core.soil import fit_points
         points_src = self.parameterAsSource(parameters, "POINTS", context)
@@ -73,7 +74,9 @@ class FitPoints(SoilSSLAlgorithm):
         tile = self.parameterAsInt(parameters, "TILE_SIZE", context) or None
         model_path = self.parameterAsFileOutput(parameters, "OUTPUT_MODEL", context)
         report_path = self.parameterAsFileOutput(parameters, "OUTPUT_REPORT", context)
-        with self.source(parameters, context) as src:
+        # model, points layer and report are written to temporary files and published
+        # together at the end: all of them or none
+        with Outputs() as outputs, self.source(parameters, context) as src:
             backbone = self.backbone(parameters, context, in_chans=src.channels, tile=tile,
                                      device=compute["device"])
             compare = None
@@ -87,18 +90,23 @@ class FitPoints(SoilSSLAlgorithm):
                              fold_mode=self.enum(parameters, "FOLD_MODE", context),
                              loss=self.enum(parameters, "LOSS", context),
                              seed=self.parameterAsInt(parameters, "SEED", context), tile=tile,
-                             model_path=model_path, progress=progress, **compute)
-        out_fields = oof_fields(points_src.fields(), fit)
-        sink, sink_id = self.parameterAsSink(parameters, "OUTPUT_POINTS", context, out_fields,
-                                             points_src.wkbType(), points_src.sourceCrs())
-        write_oof(sink, feats, fit, out_fields)
+                             progress=progress, **compute)
+            outputs.save(fit.model, model_path)
+            out_fields = oof_fields(points_src.fields(), fit)
+            sink = StagedSink(self, parameters, "OUTPUT_POINTS", context, out_fields,
+                              points_src.wkbType(), points_src.sourceCrs(), outputs)
+            write_oof(sink.sink, feats, fit, out_fields)
+            sink.close()
+            if report_path:
+                outputs.write(report_path, lambda tmp: write_report(
+                    tmp, fit.cv, fit.coords, fit.chosen, title="SoilSSL spatial cross-validation"))
+            outputs.commit()
+        sink_id = sink.published()
         target = fit.cv.target_names[0]  # points coloured by the first target's residual
         on_load(context, sink_id, residual_style(column(f"res_{target}_{fit.chosen[target]}")))
         results = {"OUTPUT_POINTS": sink_id, "OUTPUT_MODEL": model_path}
         if not in_dialog(feedback):  # the dialog prints every result raw under "Results"
             results.update(CV_TABLE=json.dumps(fit.cv.table()), METHODS=json.dumps(fit.chosen))
         if report_path:
-            write_report(report_path, fit.cv, fit.coords, fit.chosen,
-                         title="SoilSSL spatial cross-validation")
             results["OUTPUT_REPORT"] = report_path
         return results

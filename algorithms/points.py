@@ -1,10 +1,11 @@
 """Sample points from a QGIS vector layer into the engine's plain arrays, and back."""
 import logging
 import math
+import os
 import re
 
 from qgis.core import (NULL, QgsFeature, QgsField, QgsFields, QgsProcessingException,
-                       QgsWkbTypes)
+                       QgsProcessingOutputLayerDefinition, QgsProperty, QgsWkbTypes)
 from qgis.PyQt.QtCore import QVariant
 
 log = logging.getLogger("soilssl")  # reaches the Processing log through the bridge
@@ -22,6 +23,16 @@ def _number(value, field, feature_id):
     return v if math.isfinite(v) else math.nan
 
 
+def field_names(fields, layer_names):
+    """FIELDS as a list: QGIS splits 'a;b' itself; 'a,b' (as BANDS takes) is split here,
+    unless the layer has a field of that very name."""
+    out = []
+    for f in fields or []:
+        parts = [f] if f in layer_names else str(f).split(",")
+        out += [p if p in layer_names else p.strip() for p in parts if p.strip()]
+    return out
+
+
 def read_points(source, fields, weight_field=None):
     """-> (core.soil.Points, features list) from a QgsProcessingFeatureSource."""
     from ..core.soil import Points
@@ -30,6 +41,7 @@ def read_points(source, fields, weight_field=None):
     if QgsWkbTypes.geometryType(source.wkbType()) != QgsWkbTypes.PointGeometry:
         raise QgsProcessingException("POINTS must be a point layer.")
     names = [f.name() for f in source.fields()]
+    fields = field_names(fields, names)
     if not fields:
         raise QgsProcessingException("Choose at least one numeric field in FIELDS.")
     for f in list(fields) + ([weight_field] if weight_field else []):
@@ -115,3 +127,47 @@ def point_coordinates(source):
             xs.append(part.x())
             ys.append(part.y())
     return (xs, ys), source.sourceCrs().toWkt()
+
+
+class StagedSink:
+    """A feature sink whose file is written into a temporary folder of ``outputs``
+    (:class:`soilssl.core.files.Outputs`) and published with the other outputs: the layer
+    appears together with them or not at all.  Destinations that are not files (memory
+    layers, database tables) are written directly."""
+
+    def __init__(self, alg, parameters, name, context, fields, wkb_type, crs, outputs):
+        from ..core.files import is_local_file
+        self.context, self.final, self.tmp = context, None, None
+        dest = alg.parameterAsOutputLayer(parameters, name, context)
+        params = parameters
+        if is_local_file(dest):
+            if not os.path.splitext(dest)[1]:
+                dest += "." + alg.parameterDefinition(name).defaultFileExtension()
+            self.final = os.path.abspath(dest)
+            self.tmp = outputs.stage(self.final, folder=True)
+            value = parameters.get(name)
+            # a copy keeps the dialog's options (load into the project, encoding...)
+            definition = QgsProcessingOutputLayerDefinition(value) \
+                if isinstance(value, QgsProcessingOutputLayerDefinition) else \
+                QgsProcessingOutputLayerDefinition(dest)
+            definition.sink = QgsProperty.fromValue(self.tmp)
+            params = dict(parameters, **{name: definition})
+        self.sink, self._id = alg.parameterAsSink(params, name, context, fields, wkb_type, crs)
+        if self.sink is None:
+            raise QgsProcessingException(f"Cannot create the {name} layer at '{dest}'.")
+
+    def close(self) -> None:
+        """Flush and close the file (before it is published)."""
+        self.sink = None
+
+    def published(self) -> str:
+        """The layer's id once ``outputs`` is committed: the final path, also where QGIS
+        loads the layer from when the run ends."""
+        if self.tmp is None:
+            return self._id
+        layers = self.context.layersToLoadOnCompletion()
+        for key in list(layers):
+            if self.tmp in key:
+                layers[key.replace(self.tmp, self.final)] = layers.pop(key)
+        self.context.setLayersToLoadOnCompletion(layers)
+        return self._id.replace(self.tmp, self.final)

@@ -13,8 +13,10 @@ class PredictMap(SoilSSLAlgorithm):
 
     def define(self):
         self.add_source_params()
+        # any extension: the model is recognised by its content (load_model)
         self.add(QgsProcessingParameterFile("MODEL", "Soil model (from Fit soil heads)",
-                                            fileFilter="SoilSSL model (*.pth)"))
+                                            fileFilter="SoilSSL model (*.pth *.pt);;"
+                                                       "All files (*)"))
         self.add(QgsProcessingParameterFile("BACKBONE", "Backbone (if it moved since fitting)",
                                             optional=True), True)
         self.add_number("STRIDE", "Stride (px; 0 = tile size)", 0, minimum=0)
@@ -26,6 +28,7 @@ class PredictMap(SoilSSLAlgorithm):
             "OUTPUT_AOA", "Area of applicability", optional=True))
 
     def execute(self, parameters, context, feedback, progress):
+        from ..core.inputs import model_inputs
         from ..core.soil import load_model, model_backbone, predict_map
         compute = self.compute(parameters, context)
         model = load_model(self.parameterAsFile(parameters, "MODEL", context))
@@ -33,7 +36,7 @@ class PredictMap(SoilSSLAlgorithm):
                                   or None, compute["device"])
         outputs = {k: self.parameterAsOutputLayer(parameters, k, context) or None
                    for k in ("OUTPUT", "OUTPUT_UNCERTAINTY", "OUTPUT_AOA")}
-        with self.source(parameters, context) as src:
+        with self.source(parameters, context, model_inputs(model), progress) as src:
             s = predict_map(src, model, outputs["OUTPUT"], outputs["OUTPUT_UNCERTAINTY"],
                             outputs["OUTPUT_AOA"],
                             stride=self.parameterAsInt(parameters, "STRIDE", context),

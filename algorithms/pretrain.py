@@ -31,7 +31,7 @@ class Pretrain(SoilSSLAlgorithm):
                         is_advanced=True)
         self.add_number("SEED", "Random seed", 0, is_advanced=True)
         self.add(QgsProcessingParameterFile("RESUME", "Resume from checkpoint", optional=True,
-                                            fileFilter="SoilSSL checkpoint (*.pth)"))
+                                            fileFilter="SoilSSL checkpoint (*.pth *.pt);;All files (*)"))
         self.add_compute_params(batch=16)
         self.addParameter(QgsProcessingParameterFileDestination(
             "OUTPUT", "Pretrained checkpoint", "SoilSSL checkpoint (*.pth)"))

@@ -31,6 +31,7 @@ same crops on CPU and GPU.
 from __future__ import annotations
 
 import math
+import re
 from typing import List, Optional, Sequence
 
 import numpy as np
@@ -83,6 +84,80 @@ class DINOHead(nn.Module):
         x = self.mlp(x)
         x = F.normalize(x, dim=-1, p=2)
         return self.last_layer(x)
+
+
+_WEIGHT_NORM_KEYS = {"weight_g": "parametrizations.weight.original0",  # torch.nn.utils
+                     "weight_v": "parametrizations.weight.original1"}  # .weight_norm (DINO)
+
+
+def head_state(state: dict, prefix: str = "head.") -> Optional[dict]:
+    """The :class:`DINOHead` state dict inside a student/teacher state dict, or None.
+
+    Accepts facebookresearch/dino's keys (``module.`` from DDP, the last layer's
+    ``weight_g``/``weight_v`` of the old ``weight_norm``) and SoilSSL's (parametrised
+    weight norm); ``prefix=""`` for a bare head state dict."""
+    if not isinstance(state, dict):
+        return None
+    out = {}
+    for key, value in state.items():
+        if not (isinstance(key, str) and torch.is_tensor(value)):
+            continue
+        key = re.sub(r"^module\.", "", key)
+        if not key.startswith(prefix):
+            continue
+        key = key[len(prefix):]
+        for old, new in _WEIGHT_NORM_KEYS.items():
+            if key == "last_layer." + old:
+                key = "last_layer." + new
+        out[key] = value
+    return out or None
+
+
+def checkpoint_heads(obj) -> Optional[dict]:
+    """The DINO heads a full training checkpoint carries: ``{"student", "teacher",
+    "center"}`` (``center`` may be None), or None when it has no head.
+
+    * facebookresearch/dino ``checkpoint.pth``: ``student`` (``module.head.*``),
+      ``teacher`` (``head.*``), ``dino_loss`` (``center``);
+    * a SoilSSL pretraining checkpoint: ``train_state`` with ``student`` (``head.*``),
+      ``teacher_head`` and ``dino_loss``.
+    A checkpoint with one head only gives it to both."""
+    if not isinstance(obj, dict):
+        return None
+    ts = obj.get("train_state")
+    if isinstance(ts, dict):
+        student, teacher = head_state(ts.get("student")), head_state(ts.get("teacher_head"), "")
+        loss = ts.get("dino_loss")
+    else:
+        student, teacher = head_state(obj.get("student")), head_state(obj.get("teacher"))
+        loss = obj.get("dino_loss")
+    if student is None and teacher is None:
+        return None
+    center = loss.get("center") if isinstance(loss, dict) else None
+    return {"student": student or teacher, "teacher": teacher or student,
+            "center": center if torch.is_tensor(center) else None}
+
+
+def head_dims(state: dict) -> dict:
+    """in_dim, hidden_dim, bottleneck_dim, out_dim and nlayers of a DINOHead state dict."""
+    linears = sorted({int(m.group(1)) for k in state
+                      for m in [re.match(r"mlp\.(\d+)\.weight$", k)] if m})
+    v = state.get("last_layer." + _WEIGHT_NORM_KEYS["weight_v"])
+    first = state.get(f"mlp.{linears[0]}.weight") if linears else state.get("mlp.weight")
+    dims = {"in_dim": int(first.shape[1]) if first is not None else None,
+            "hidden_dim": int(first.shape[0]) if first is not None and len(linears) > 1
+            else None,
+            "bottleneck_dim": int(v.shape[1]) if v is not None else None,
+            "out_dim": int(v.shape[0]) if v is not None else None,
+            "nlayers": max(1, len(linears))}
+    return dims
+
+
+def head_fits(head: nn.Module, state: dict) -> bool:
+    """Whether ``state`` has exactly the keys and shapes of ``head``."""
+    own = head.state_dict()
+    return set(own) == set(state) and all(tuple(own[k].shape) == tuple(state[k].shape)
+                                          for k in own)
 
 
 class MultiCropWrapper(nn.Module):

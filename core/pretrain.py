@@ -53,8 +53,8 @@ import torch.distributed as dist
 from .backbone import RANDOM, backbone_checkpoint, create_model, load_backbone, load_file, \
     resolve_device
 from .dino import (DINOHead, DINOLoss, MultiCropAugmentation, MultiCropWrapper,
-                   cancel_last_layer_grads, clip_gradients, cosine_schedule, default_local_size,
-                   ema_update, param_groups)
+                   cancel_last_layer_grads, checkpoint_heads, clip_gradients, cosine_schedule,
+                   default_local_size, ema_update, head_dims, head_fits, param_groups)
 from .errors import BackboneError, Cancelled, InputError, SoilSSLError, TrainingError
 from .features import AMPS, autocast
 from .files import atomic_save
@@ -117,7 +117,10 @@ class PretrainConfig:
     min_lr: float = _opt(1e-6, "Learning rate at the end of the cosine schedule.")
     weight_decay: float = _opt(0.04, "Initial weight decay.")
     weight_decay_end: float = _opt(0.4, "Final weight decay (cosine schedule).")
-    warmup_epochs: int = _opt(1, "Epochs of linear learning-rate warm-up (DINO: 10 of 100).")
+    warmup_epochs: Optional[int] = _opt(
+        None, "Epochs of linear learning-rate warm-up (default: 1 when the DINO head is "
+              "continued from INIT; for a new head DINO's 10 of 100 epochs scaled to EPOCHS, "
+              "at least 1).", type=int)
     warmup_teacher_temp: float = _opt(0.04, "Initial teacher temperature.")
     teacher_temp: float = _opt(0.04, "Teacher temperature after warm-up.")
     warmup_teacher_temp_epochs: int = _opt(0, "Epochs of teacher-temperature warm-up.")
@@ -169,6 +172,8 @@ class PretrainConfig:
             raise InputError("min_valid must be between 0 and 1.")
         if self.seed < 0:
             raise InputError("SEED must be zero or positive.")
+        if self.warmup_epochs is not None and int(self.warmup_epochs) < 0:
+            raise InputError("warmup_epochs must be zero or positive.")
         if (self.amp or "auto").lower() not in AMPS:
             raise InputError(f"Unknown AMP '{self.amp}': use one of {', '.join(AMPS)}.")
         if not 0 <= self.momentum_teacher <= 1:
@@ -384,7 +389,7 @@ def _merge_resume(cfg: PretrainConfig, saved: dict, progress: Progress) -> Pretr
     for name in PretrainConfig.RESUME_FIXED:
         new_v, old_v = d.get(name), getattr(old, name)
         if new_v != old_v:
-            if name != "arch" or new_v:
+            if name not in ("arch", "warmup_epochs") or new_v not in (None, ""):  # not defaults
                 changed.append(f"{name}={new_v!r}->{old_v!r}")
             d[name] = old_v
     if changed:
@@ -453,6 +458,7 @@ class _Run:
         self.history: list = []
         self.step_losses: list = []
         self.start_epoch = 0
+        self.head_continued: Optional[bool] = None  # INIT's DINO heads kept (new runs)
 
     # -- models -----------------------------------------------------------------
     def build(self, resumed: Optional[dict]) -> None:
@@ -469,6 +475,8 @@ class _Run:
             s_bb = create_model(arch, in_chans, cfg.tile_size,
                                 drop_path_rate=cfg.drop_path_rate, **timm_kwargs)
             norm = Normalization.from_dict(resumed.get("normalization"))
+            if cfg.warmup_epochs is None:  # a checkpoint from before the automatic warm-up
+                cfg.warmup_epochs = 1
             source_desc = resumed.get("pretrain", {}).get("init_source", RANDOM)
         else:
             torch.manual_seed(cfg.seed)
@@ -499,6 +507,8 @@ class _Run:
         local_size = cfg.local_crop_size or default_local_size(cfg.tile_size, self.patch)
         self.loss_fn = DINOLoss(cfg.out_dim, cfg.local_crops_number + 2, cfg.warmup_teacher_temp,
                                 cfg.teacher_temp, cfg.warmup_teacher_temp_epochs)
+        if resumed is None:
+            self._continue_heads(spec, student, teacher)
         if resumed is not None:
             ts = resumed["train_state"]
             student.load_state_dict(ts["student"])
@@ -544,6 +554,49 @@ class _Run:
             f"{cfg.tile_size} px + {cfg.local_crops_number} x {local_size} px; on {self.device}"
             f"{' x ' + str(self.dd.world) + ' processes' if self.dd.enabled else ''}, "
             f"AMP {self.amp}.")
+
+    def _continue_heads(self, spec: Optional[str], student: MultiCropWrapper,
+                        teacher: MultiCropWrapper) -> None:
+        """Continue the DINO heads (and loss centre) of a full training checkpoint given as
+        INIT when their dimensions fit this run; otherwise say the head is new.  Sets the
+        warm-up when not given: 1 epoch for a continued head, DINO's 10 of 100 epochs scaled
+        to the run for a new one (a random head's first gradients are noise: a longer
+        warm-up keeps them from wrecking the pretrained backbone)."""
+        cfg = self.cfg
+        heads = None
+        if spec and os.path.isfile(spec) and not spec.lower().endswith(".safetensors"):
+            heads = checkpoint_heads(load_file(spec))  # read again: load_backbone drops heads
+        kept = False
+        if heads is None:
+            reason = "INIT carries no DINO head" if spec else "random initialisation"
+        elif not (head_fits(student.head, heads["student"]) and
+                  head_fits(teacher.head, heads["teacher"])):
+            have = head_dims(heads["teacher"])
+            want = head_dims(teacher.head.state_dict())
+            diff = ", ".join(f"{k} {have[k]} (this run: {want[k]})" for k in want
+                             if have[k] != want[k]) or "other layers"
+            reason = (f"INIT's DINO head does not fit this run: {diff}; give INIT's "
+                      f"dimensions (OUT_DIM; --out-dim, --hidden-dim, --bottleneck-dim on the "
+                      f"command line) to continue it")
+        else:
+            student.head.load_state_dict(heads["student"])
+            teacher.head.load_state_dict(heads["teacher"])
+            center = heads["center"]
+            if center is not None and tuple(center.shape) == tuple(self.loss_fn.center.shape):
+                self.loss_fn.center.copy_(center)
+            kept = True
+        auto = cfg.warmup_epochs is None
+        if auto:
+            cfg.warmup_epochs = 1 if kept else max(1, math.ceil(cfg.epochs * 10 / 100))
+        warmup = (f"learning-rate warm-up {cfg.warmup_epochs} epoch(s)"
+                  f"{'' if auto else ' (as set)'}")
+        if kept:
+            self.log.info(f"Continuing INIT's DINO heads (student and teacher, "
+                          f"{head_dims(heads['teacher'])['out_dim']} outputs) and loss centre; "
+                          f"{warmup}.")
+        else:
+            self.log.info(f"The DINO head is new (random weights): {reason}; {warmup}.")
+        self.head_continued = kept
 
     # -- tiles ------------------------------------------------------------------
     def sample(self, points_xy, points_crs) -> None:
@@ -756,6 +809,8 @@ class _Run:
                 "epochs": self.cfg.epochs, "start_epoch": self.start_epoch,
                 "steps": steps, "steps_per_epoch": self.niter, "world_size": world,
                 "device": str(self.device), "amp": self.amp, "tiles": self.tiles.counts(),
+                "head_continued": self.head_continued,
+                "warmup_epochs": int(self.cfg.warmup_epochs),
                 "loss_history": list(self.history),
                 "final_loss": self.history[-1] if self.history else None,
                 "train_seconds": seconds, "steps_per_s": rate,

@@ -11,8 +11,6 @@ models) and area of applicability (Meyer & Pebesma 2021).
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from dataclasses import dataclass, field
 from typing import List, Optional
@@ -21,11 +19,12 @@ import numpy as np
 
 from .aoa import aoa_predict, fit_aoa
 from .backbone import Backbone, load_backbone, load_file, resolve_device
+from .cache import FeatureCache, cache_dir, digest  # noqa: F401 (cache_dir: public here too)
 from .cv import (COMPARE, FEATURE_METHODS, FEATURES, PIXELS, cross_validate, method_specs,
                  spatial_folds)
 from .errors import BackboneError, InputError
 from .features import iter_grid_rows, pixel_values, point_features, prepare
-from .files import atomic_save, atomic_write
+from .files import atomic_save
 from .heads import load_regressor, make_regressor
 from .progress import Progress, ensure
 from .raster import RasterWriter, TileGrid, TileSource, commit_all
@@ -79,39 +78,43 @@ def _fingerprint(path: Optional[str]) -> list:
     return [os.path.abspath(path), st.st_size, int(st.st_mtime)]
 
 
-def cache_dir() -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "soilssl", "point-features")
+def precision(device, amp: Optional[str] = "auto") -> str:
+    """The arithmetic a feature run really uses on ``device``: fp16 (AMP auto on CUDA),
+    bf16, or fp32 (AMP none, or auto on the CPU)."""
+    amp = (amp or "auto").lower()
+    if amp == "auto":
+        amp = "fp16" if resolve_device(str(device)).type == "cuda" else "none"
+    return "fp32" if amp == "none" else amp
 
 
 def cached_point_features(source: TileSource, backbone: Backbone, cols, rows, pool: str = "cls",
                           tile: Optional[int] = None, cache: Optional[str] = None,
                           progress: Optional[Progress] = None,
                           normalization: Optional[dict] = None, **compute) -> np.ndarray:
-    """point_features, cached by backbone, raster, bands, DEM, points and tiling."""
+    """point_features, cached by everything that changes them: backbone, raster, bands, DEM,
+    tiling, normalisation, pool, precision (AMP) and device type, and the points (see
+    :mod:`.cache` for the size limit)."""
     progress = ensure(progress)
     tile, norm = prepare(source, backbone, tile, normalization, progress)
-    key = hashlib.sha256(json.dumps({
+    device = resolve_device(compute.get("device", "auto"))
+    name = digest({
         "backbone": backbone.reference, "raster": _fingerprint(source.path),
         "bands": list(source.bands), "dem": _fingerprint(source.dem), "tile": tile,
-        "pool": pool, "norm": norm.to_dict()}).encode())
-    key.update(np.ascontiguousarray(cols, np.float64).tobytes())
-    key.update(np.ascontiguousarray(rows, np.float64).tobytes())
-    folder = cache or cache_dir()
-    path = os.path.join(folder, key.hexdigest() + ".npy")
-    if backbone.checksum and os.path.exists(path):
-        progress.info(f"Point features from the cache ({path}).")
-        return np.load(path)
+        "pool": pool, "norm": norm.to_dict(), "device": device.type,
+        "precision": precision(device, compute.get("amp"))}, cols, rows)
+    store = FeatureCache(cache)
+    if backbone.checksum:
+        feats = store.get(name)
+        if feats is not None:
+            progress.info(f"Point features from the cache ({store.path(name)}).")
+            return feats
     feats = point_features(source, backbone, cols, rows, tile=tile, pool=pool,
                            normalization=norm.to_dict(), progress=progress, **compute)
     if backbone.checksum:  # random weights are not reproducible by name: never cached
-        def write(tmp):
-            with open(tmp, "wb") as f:  # a file object: np.save would append ".npy" to a name
-                np.save(f, feats, allow_pickle=False)
         try:
-            atomic_write(path, write)
+            store.put(name, feats)
         except (OSError, InputError):
-            progress.info(f"Could not write the feature cache in {folder}; continuing.")
+            progress.info(f"Could not write the feature cache in {store.folder}; continuing.")
     return feats
 
 
@@ -210,6 +213,7 @@ def _model_dict(source, backbone, cv, sets, y, weights, folds, chosen, loss, see
         "soilssl": {"format": MODEL_FORMAT, "version": 1},
         "targets": list(cv.target_names), "methods": dict(chosen), "loss": loss, "seed": seed,
         "backbone": backbone.reference, "bands": list(source.bands), "dem": bool(source.dem),
+        "dem_path": os.path.abspath(source.dem) if source.dem else None,
         "pool": pool, "tile_size": int(tile),
         "normalization": normalization,
         "heads": heads, "fold_heads": fold_heads,

@@ -204,3 +204,45 @@ def test_solarize_and_blur_hand_values():
     out = aug.gaussian_blur(line, 1.0)
     torch.testing.assert_close(out[0, 4, 1:8], k, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out[0, :, 4], torch.full((9,), float(k[3])))
+
+
+def test_head_state_reads_facebookresearch_dino_heads():
+    """A head saved by facebookresearch/dino (DDP 'module.' prefix, torch.nn.utils.weight_norm
+    keys weight_g/weight_v) loads into DINOHead and computes the same outputs."""
+    import warnings
+    import torch.nn as nn
+    from soilssl.core.dino import checkpoint_heads, head_dims, head_fits, head_state
+
+    class ReferenceHead(nn.Module):  # main_dino.py's DINOHead (use_bn=False, nlayers=3)
+        def __init__(self, in_dim, out_dim, hidden_dim, bottleneck_dim):
+            super().__init__()
+            self.mlp = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.GELU(),
+                                     nn.Linear(hidden_dim, hidden_dim), nn.GELU(),
+                                     nn.Linear(hidden_dim, bottleneck_dim))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self.last_layer = nn.utils.weight_norm(
+                    nn.Linear(bottleneck_dim, out_dim, bias=False))
+            self.last_layer.weight_g.data.uniform_(0.5, 2.0)
+
+        def forward(self, x):
+            x = nn.functional.normalize(self.mlp(x), dim=-1, p=2)
+            return self.last_layer(x)
+
+    torch.manual_seed(0)
+    ref = ReferenceHead(12, 20, 16, 8)
+    sd = {"module.head." + k: v for k, v in ref.state_dict().items()}
+    sd["module.backbone.cls_token"] = torch.zeros(1, 1, 12)
+    state = head_state(sd)
+    assert "last_layer.parametrizations.weight.original0" in state and "cls_token" not in state
+    assert head_dims(state) == {"in_dim": 12, "hidden_dim": 16, "bottleneck_dim": 8,
+                                "out_dim": 20, "nlayers": 3}
+    ours = DINOHead(12, 20, hidden_dim=16, bottleneck_dim=8)
+    assert head_fits(ours, state) and not head_fits(DINOHead(12, 24, 16, 8), state)
+    ours.load_state_dict(state)
+    x = torch.randn(5, 12)
+    torch.testing.assert_close(ours(x), ref(x))
+    heads = checkpoint_heads({"teacher": {"head." + k: v for k, v in ref.state_dict().items()},
+                              "dino_loss": {"center": torch.ones(1, 20)}})
+    assert heads["student"] is heads["teacher"] and heads["center"].shape == (1, 20)
+    assert checkpoint_heads({"state_dict": {"cls_token": torch.zeros(1)}}) is None

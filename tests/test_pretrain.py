@@ -271,3 +271,106 @@ def test_two_process_gloo_run_writes_one_checkpoint(tmp_path):
     assert summary["world_size"] == 2 and summary["steps"] == ts["steps_per_epoch"]
     bb = load_backbone(str(out))
     assert bb.arch == TINY and bb.in_chans == 3
+
+
+# ---------------------------------------------------------------------------- DINO heads
+V = "last_layer.parametrizations.weight.original1"  # the head's weight-normalised last layer
+
+
+def _dino_checkpoint(path, out_dim=64, seed=0):
+    """A facebookresearch/dino ``checkpoint.pth``: DDP-wrapped student, plain teacher, the
+    old ``weight_norm`` keys (weight_g/weight_v), the loss centre and argparse args."""
+    import argparse
+    from soilssl.core.backbone import create_model
+    from soilssl.core.dino import DINOHead
+    torch.manual_seed(seed)
+    bb = create_model(TINY, 3, 32).state_dict()
+    heads = {}
+    for role in ("student", "teacher"):
+        head = DINOHead(192, out_dim, hidden_dim=64, bottleneck_dim=32)
+        with torch.no_grad():
+            head.last_layer.parametrizations.weight.original0.uniform_(0.5, 2.0)
+        sd = {k.replace("parametrizations.weight.original0", "weight_g")
+              .replace("parametrizations.weight.original1", "weight_v"): v.clone()
+              for k, v in head.state_dict().items()}
+        heads[role] = head.state_dict()
+        pre = "module." if role == "student" else ""
+        heads[role + "_file"] = {**{f"{pre}backbone.{k}": v for k, v in bb.items()},
+                                 **{f"{pre}head.{k}": v for k, v in sd.items()}}
+    center = torch.randn(1, out_dim)
+    torch.save({"student": heads["student_file"], "teacher": heads["teacher_file"],
+                "optimizer": {}, "epoch": 100, "dino_loss": {"center": center},
+                "args": argparse.Namespace(arch="vit_tiny", out_dim=out_dim)}, path)
+    return heads["student"], heads["teacher"], center
+
+
+def _teacher_after(t0, s, steps):
+    """The teacher's EMA after ``steps`` steps of one epoch towards a student value ``s``
+    that does not move (the head's last layer is frozen during the first epoch)."""
+    from soilssl.core.dino import cosine_schedule
+    keep = float(np.prod(cosine_schedule(0.996, 1.0, 1, steps)))
+    return s + keep * (t0 - s)
+
+
+def test_continuing_a_full_dino_checkpoint_keeps_both_heads(tmp_path):
+    _structured(tmp_path / "img.tif", size=64)
+    student, teacher, center = _dino_checkpoint(tmp_path / "checkpoint.pth")
+    messages = []
+    cfg = _cfg(tmp_path, init=str(tmp_path / "checkpoint.pth"), epochs=1, warmup_epochs=None)
+    summary = pretrain(cfg, progress=Progress(on_info=messages.append))
+    assert summary["head_continued"] and summary["warmup_epochs"] == 1
+    assert any(m.startswith("Continuing INIT's DINO heads") for m in messages), messages
+    ts = torch.load(cfg.output, weights_only=True)["train_state"]
+    assert ts["config"]["warmup_epochs"] == 1
+    # the student's last layer was frozen: it is the checkpoint's, exactly (g and v)
+    for k in (V, V[:-1] + "0"):
+        assert torch.equal(ts["student"]["head." + k], student[k]), k
+    # the teacher's head is the checkpoint's teacher head moved by the EMA only
+    steps = summary["steps_per_epoch"]
+    torch.testing.assert_close(ts["teacher_head"][V], _teacher_after(teacher[V], student[V],
+                                                                     steps))
+    assert not torch.allclose(ts["teacher_head"][V], student[V])
+
+    # SoilSSL's own checkpoint as INIT (a new run, not a resume) continues its heads too
+    first = torch.load(cfg.output, weights_only=True)["train_state"]
+    again = _cfg(tmp_path, init=cfg.output, arch=None, epochs=1, warmup_epochs=None,
+                 output=str(tmp_path / "again.pth"))
+    messages.clear()
+    summary = pretrain(again, progress=Progress(on_info=messages.append))
+    assert summary["head_continued"]
+    ts = torch.load(again.output, weights_only=True)["train_state"]
+    assert torch.equal(ts["student"]["head." + V], first["student"]["head." + V])
+    torch.testing.assert_close(ts["teacher_head"][V], _teacher_after(
+        first["teacher_head"][V], first["student"]["head." + V], summary["steps_per_epoch"]))
+
+
+def test_a_head_that_does_not_fit_is_new_with_a_scaled_warmup(tmp_path):
+    from soilssl.core.pretrain import _Dist, _Run
+    _structured(tmp_path / "img.tif", size=64)
+    _dino_checkpoint(tmp_path / "checkpoint.pth", out_dim=64)
+
+    def build(**kw):
+        messages = []
+        cfg = _cfg(tmp_path, init=str(tmp_path / "checkpoint.pth"), **dict(
+            dict(warmup_epochs=None), **kw))
+        with TileSource(cfg.input) as src:
+            run = _Run(cfg, src, _Dist(), torch.device("cpu"), Progress(on_info=messages.append),
+                       Progress())
+            run.build(None)
+        return run, [m for m in messages if m.startswith(("The DINO head", "Continuing INIT"))]
+
+    run, said = build(out_dim=128, epochs=20)
+    assert run.head_continued is False and run.cfg.warmup_epochs == 2  # DINO: 10 of 100
+    assert len(said) == 1 and said[0].startswith("The DINO head is new")
+    assert "out_dim 64 (this run: 128)" in said[0] and "warm-up 2 epoch(s)" in said[0]
+    run, said = build(out_dim=128, epochs=45)
+    assert run.cfg.warmup_epochs == 5
+    run, said = build(out_dim=128, epochs=45, warmup_epochs=3)  # given: kept as given
+    assert run.cfg.warmup_epochs == 3 and "warm-up 3 epoch(s) (as set)" in said[0]
+    run, said = build(out_dim=64, epochs=20)  # it fits: continued, a short warm-up
+    assert run.head_continued and run.cfg.warmup_epochs == 1
+    # a backbone-only INIT has no head to continue
+    from soilssl.core.backbone import create_model
+    torch.save(create_model(TINY, 3, 32).state_dict(), tmp_path / "checkpoint.pth")
+    run, said = build(out_dim=64, epochs=20)
+    assert not run.head_continued and "INIT carries no DINO head" in said[0]
