@@ -140,10 +140,19 @@ def on_load(context, layer_id, style):
 
 def style_output(context, path, qml=None, fit=None, style=None):
     """Style the raster ``path``: with ``resources/styles/<qml>`` (then ``fit``), or with
-    ``style(layer)``; saved as the sidecar ``<name>.qml`` and applied on load."""
+    ``style(layer)``.  The style is fitted once, saved as the sidecar ``<name>.qml``, and
+    the layer Processing loads gets that sidecar.  The statistics GDAL keeps while the style
+    is fitted (``<file>.aux.xml``) are not left beside the output."""
     style = style or qml_style(qml, fit)
+    sidecar = os.path.splitext(path)[0] + ".qml"
+    aux = path + ".aux.xml"
+    had_aux = os.path.exists(aux)
     layer = QgsRasterLayer(path, "styled")
+    saved = False
     if layer.isValid():
         style(layer)
-        layer.saveNamedStyle(os.path.splitext(path)[0] + ".qml")
-    on_load(context, path, style)
+        saved = layer.saveNamedStyle(sidecar)[1]
+    del layer  # closes the file: GDAL writes its .aux.xml now
+    if not had_aux and os.path.exists(aux):
+        os.remove(aux)
+    on_load(context, path, (lambda lyr: lyr.loadNamedStyle(sidecar)) if saved else style)

@@ -137,7 +137,7 @@ class TileGrid:
     def out_transform(self, transform: Affine) -> Affine:
         """Georeferencing of the one-pixel-per-tile outputs: the input's origin, pixels
         of ``stride`` input pixels."""
-        return transform * Affine.scale(self.stride)
+        return transform @ Affine.scale(self.stride)
 
 
 class GridWindows:

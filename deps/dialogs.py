@@ -256,6 +256,8 @@ class InstallDialog(QDialog):
 
     def _log(self, text):
         self.details.appendPlainText(text)
+        bar = self.details.verticalScrollBar()
+        bar.setValue(bar.maximum())  # follow pip's latest line
 
     def reject(self):  # Esc / the window's close button: cancel a running install first
         self.cancel()

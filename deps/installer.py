@@ -42,7 +42,9 @@ else:  # run as a script (pip bootstrap): only the standard library is needed th
 PYPI_SIMPLE = "https://pypi.org/simple/"
 # What SoilSSL needs; torchvision comes with torch from the same index (timm needs it).
 TORCH_PACKAGES = ["torch>=2.1", "torchvision"]
-OTHER_PACKAGES = ["timm>=1.0", "rasterio>=1.3", "scikit-learn>=1.3"]
+# attrs: rasterio's affine 3 caches properties on slotted attrs classes, which needs attrs 23.2
+# (Debian 12 has 22.2: every transform product fails with "No '__dict__' attribute").
+OTHER_PACKAGES = ["timm>=1.0", "rasterio>=1.3", "scikit-learn>=1.3", "attrs>=23.2"]
 RAW_PROGRESS_PIP = (24, 1)  # first pip with --progress-bar raw ("Progress N of M" lines)
 DEBIAN_PIP_WHEELS = "/usr/share/python-wheels/pip-*.whl"
 

@@ -407,8 +407,8 @@ def test_plan_without_pip_fetches_it_first(tmp_path):
     assert torch_cmd[-4:] == ["--index-url", "https://download.pytorch.org/whl/cu124",
                               "torch>=2.1", "torchvision"]
     others = plan.steps[3].command()
-    assert "--index-url" not in others and others[-3:] == ["timm>=1.0", "rasterio>=1.3",
-                                                           "scikit-learn>=1.3"]
+    assert "--index-url" not in others and others[-4:] == ["timm>=1.0", "rasterio>=1.3",
+                                                           "scikit-learn>=1.3", "attrs>=23.2"]
 
 
 # ----------------------------------------------------------------------------- sys.path

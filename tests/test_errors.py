@@ -301,7 +301,7 @@ def test_checkpoint_with_pickled_code_is_refused_not_run(qgis_app, rgb, out, tmp
                                                                        out_dim=65536)},
                tmp_path / "checkpoint.pth")
     run("extractfeatures", extract_params(rgb, str(tmp_path / "checkpoint.pth"), out))
-    assert leftovers(out) == ["f.tif"]
+    assert leftovers(out) == ["f.qml", "f.tif"]  # the feature raster and its style
 
 
 # ----------------------------------------------------------------------------- device
@@ -320,7 +320,7 @@ def test_cuda_without_cuda_is_a_clear_error_and_auto_uses_the_cpu(qgis_app, rgb,
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     fb = feedback()
     run("extractfeatures", extract_params(rgb, tiny_ckpt, out, DEVICE="auto"), fb)
-    assert any("on cpu" in m for m in fb.infos) and leftovers(out) == ["f.tif"]
+    assert any("on cpu" in m for m in fb.infos) and leftovers(out) == ["f.qml", "f.tif"]
 
 
 # ----------------------------------------------------------------------------- training

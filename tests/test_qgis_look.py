@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from conftest import TINY, write_raster
+from conftest import write_raster
 
 
 @pytest.fixture

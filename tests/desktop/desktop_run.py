@@ -441,6 +441,12 @@ def checks():
     rasters = [lyr for lyr in project.mapLayers().values() if isinstance(lyr, QgsRasterLayer)]
     check("every raster layer valid", rasters and all(lyr.isValid() for lyr in rasters))
     check("QGIS alive after the chain", iface.mainWindow().isVisible())
+    import sys
+    with open("/proc/self/maps") as maps:
+        libtriton = [line.split()[-1] for line in maps if line.rstrip().endswith("libtriton.so")]
+    check("after the chain: torch loaded, triton still blocked, libtriton.so not mapped",
+          "torch" in sys.modules and sys.modules.get("triton", "missing") is None
+          and not libtriton, str(libtriton), part=1)
     iface.mapCanvas().zoomToFullExtent()
     iface.mapCanvas().refreshAllLayers()
     later(final_shots, 3000)
