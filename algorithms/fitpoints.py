@@ -5,7 +5,7 @@ from qgis.core import (QgsProcessingOutputString, QgsProcessingParameterEnum,
                        QgsProcessingParameterFeatureSink,
                        QgsProcessingParameterFeatureSource, QgsProcessingParameterField,
                        QgsProcessingParameterFileDestination,
-                       QgsProcessing)
+                       QgsProcessingParameterString, QgsProcessing)
 
 from .base import SoilSSLAlgorithm
 from .points import oof_fields, read_points, write_oof
@@ -24,6 +24,9 @@ class FitPoints(SoilSSLAlgorithm):
         self.add_backbone_params()
         self.add_backbone_params("COMPARE_BACKBONE", "Comparison backbone (e.g. the ImageNet "
                                  "weights pretraining started from)", optional=True)
+        self.add(QgsProcessingParameterString(
+            "COMPARE_BACKBONES", "Backbones to compare (;-separated files, cached timm names, "
+            "random:<arch>)", optional=True))
         self.add(QgsProcessingParameterFeatureSource("POINTS", "Soil sample points",
                                                      [QgsProcessing.TypeVectorPoint]))
         self.add(QgsProcessingParameterField("FIELDS", "Soil properties (numeric fields)",
@@ -50,9 +53,12 @@ class FitPoints(SoilSSLAlgorithm):
         self.addOutput(QgsProcessingOutputString("CV_TABLE", "CV table (JSON: one object per "
                                                  "target and method)"))
         self.addOutput(QgsProcessingOutputString("METHODS", "Method refitted per target (JSON)"))
+        self.addOutput(QgsProcessingOutputString("BACKBONE_RANKING", "Backbones ranked per "
+                                                 "target by CV RMSE (JSON)"))
 
     def execute(self, parameters, context, feedback, progress):
         from ..core.report import write_report
+        from ..core.backbone import load_compared, parse_backbone_list
         from ..core.soil import fit_points
         points_src = self.parameterAsSource(parameters, "POINTS", context)
         fields = self.parameterAsFields(parameters, "FIELDS", context)
@@ -70,6 +76,15 @@ class FitPoints(SoilSSLAlgorithm):
                 compare = self.backbone(parameters, context, "COMPARE_BACKBONE",
                                         in_chans=src.channels, tile=backbone.tile_size,
                                         device=compute["device"])
+            several = self.parameterAsString(parameters, "COMPARE_BACKBONES", context)
+            if parse_backbone_list(several):
+                compare = {**({"compare": compare} if compare is not None else {}),
+                           **load_compared(
+                               several, self.parameterAsString(parameters, "ARCH",
+                                                               context).strip() or None,
+                               src.channels, backbone.tile_size, compute["device"],
+                               self.parameterAsInt(parameters, "SEED", context),
+                               taken=("pixels", "features", "compare"), progress=progress)}
             fit = fit_points(src, points, backbone, compare,
                              method=self.enum(parameters, "METHOD", context),
                              n_folds=self.parameterAsInt(parameters, "FOLDS", context),
@@ -82,9 +97,10 @@ class FitPoints(SoilSSLAlgorithm):
                                              points_src.wkbType(), points_src.sourceCrs())
         write_oof(sink, feats, fit, out_fields)
         results = {"OUTPUT_POINTS": sink_id, "OUTPUT_MODEL": model_path,
-                   "CV_TABLE": json.dumps(fit.cv.table()), "METHODS": json.dumps(fit.chosen)}
+                   "CV_TABLE": json.dumps(fit.cv.table()), "METHODS": json.dumps(fit.chosen),
+                   "BACKBONE_RANKING": json.dumps(fit.ranking)}
         if report_path:
             write_report(report_path, fit.cv, fit.coords, fit.chosen,
-                         title="SoilSSL spatial cross-validation")
+                         title="SoilSSL spatial cross-validation", ranking=fit.ranking)
             results["OUTPUT_REPORT"] = report_path
         return results

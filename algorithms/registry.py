@@ -1,8 +1,10 @@
 """Every algorithm the provider offers; add new ones here."""
+from .download import DownloadBackbone
 from .extract import ExtractFeatures
 from .fitpoints import FitPoints
 from .maps import ClusterMap, PcaMap
 from .predictmap import PredictMap
 from .pretrain import Pretrain
 
-ALGORITHMS = [ExtractFeatures, ClusterMap, PcaMap, Pretrain, FitPoints, PredictMap]
+ALGORITHMS = [ExtractFeatures, ClusterMap, PcaMap, Pretrain, FitPoints, PredictMap,
+              DownloadBackbone]
