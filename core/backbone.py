@@ -466,14 +466,20 @@ def load_compared(specs, arch: Optional[str] = None, in_chans: Optional[int] = N
                   tile_size: Optional[int] = None, device: str = "cpu", seed: int = 0,
                   taken=(), progress: Optional[Progress] = None) -> dict:
     """``{label: Backbone}`` for each entry of :func:`parse_backbone_list`: a file or cached
-    timm name (``arch`` is used only for a file that neither names nor reveals its
-    architecture), or ``random:<arch>`` (random initialisation, seeded with ``seed``:
+    timm name, optionally followed by ``@<arch>`` (else ``arch`` is used for a file that
+    neither names nor reveals its architecture), or ``random:<arch>`` (random initialisation, seeded with ``seed``:
     the baseline that shows what pretraining adds).  Labels are unique and differ from
     ``taken`` (the feature-set names already in use)."""
     out: dict = {}
     for i, spec in enumerate(parse_backbone_list(specs)):
         if progress is not None:
             progress.check()
+        own_arch = None
+        if "@" in spec and not spec.lower().startswith(RANDOM + ":"):
+            head, tail = spec.rsplit("@", 1)
+            if re.match(r"^[A-Za-z]\w*(:.*)?$", tail.strip()) and "/" not in tail and \
+                    "\\" not in tail:
+                spec, own_arch = head.strip(), tail.strip()
         label = backbone_name(spec)
         base, n = label, 2
         while label in out or label in taken:
@@ -489,10 +495,10 @@ def load_compared(specs, arch: Optional[str] = None, in_chans: Optional[int] = N
             bb.source = spec
         else:
             try:
-                bb = load_backbone(spec, in_chans=in_chans, tile_size=tile_size,
+                bb = load_backbone(spec, arch=own_arch, in_chans=in_chans, tile_size=tile_size,
                                    device=device, progress=progress)
             except BackboneError as exc:
-                if not arch or "cannot be inferred" not in str(exc):
+                if own_arch or not arch or "cannot be inferred" not in str(exc):
                     raise BackboneError(f"Compared backbone '{spec}': {exc}") from exc
                 bb = load_backbone(spec, arch=arch, in_chans=in_chans, tile_size=tile_size,
                                    device=device, progress=progress)
