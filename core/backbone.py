@@ -323,7 +323,10 @@ def clone_channels(sd: dict, in_chans: int) -> dict:
 def _timm_cache_file(name: str) -> Optional[str]:
     """Local file of a timm pretrained tag, from the HF or torch-hub cache; None if absent."""
     from timm.models import get_pretrained_cfg
-    cfg = get_pretrained_cfg(name)
+    try:
+        cfg = get_pretrained_cfg(name)
+    except RuntimeError:  # a known architecture with an unknown tag
+        return None
     if cfg is None:
         return None
     if getattr(cfg, "hf_hub_id", None):

@@ -81,7 +81,10 @@ def resolve_name(name: str) -> tuple:
     """``(hub repo, file name)`` of a timm pretrained name (``arch.tag``)."""
     from timm.models import get_pretrained_cfg
     name = (name or "").strip()
-    cfg = get_pretrained_cfg(name) if name else None
+    try:
+        cfg = get_pretrained_cfg(name) if name else None
+    except RuntimeError:  # a known architecture with an unknown tag
+        cfg = None
     if cfg is None or not getattr(cfg, "hf_hub_id", None):
         known = ", ".join(r["name"] for r in RECOMMENDED)
         raise DownloadError(f"'{name}' is not a timm pretrained name with weights on the "
