@@ -218,9 +218,11 @@ PARAMS.update({
     "COMPARE_BACKBONES": "Several backbones to compare, separated by ';': files, cached timm "
                          "names, or random:<arch> (random initialisation, the baseline), e.g. "
                          "dino_site.pth;vit_large_patch16_dinov3.sat493m;"
-                         "random:vit_base_patch16_224. Their feature methods run on the same "
-                         "folds with the same heads; the report and BACKBONE_RANKING rank all "
-                         "backbones per property. ARCH serves files that do not say theirs.",
+                         "random:vit_base_patch16_224. A file whose architecture cannot be "
+                         "inferred takes it after '@' (weights.pth@vit_small_patch16_dinov3), "
+                         "else ARCH. Their feature methods run on the same points and folds "
+                         "with the same heads; the log, the report and BACKBONE_RANKING rank "
+                         "all backbones per property. The model maps with BACKBONE.",
     "NAME": "timm pretrained name (architecture.tag) whose weights are on the Hugging Face "
             "hub, e.g. vit_large_patch16_dinov3.sat493m (see the list above).",
     "SHA256": "Expected SHA-256 of the file; empty = the checksum the hub publishes for it "
