@@ -385,8 +385,8 @@ def load_backbone(spec: Optional[str], arch: Optional[str] = None, in_chans: Opt
                             f"'{arch}'. Leave ARCH empty to use the checkpoint's.")
     arch = arch or ck_arch or (infer_arch(sd) if sd is not None else None)
     if not arch:
-        raise BackboneError(
-            f"The backbone file does not name its architecture and it cannot be inferred "
+        raise ArchUnknown(
+            f"The backbone file '{os.path.basename(str(spec))}' does not name its architecture and it cannot be inferred "
             f"({describe_weights(sd)}): set ARCH, a timm ViT name such as "
             f"vit_small_patch16_224, vit_small_patch14_reg4_dinov2 or vit_small_patch16_dinov3, "
             f"with timm arguments for other sizes (name:depth=2,embed_dim=64,num_heads=2).")
@@ -409,8 +409,9 @@ def load_backbone(spec: Optional[str], arch: Optional[str] = None, in_chans: Opt
         if have != want:
             raise BackboneError(
                 f"Architecture mismatch: '{arch}' expects embedding dimension {want} but the "
-                f"weights have {have} (found {infer_arch(sd) or 'a non-standard ViT'}: "
-                f"{describe_weights(sd)}). Set ARCH accordingly.")
+                f"weights have {have} (found "
+                f"{infer_arch(sd) or 'a non-standard ViT: ' + describe_weights(sd)}). "
+                f"Set ARCH accordingly.")
         try:
             sd = filter_state_dict(sd, model)
             missing, unexpected = model.load_state_dict(sd, strict=False)
@@ -470,9 +471,10 @@ def load_compared(specs, arch: Optional[str] = None, in_chans: Optional[int] = N
                   taken=(), progress: Optional[Progress] = None) -> dict:
     """``{label: Backbone}`` for each entry of :func:`parse_backbone_list`: a file or cached
     timm name, optionally followed by ``@<arch>`` (else ``arch`` is used for a file that
-    neither names nor reveals its architecture), or ``random:<arch>`` (random initialisation, seeded with ``seed``:
-    the baseline that shows what pretraining adds).  Labels are unique and differ from
-    ``taken`` (the feature-set names already in use)."""
+    neither names nor reveals its architecture), or ``random:<arch>`` (random
+    initialisation seeded with ``seed``, without touching the global RNG: the baseline that
+    shows what pretraining adds).  Labels are unique and differ from ``taken`` (the
+    feature-set names already in use)."""
     out: dict = {}
     for i, spec in enumerate(parse_backbone_list(specs)):
         if progress is not None:
@@ -492,18 +494,24 @@ def load_compared(specs, arch: Optional[str] = None, in_chans: Optional[int] = N
             if not rand_arch:
                 raise BackboneError(f"'{spec}': write random:<timm name>, e.g. "
                                     f"random:vit_small_patch16_224.")
-            torch.manual_seed(seed + i)
-            bb = load_backbone(None, arch=rand_arch, in_chans=in_chans, tile_size=tile_size,
-                               device=device, progress=progress)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed + i)
+                bb = load_backbone(None, arch=rand_arch, in_chans=in_chans,
+                                   tile_size=tile_size, device=device, progress=progress)
             bb.source = spec
         else:
-            try:
-                bb = load_backbone(spec, arch=own_arch, in_chans=in_chans, tile_size=tile_size,
-                                   device=device, progress=progress)
-            except BackboneError as exc:
-                if own_arch or not arch or "cannot be inferred" not in str(exc):
-                    raise BackboneError(f"Compared backbone '{spec}': {exc}") from exc
-                bb = load_backbone(spec, arch=arch, in_chans=in_chans, tile_size=tile_size,
-                                   device=device, progress=progress)
+            with torch.random.fork_rng(devices=[]):  # building a model draws initial weights
+                try:
+                    bb = load_backbone(spec, arch=own_arch, in_chans=in_chans,
+                                       tile_size=tile_size, device=device, progress=progress)
+                except ArchUnknown:
+                    if not arch:
+                        raise
+                    bb = load_backbone(spec, arch=arch, in_chans=in_chans,
+                                       tile_size=tile_size, device=device, progress=progress)
         out[label] = bb
     return out
+
+
+class ArchUnknown(BackboneError):
+    """A weights file that neither names nor reveals its architecture (ARCH is needed)."""
