@@ -210,3 +210,14 @@ def test_processing_download_algorithm(qgis_app, hub, weights):
     help_text = alg.shortHelpString()
     assert "vit_large_patch16_dinov3.sat493m" in help_text and "DINOv3 License" in help_text
     assert "Apache-2.0" in help_text
+
+
+def test_command_line(hub, capsys):
+    from soilssl.core.download import main
+    assert main(["--list"]) == 0
+    listing = capsys.readouterr().out
+    assert "vit_large_patch16_dinov3.sat493m" in listing and "Apache-2.0" in listing
+    assert main([NAME]) == 0
+    assert capsys.readouterr().out.strip().endswith("model.safetensors")
+    assert main(["no_such_model.tag"]) == 1
+    assert "not a timm pretrained name" in capsys.readouterr().err

@@ -241,3 +241,28 @@ def test_single_compare_backbone_keeps_its_rows(tmp_path, tiny_ckpt, rgb):
                          cache=str(tmp_path / "c"))
     assert fit.cv.labels == ["ridge", "ridge [compare]"]
     assert sorted(r["backbone"] for r in fit.ranking) == ["compare", "features"]
+
+
+def test_meta_dinov2_file_with_registers_loads(tmp_path):
+    """Meta's own DINOv2 layout (register_tokens, mask_token, a position embedding that
+    includes the class token's) loads to the same features as the timm model."""
+    arch = FAMILIES["dinov2"][0]
+    torch.manual_seed(2)
+    ref = load_backbone(None, arch=arch, tile_size=28)
+    sd = ref.model.state_dict()
+    pos_cls = torch.randn(1, 1, 64)
+    meta = {k: v for k, v in sd.items() if k not in ("reg_token", "cls_token", "pos_embed")}
+    meta.update({"register_tokens": sd["reg_token"], "cls_token": sd["cls_token"] - pos_cls,
+                 "pos_embed": torch.cat([pos_cls, sd["pos_embed"]], dim=1),
+                 "mask_token": torch.zeros(1, 64)})
+    torch.save(meta, tmp_path / "dinov2_meta.pth")
+    b = load_backbone(str(tmp_path / "dinov2_meta.pth"), arch=arch, tile_size=28)
+    x = torch.randn(2, 3, 28, 28)
+    with torch.no_grad():
+        # (cls - p) + p is not bit-exact in float32: a mis-mapped key is off by O(1)
+        torch.testing.assert_close(b.model.forward_features(x), ref.model.forward_features(x),
+                                   atol=1e-3, rtol=1e-3)
+    # a standard-size Meta file names itself by its shapes
+    full = create_model("vit_small_patch14_reg4_dinov2", 3, 56).state_dict()
+    full = {("register_tokens" if k == "reg_token" else k): v for k, v in full.items()}
+    assert infer_arch(full) == "vit_small_patch14_reg4_dinov2"
