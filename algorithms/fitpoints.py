@@ -5,7 +5,7 @@ from qgis.core import (QgsProcessingOutputString, QgsProcessingParameterEnum,
                        QgsProcessingParameterFeatureSink,
                        QgsProcessingParameterFeatureSource, QgsProcessingParameterField,
                        QgsProcessingParameterFileDestination,
-                       QgsProcessing)
+                       QgsProcessingParameterString, QgsProcessing)
 
 from .base import SoilSSLAlgorithm
 from .points import StagedSink, column, oof_fields, read_points, write_oof
@@ -34,6 +34,9 @@ class FitPoints(SoilSSLAlgorithm):
         self.add_backbone_params()
         self.add_backbone_params("COMPARE_BACKBONE", "Comparison backbone (e.g. the ImageNet "
                                  "weights pretraining started from)", optional=True)
+        self.add(QgsProcessingParameterString(
+            "COMPARE_BACKBONES", "Backbones to compare (;-separated files, cached timm names, "
+            "random:<arch>)", optional=True))
         self.add(QgsProcessingParameterFeatureSource("POINTS", "Soil sample points",
                                                      [QgsProcessing.TypeVectorPoint]))
         self.add(QgsProcessingParameterField("FIELDS", "Soil properties (numeric fields)",
@@ -61,10 +64,13 @@ class FitPoints(SoilSSLAlgorithm):
                                                  "target and method; models and scripts)"))
         self.addOutput(QgsProcessingOutputString("METHODS", "Method refitted per target (JSON; "
                                                  "models and scripts)"))
+        self.addOutput(QgsProcessingOutputString("BACKBONE_RANKING", "Backbones ranked per "
+                                                 "target by CV RMSE (JSON; models and scripts)"))
 
     def execute(self, parameters, context, feedback, progress):
         from ..core.files import Outputs
         from ..core.report import write_report
+        from ..core.backbone import load_compared, parse_backbone_list
         from ..core.soil import fit_points
         points_src = self.parameterAsSource(parameters, "POINTS", context)
         fields = self.parameterAsFields(parameters, "FIELDS", context)
@@ -84,6 +90,15 @@ class FitPoints(SoilSSLAlgorithm):
                 compare = self.backbone(parameters, context, "COMPARE_BACKBONE",
                                         in_chans=src.channels, tile=backbone.tile_size,
                                         device=compute["device"])
+            several = self.parameterAsString(parameters, "COMPARE_BACKBONES", context)
+            if parse_backbone_list(several):
+                compare = {**({"compare": compare} if compare is not None else {}),
+                           **load_compared(
+                               several, self.parameterAsString(parameters, "ARCH",
+                                                               context).strip() or None,
+                               src.channels, backbone.tile_size, compute["device"],
+                               self.parameterAsInt(parameters, "SEED", context),
+                               taken=("pixels", "features", "compare"), progress=progress)}
             fit = fit_points(src, points, backbone, compare,
                              method=self.enum(parameters, "METHOD", context),
                              n_folds=self.parameterAsInt(parameters, "FOLDS", context),
@@ -99,14 +114,16 @@ class FitPoints(SoilSSLAlgorithm):
             sink.close()
             if report_path:
                 outputs.write(report_path, lambda tmp: write_report(
-                    tmp, fit.cv, fit.coords, fit.chosen, title="SoilSSL spatial cross-validation"))
+                    tmp, fit.cv, fit.coords, fit.chosen, title="SoilSSL spatial cross-validation",
+                    ranking=fit.ranking))
             outputs.commit()
         sink_id = sink.published()
         target = fit.cv.target_names[0]  # points coloured by the first target's residual
         on_load(context, sink_id, residual_style(column(f"res_{target}_{fit.chosen[target]}")))
         results = {"OUTPUT_POINTS": sink_id, "OUTPUT_MODEL": model_path}
         if not in_dialog(feedback):  # the dialog prints every result raw under "Results"
-            results.update(CV_TABLE=json.dumps(fit.cv.table()), METHODS=json.dumps(fit.chosen))
+            results.update(CV_TABLE=json.dumps(fit.cv.table()), METHODS=json.dumps(fit.chosen),
+                           BACKBONE_RANKING=json.dumps(fit.ranking))
         if report_path:
             results["OUTPUT_REPORT"] = report_path
         return results

@@ -210,3 +210,54 @@ def short_help(name: str, defaults=None, labels=None) -> str:
 
 def describe(key: str) -> str:
     return PARAMS[key]
+
+
+# ---------------------------------------------------------------------------------------------
+# Backbones (issue 14): timm ViT families, Download a backbone, comparison of several backbones
+# in Fit soil heads.  Kept as one block so that a rewrite of the texts above can fold it in.
+# ---------------------------------------------------------------------------------------------
+def _recommended_html() -> str:
+    from ..core.download import RECOMMENDED
+    rows = "".join(f"<li><b>{r['name']}</b> ({r['family']}, {r['params_m']} M parameters, "
+                   f"{r['size_mb']} MB, licence: {r['licence']}): {r['note']}.</li>"
+                   for r in RECOMMENDED)
+    return f"Recommended backbones for soil work:<ul>{rows}</ul>"
+
+
+PARAMS.update({
+    "BACKBONE": PARAMS["BACKBONE"] + " Every timm ViT family works: DINO (vit_*_patch16_224), "
+                "DINOv2 (vit_*_patch14_reg4_dinov2: patch 14, register tokens) and DINOv3 "
+                "(vit_*_patch16_dinov3, e.g. the satellite weights "
+                "vit_large_patch16_dinov3.sat493m: RoPE, storage tokens), as timm, DINO or "
+                "Meta files. Fetch named weights once with Download a backbone.",
+    "ARCH": PARAMS["ARCH"] + " Other sizes take timm arguments after a colon: "
+            "vit_small_patch16_dinov3:depth=6,embed_dim=384,num_heads=6.",
+    "TILE_SIZE": PARAMS["TILE_SIZE"] + " It is rounded to a multiple of the backbone's patch "
+                 "size (16; 14 for DINOv2), with a message.",
+    "COMPARE_BACKBONES": "Several backbones to compare, separated by ';': files, cached timm "
+                         "names, or random:<arch> (random initialisation, the baseline), e.g. "
+                         "dino_site.pth;vit_large_patch16_dinov3.sat493m;"
+                         "random:vit_base_patch16_224. A file whose architecture cannot be "
+                         "inferred takes it after '@' (weights.pth@vit_small_patch16_dinov3), "
+                         "else ARCH. Their feature methods run on the same points and folds "
+                         "with the same heads; the log, the report and BACKBONE_RANKING rank "
+                         "all backbones per property. The model maps with BACKBONE.",
+    "NAME": "timm pretrained name (architecture.tag) whose weights are on the Hugging Face "
+            "hub, e.g. vit_large_patch16_dinov3.sat493m (see the list above).",
+    "SHA256": "Expected SHA-256 of the file; empty = the checksum the hub publishes for it "
+              "(the file's SHA-256 is always computed and returned).",
+    "FORCE": "Download again even when the file is already in the cache.",
+})
+ALGS["fitpoints"][2].insert(ALGS["fitpoints"][2].index("COMPARE_BACKBONE") + 1,
+                            "COMPARE_BACKBONES")
+ALGS["downloadbackbone"] = (
+    "Download a backbone",
+    "Downloads the weights of a named timm backbone once from the Hugging Face hub (or the "
+    "mirror in the HF_ENDPOINT environment variable) into the local cache, with progress, "
+    "cancel and a SHA-256 checksum. Afterwards the name works as BACKBONE or INIT offline. "
+    "This is the only SoilSSL tool that uses the network: without internet, download the "
+    "file elsewhere and give its path as BACKBONE. Check each model's licence: DINOv3 "
+    "weights come under Meta's DINOv3 License, not an open-source licence.</p><p>" +
+    _recommended_html(),
+    ["NAME", "SHA256", "FORCE"],
+)

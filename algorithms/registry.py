@@ -1,4 +1,5 @@
 """Every algorithm the provider offers; add new ones here."""
+from .download import DownloadBackbone
 from .extract import ExtractFeatures
 from .fitpoints import FitPoints
 from .maps import ClusterMap, PcaMap
@@ -6,4 +7,5 @@ from .predictmap import PredictMap
 from .pretrain import Pretrain
 from .tools import ClearCache
 
-ALGORITHMS = [ExtractFeatures, ClusterMap, PcaMap, Pretrain, FitPoints, PredictMap, ClearCache]
+ALGORITHMS = [ExtractFeatures, ClusterMap, PcaMap, Pretrain, FitPoints, PredictMap,
+              DownloadBackbone, ClearCache]

@@ -15,6 +15,16 @@
   local Hugging Face or torch-hub cache only — never downloaded;
 * ``None``/``"random"`` for a randomly initialised ``arch``.
 
+Every timm ViT family loads the same way: DINO v1 (``vit_*_patch16_224``),
+DINOv2 (``vit_*_patch14_dinov2``, ``vit_*_patch14_reg4_dinov2``: patch 14,
+register tokens) and DINOv3 (``vit_*_patch16_dinov3``, the ``.sat493m``
+satellite weights: RoPE, storage tokens), including Meta's own files of
+DINOv2/DINOv3 (each family's timm ``checkpoint_filter_fn`` converts them).
+An architecture may carry timm keyword arguments after a colon,
+``vit_small_patch16_dinov3:depth=2,embed_dim=64,num_heads=2``, for models
+other than the standard sizes; SoilSSL checkpoints record it so.  The tile
+size is snapped to a multiple of the patch size (with a message).
+
 Files are read with ``torch.load(weights_only=True)``: a file carrying pickled
 code is refused, never executed.  When more input channels are asked for than
 the weights have, the patch-embedding weights of each extra channel are cloned
@@ -24,10 +34,12 @@ position embedding for another tile size.
 from __future__ import annotations
 
 import argparse
+import ast
 import hashlib
 import os
 import pickle
 import re
+import sys
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -35,10 +47,13 @@ import torch
 
 from .errors import BackboneError, DeviceError
 from .files import atomic_save
+from .progress import Progress, ensure
 
 FORMAT = "soilssl-backbone"
 RANDOM = "random"
 _STANDARD = {192: ("tiny", 12), 384: ("small", 12), 768: ("base", 12), 1024: ("large", 24)}
+_STANDARD_V2 = {**_STANDARD, 1536: ("giant", 40)}
+_STANDARD_V3 = {**_STANDARD, 1280: ("huge_plus", 32), 4096: ("7b", 40)}
 
 
 @dataclass
@@ -52,6 +67,15 @@ class Backbone:
     checksum: Optional[str] = None
     normalization: Optional[dict] = None
     meta: dict = field(default_factory=dict)
+
+    @property
+    def patch_size(self) -> int:
+        return model_patch_size(self.model)
+
+    @property
+    def prefix_tokens(self) -> int:
+        """Tokens before the patch tokens: class token + register/storage tokens."""
+        return int(getattr(self.model, "num_prefix_tokens", 1))
 
     @property
     def reference(self) -> dict:
@@ -164,33 +188,119 @@ def unwrap(obj, name: str = "checkpoint") -> tuple:
 
 
 def infer_arch(sd: dict) -> Optional[str]:
-    """Guess a standard timm ViT name from state-dict shapes (None if not standard)."""
+    """Guess a standard timm ViT name from state-dict keys and shapes (None if not standard):
+    DINOv3 (layer scale ``gamma_1`` or Meta's ``storage_tokens``, no absolute position
+    embedding), DINOv2 (patch 14, layer scale ``ls1``, register tokens), else DINO/ViT."""
     w = sd.get("patch_embed.proj.weight")
     if w is None or w.ndim != 4:
         return None
     dim, patch = int(w.shape[0]), int(w.shape[-1])
     depth = len({int(m.group(1)) for k in sd for m in [re.match(r"blocks\.(\d+)\.", k)] if m})
+    if "storage_tokens" in sd or ("blocks.0.gamma_1" in sd and "pos_embed" not in sd) or \
+            ("blocks.0.ls1.gamma" in sd and "pos_embed" not in sd):
+        std = _STANDARD_V3.get(dim)
+        qkvb = "blocks.0.attn.qkv.bias" in sd or "blocks.0.attn.q_bias" in sd
+        return f"vit_{std[0]}_patch{patch}_dinov3{'_qkvb' if qkvb else ''}" \
+            if std and std[1] == depth else None
+    if patch == 14 and "blocks.0.ls1.gamma" in sd:
+        std = _STANDARD_V2.get(dim)
+        reg = sd.get("reg_token", sd.get("register_tokens"))
+        tag = f"_reg{int(reg.shape[1])}" if reg is not None else ""
+        return f"vit_{std[0]}_patch14{tag}_dinov2" if std and std[1] == depth else None
     std = _STANDARD.get(dim)
     if std is None or std[1] != depth:
         return None
     return f"vit_{std[0]}_patch{patch}_224"
 
 
+def describe_weights(sd: dict) -> str:
+    """What the shapes say (for an error message): patch, width, blocks, extra tokens."""
+    w = sd.get("patch_embed.proj.weight")
+    if w is None or w.ndim != 4:
+        return "no patch embedding"
+    depth = len({int(m.group(1)) for k in sd for m in [re.match(r"blocks\.(\d+)\.", k)] if m})
+    reg = sd.get("reg_token", sd.get("register_tokens", sd.get("storage_tokens")))
+    return (f"patch {int(w.shape[-1])}, embedding dimension {int(w.shape[0])}, {depth} blocks"
+            f"{f', {int(reg.shape[1])} register tokens' if reg is not None else ''}")
+
+
+def parse_arch(arch: str) -> tuple:
+    """``'name:depth=2,embed_dim=64'`` -> ``('name', {'depth': 2, 'embed_dim': 64})``."""
+    name, _, rest = str(arch).strip().partition(":")
+    kwargs = {}
+    for item in filter(None, (t.strip() for t in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip().isidentifier():
+            raise BackboneError(f"ARCH '{arch}': write timm arguments as name:key=value,... "
+                                f"(e.g. vit_small_patch16_dinov3:depth=2,embed_dim=64).")
+        try:
+            kwargs[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            kwargs[key.strip()] = value.strip()
+    return name.strip(), kwargs
+
+
+def arch_patch_size(arch: str) -> Optional[int]:
+    """The patch size an architecture name (or its ``patch_size=`` argument) gives."""
+    name, kwargs = parse_arch(arch)
+    if "patch_size" in kwargs:
+        return int(kwargs["patch_size"])
+    m = re.search(r"patch(\d+)", name)
+    return int(m.group(1)) if m else None
+
+
+def model_patch_size(model: torch.nn.Module) -> int:
+    p = model.patch_embed.patch_size
+    return int(p[0] if isinstance(p, (tuple, list)) else p)
+
+
+def snap_tile(tile: int, patch: int, progress: Optional[Progress] = None,
+              what: str = "TILE_SIZE") -> int:
+    """``tile`` rounded to the nearest multiple of ``patch`` (at least one patch); says so
+    when it changes (a ViT sees whole patches only: the rest of the tile would be lost)."""
+    tile, patch = int(tile), int(patch)
+    snapped = max(patch, int(round(tile / patch)) * patch)
+    if snapped != tile:
+        ensure(progress).info(f"{what} {tile} px is not a multiple of the backbone's patch size "
+                              f"({patch} px): using {snapped} px tiles.")
+    return snapped
+
+
+def _family_defaults(name: str) -> dict:
+    """timm arguments SoilSSL sets per family: DINOv3 pools the CLS token, as upstream (timm
+    defaults to the mean of the patch tokens there), so that DINO training continues on the
+    token it was trained with.  No state-dict key depends on them."""
+    return {"global_pool": "token"} if "dinov3" in name else {}
+
+
 def create_model(arch: str, in_chans: int = 3, tile_size: int = 224,
                  **timm_kwargs) -> torch.nn.Module:
-    """A timm ViT without classifier; ``timm_kwargs`` go to ``timm.create_model`` (e.g.
+    """A timm ViT without classifier; ``arch`` is a timm name, optionally with arguments
+    (``name:depth=2,embed_dim=64``); ``timm_kwargs`` go to ``timm.create_model`` too (e.g.
     ``dynamic_img_size=True`` for multi-crop training, ``drop_path_rate``); they change no
     state-dict key, so the weights load into a model built without them."""
     import timm
+    name, arch_kwargs = parse_arch(arch)
+    kwargs = {**_family_defaults(name), **arch_kwargs, **timm_kwargs}
     try:
-        return timm.create_model(arch, pretrained=False, num_classes=0, in_chans=in_chans,
-                                 img_size=tile_size, **timm_kwargs)
+        return timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans,
+                                 img_size=tile_size, **kwargs)
     except RuntimeError as exc:
         raise BackboneError(f"Unknown architecture '{arch}': use a timm ViT name such as "
-                            f"vit_small_patch16_224 ({exc}).") from exc
-    except TypeError as exc:
+                            f"vit_small_patch16_224, vit_small_patch14_reg4_dinov2 or "
+                            f"vit_small_patch16_dinov3 ({exc}).") from exc
+    except (TypeError, ValueError, AssertionError) as exc:
         raise BackboneError(f"'{arch}' is not a ViT timm can build with in_chans/img_size: "
                             f"{exc}") from exc
+
+
+def filter_state_dict(sd: dict, model: torch.nn.Module) -> dict:
+    """The model family's own timm ``checkpoint_filter_fn`` (ViT, DINOv2 and Meta's files,
+    EVA/DINOv3...): resamples the position embedding, renames upstream keys."""
+    fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+    if fn is None:
+        from timm.models.vision_transformer import checkpoint_filter_fn as fn
+    return fn(sd, model)
 
 
 def clone_channels(sd: dict, in_chans: int) -> dict:
@@ -213,7 +323,10 @@ def clone_channels(sd: dict, in_chans: int) -> dict:
 def _timm_cache_file(name: str) -> Optional[str]:
     """Local file of a timm pretrained tag, from the HF or torch-hub cache; None if absent."""
     from timm.models import get_pretrained_cfg
-    cfg = get_pretrained_cfg(name)
+    try:
+        cfg = get_pretrained_cfg(name)
+    except RuntimeError:  # a known architecture with an unknown tag
+        return None
     if cfg is None:
         return None
     if getattr(cfg, "hf_hub_id", None):
@@ -239,17 +352,16 @@ def _is_pretrained_name(spec: str) -> bool:
 
 def load_backbone(spec: Optional[str], arch: Optional[str] = None, in_chans: Optional[int] = None,
                   tile_size: Optional[int] = None, device: str = "cpu",
-                  **timm_kwargs) -> Backbone:
+                  progress: Optional[Progress] = None, **timm_kwargs) -> Backbone:
     """Build a timm ViT (``num_classes=0``) with weights from ``spec``.
 
     ``arch``/``in_chans``/``tile_size`` default to what the checkpoint says
     (SoilSSL files) or can be inferred; given explicitly they must agree with
     it, except that extra channels are cloned from R and the position
-    embedding is resampled to ``tile_size``.  ``timm_kwargs`` go to
+    embedding is resampled to ``tile_size`` (snapped to a multiple of the patch
+    size, with a message to ``progress``).  ``timm_kwargs`` go to
     :func:`create_model` (pretraining builds with ``dynamic_img_size=True``).
     """
-    from timm.models.vision_transformer import checkpoint_filter_fn
-
     checksum = None
     info: dict = {"kind": "random"}
     sd = None
@@ -261,8 +373,8 @@ def load_backbone(spec: Optional[str], arch: Optional[str] = None, in_chans: Opt
             if path is None:
                 raise BackboneError(
                     f"'{spec}' is not in the local model cache and SoilSSL does not download "
-                    f"weights. Download the weights file once (e.g. the DINO checkpoint) and give "
-                    f"its path as BACKBONE, or copy it into the Hugging Face cache.")
+                    f"weights while it runs: fetch it once with Download a backbone "
+                    f"(soilssl:downloadbackbone), or give the weights file's path as BACKBONE.")
             arch = arch or spec.split(".")[0]
         obj = load_file(path)
         checksum = file_sha256(path)
@@ -273,13 +385,22 @@ def load_backbone(spec: Optional[str], arch: Optional[str] = None, in_chans: Opt
                             f"'{arch}'. Leave ARCH empty to use the checkpoint's.")
     arch = arch or ck_arch or (infer_arch(sd) if sd is not None else None)
     if not arch:
-        raise BackboneError("The backbone file does not name its architecture and it cannot be "
-                            "inferred: set ARCH (a timm ViT name such as vit_small_patch16_224).")
+        raise ArchUnknown(
+            f"The backbone file '{os.path.basename(str(spec))}' does not name its architecture and it cannot be inferred "
+            f"({describe_weights(sd)}): set ARCH, a timm ViT name such as "
+            f"vit_small_patch16_224, vit_small_patch14_reg4_dinov2 or vit_small_patch16_dinov3, "
+            f"with timm arguments for other sizes (name:depth=2,embed_dim=64,num_heads=2).")
     ck_chans = info.get("in_chans") or (int(sd["patch_embed.proj.weight"].shape[1])
                                         if sd is not None and "patch_embed.proj.weight" in sd else 3)
     in_chans = int(in_chans or ck_chans)
     tile_size = int(tile_size or info.get("tile_size") or 224)
+    patch = arch_patch_size(arch)
+    if patch:
+        tile_size = snap_tile(tile_size, patch, progress)
     model = create_model(arch, in_chans, tile_size, **timm_kwargs)
+    if tile_size % model_patch_size(model):  # a name without its patch size
+        tile_size = snap_tile(tile_size, model_patch_size(model), progress)
+        model = create_model(arch, in_chans, tile_size, **timm_kwargs)
     if sd is not None:
         sd = clone_channels(sd, in_chans)
         want = int(model.num_features)
@@ -288,20 +409,21 @@ def load_backbone(spec: Optional[str], arch: Optional[str] = None, in_chans: Opt
         if have != want:
             raise BackboneError(
                 f"Architecture mismatch: '{arch}' expects embedding dimension {want} but the "
-                f"weights have {have} (found {infer_arch(sd) or 'a non-standard ViT'}). "
+                f"weights have {have} (found "
+                f"{infer_arch(sd) or 'a non-standard ViT: ' + describe_weights(sd)}). "
                 f"Set ARCH accordingly.")
         try:
-            sd = checkpoint_filter_fn(sd, model)
+            sd = filter_state_dict(sd, model)
             missing, unexpected = model.load_state_dict(sd, strict=False)
-        except RuntimeError as exc:
+        except (RuntimeError, KeyError, ValueError) as exc:
             raise BackboneError(f"The weights do not fit '{arch}': {str(exc)[:500]}") from exc
         missing = [k for k in missing if not k.startswith("head")]
         unexpected = [k for k in unexpected if not k.startswith("head")]
         if missing or unexpected:
             raise BackboneError(
-                f"The weights do not fit '{arch}': expected keys missing {missing[:5]}"
-                f"{'...' if len(missing) > 5 else ''}, unexpected keys found {unexpected[:5]}"
-                f"{'...' if len(unexpected) > 5 else ''}.")
+                f"The weights do not fit '{arch}' ({describe_weights(sd)}): expected keys "
+                f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected keys "
+                f"found {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}.")
     model.eval().to(resolve_device(device))
     return Backbone(model=model, arch=arch, in_chans=in_chans, tile_size=tile_size,
                     embed_dim=int(model.num_features), source=str(source), checksum=checksum,
@@ -322,3 +444,74 @@ def save_backbone(path: str, model: torch.nn.Module, arch: str, in_chans: int, t
                   normalization: Optional[dict] = None, **extra) -> str:
     return atomic_save(backbone_checkpoint(model, arch, in_chans, tile_size, normalization,
                                            **extra), path)
+
+
+# ---------------------------------------------------------------------------- comparison
+
+def parse_backbone_list(text) -> list:
+    """Backbones to compare from ``a.pth;b.safetensors;random:vit_small_patch16_224`` (also
+    newlines) or a list: the non-empty entries, in order."""
+    items = text if isinstance(text, (list, tuple)) else re.split(r"[;\n]", str(text or ""))
+    return [str(t).strip() for t in items if str(t).strip()]
+
+
+def backbone_name(spec: str) -> str:
+    """A short label for a compared backbone: the file name without extension, the timm
+    name, or ``random:<arch>``."""
+    spec = str(spec).strip()
+    if spec.lower().startswith(RANDOM + ":") or spec.lower() == RANDOM:
+        return spec
+    if _is_pretrained_name(spec):
+        return spec
+    return os.path.splitext(os.path.basename(spec))[0] or spec
+
+
+def load_compared(specs, arch: Optional[str] = None, in_chans: Optional[int] = None,
+                  tile_size: Optional[int] = None, device: str = "cpu", seed: int = 0,
+                  taken=(), progress: Optional[Progress] = None) -> dict:
+    """``{label: Backbone}`` for each entry of :func:`parse_backbone_list`: a file or cached
+    timm name, optionally followed by ``@<arch>`` (else ``arch`` is used for a file that
+    neither names nor reveals its architecture), or ``random:<arch>`` (random
+    initialisation seeded with ``seed``, without touching the global RNG: the baseline that
+    shows what pretraining adds).  Labels are unique and differ from ``taken`` (the
+    feature-set names already in use)."""
+    out: dict = {}
+    for i, spec in enumerate(parse_backbone_list(specs)):
+        if progress is not None:
+            progress.check()
+        own_arch = None
+        if "@" in spec and not spec.lower().startswith(RANDOM + ":"):
+            head, tail = spec.rsplit("@", 1)
+            if re.match(r"^[A-Za-z]\w*(:.*)?$", tail.strip()) and "/" not in tail and \
+                    "\\" not in tail:
+                spec, own_arch = head.strip(), tail.strip()
+        label = backbone_name(spec)
+        base, n = label, 2
+        while label in out or label in taken:
+            label, n = f"{base} ({n})", n + 1
+        if spec.lower().startswith(RANDOM + ":"):
+            rand_arch = spec.split(":", 1)[1].strip()
+            if not rand_arch:
+                raise BackboneError(f"'{spec}': write random:<timm name>, e.g. "
+                                    f"random:vit_small_patch16_224.")
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed + i)
+                bb = load_backbone(None, arch=rand_arch, in_chans=in_chans,
+                                   tile_size=tile_size, device=device, progress=progress)
+            bb.source = spec
+        else:
+            with torch.random.fork_rng(devices=[]):  # building a model draws initial weights
+                try:
+                    bb = load_backbone(spec, arch=own_arch, in_chans=in_chans,
+                                       tile_size=tile_size, device=device, progress=progress)
+                except ArchUnknown:
+                    if not arch:
+                        raise
+                    bb = load_backbone(spec, arch=arch, in_chans=in_chans,
+                                       tile_size=tile_size, device=device, progress=progress)
+        out[label] = bb
+    return out
+
+
+class ArchUnknown(BackboneError):
+    """A weights file that neither names nor reveals its architecture (ARCH is needed)."""

@@ -17,7 +17,7 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 import torch
 
-from .backbone import Backbone, resolve_device
+from .backbone import Backbone, resolve_device, snap_tile
 from .errors import InputError
 from .progress import Progress, ensure
 from .raster import (DEFAULT_MIN_VALID, Normalization, RasterWriter, TileGrid, TileSource,
@@ -127,6 +127,10 @@ def prepare(source: TileSource, backbone: Backbone, tile: Optional[int],
             normalization: Optional[dict] = None, progress: Optional[Progress] = None):
     """Shared set-up of every tile-based run: tile size, checks, normalisation."""
     tile = int(tile or backbone.tile_size)
+    if tile % backbone.patch_size:  # silent when it snaps to the size the backbone was built at
+        tile = snap_tile(tile, backbone.patch_size,
+                         None if snap_tile(tile, backbone.patch_size) == backbone.tile_size
+                         else progress)
     check_inputs(source, backbone, tile)
     norm = Normalization.from_dict(normalization or backbone.normalization)
     if norm is None:

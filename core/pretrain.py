@@ -482,9 +482,10 @@ class _Run:
             torch.manual_seed(cfg.seed)
             spec = cfg.init if cfg.init and str(cfg.init).lower() != RANDOM else None
             bb = load_backbone(spec, arch=cfg.arch or None, in_chans=in_chans,
-                               tile_size=cfg.tile_size, device="cpu",
+                               tile_size=cfg.tile_size, device="cpu", progress=self.log,
                                drop_path_rate=cfg.drop_path_rate, **timm_kwargs)
             arch, s_bb = bb.arch, bb.model
+            cfg.tile_size = bb.tile_size  # snapped to a multiple of the patch size
             source_desc = bb.source
             norm = Normalization.from_dict(bb.normalization)
             if norm is not None and len(norm.mean) != in_chans:

@@ -133,9 +133,25 @@ def figures(cv, coords: np.ndarray, chosen: dict) -> List[tuple]:
     return out
 
 
+def _ranking(rows: list) -> str:
+    """Backbones ranked per target (soil.rank_backbones rows)."""
+    head = ("<tr><th>target</th><th>rank</th><th>backbone</th><th>source</th><th>best method"
+            "</th><th>RMSE (mean ± std)</th><th>R² (mean)</th></tr>")
+    body = "".join(
+        f"<tr{' class=best' if r['rank'] == 1 else ''}><td>{html.escape(r['target'])}</td>"
+        f"<td>{r['rank']}</td><td>{html.escape(r['backbone'])}</td>"
+        f"<td>{html.escape(r['source'])} ({html.escape(r['arch'])})</td>"
+        f"<td>{html.escape(r['method'])}</td><td>{r['rmse_mean']:.3f} ± {r['rmse_std']:.3f}</td>"
+        f"<td>{r['r2_mean']:.3f}</td></tr>" for r in rows)
+    return ("<h2>Backbones ranked</h2><p>Each backbone's best feature method, on the same "
+            "folds with the same heads; 'features' is BACKBONE, the one mapped.</p><table>" +
+            head + body + "</table>")
+
+
 def write_report(path: str, cv, coords: np.ndarray, chosen: dict, title: str = "SoilSSL",
-                 notes: Optional[list] = None) -> str:
-    """Write the report of ``cv`` (a cv.CVResult) for points at ``coords`` (N, 2)."""
+                 notes: Optional[list] = None, ranking: Optional[list] = None) -> str:
+    """Write the report of ``cv`` (a cv.CVResult) for points at ``coords`` (N, 2);
+    ``ranking``: soil.rank_backbones rows, shown when several backbones were compared."""
     parts = [f"<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
              f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
     sizes = [int((cv.folds == k).sum()) for k in cv.fold_ids]
@@ -145,6 +161,8 @@ def write_report(path: str, cv, coords: np.ndarray, chosen: dict, title: str = "
     for note in notes or []:
         parts.append(f"<p>{html.escape(note)}</p>")
     parts.append("<h2>Cross-validation</h2>" + _table(cv, chosen))
+    if len({r["backbone"] for r in ranking or []}) > 1:
+        parts.append(_ranking(ranking))
     if any(r["r2_mean"] < 0 < r["r2_pooled"] for r in cv.table()):
         parts.append(f"<p class='note'>{R2_NOTE}</p>")
     for heading, fig in figures(cv, coords, chosen):

@@ -18,10 +18,10 @@ from typing import List, Optional
 import numpy as np
 
 from .aoa import aoa_predict, fit_aoa
-from .backbone import Backbone, load_backbone, load_file, resolve_device
+from .backbone import Backbone, backbone_name, load_backbone, load_file, resolve_device
 from .cache import FeatureCache, cache_dir, digest  # noqa: F401 (cache_dir: public here too)
-from .cv import (COMPARE, FEATURE_METHODS, FEATURES, PIXELS, cross_validate, method_specs,
-                 spatial_folds)
+from .cv import (COMPARE, FEATURE_METHODS, FEATURES, PIXELS, MethodSpec, cross_validate,
+                 method_specs, spatial_folds)
 from .errors import BackboneError, InputError
 from .features import iter_grid_rows, pixel_values, point_features, prepare
 from .files import atomic_save
@@ -127,6 +127,7 @@ class FitResult:
     coords: np.ndarray              # (N_used, 2) point coordinates in the raster CRS
     model: dict = field(repr=False, default_factory=dict)
     skipped: dict = field(default_factory=dict)
+    ranking: list = field(default_factory=list)  # rank_backbones rows (with compared ones)
 
 
 def _choose(cv, method: str) -> dict:
@@ -141,12 +142,16 @@ def _choose(cv, method: str) -> dict:
 
 
 def fit_points(source: TileSource, points: Points, backbone: Backbone,
-               compare: Optional[Backbone] = None, method: str = "all", n_folds: int = 6,
+               compare=None, method: str = "all", n_folds: int = 6,
                fold_mode: str = "kmeans", loss: str = "mse", seed: int = 0,
                pool: str = "cls", tile: Optional[int] = None, cache: Optional[str] = None,
                model_path: Optional[str] = None, progress: Optional[Progress] = None,
                **compute) -> FitResult:
-    """Spatial CV of METHOD(s) on the points, then the model file for mapping."""
+    """Spatial CV of METHOD(s) on the points, then the model file for mapping.
+
+    ``compare``: backbones whose feature methods join the same CV (same folds, same
+    heads) and are ranked against ``backbone`` (see :func:`compared_sets`); the model
+    file always maps with ``backbone``."""
     progress = ensure(progress)
     if method not in METHODS:
         raise InputError(f"Unknown METHOD '{method}': use one of {', '.join(METHODS)}.")
@@ -175,23 +180,87 @@ def fit_points(source: TileSource, points: Points, backbone: Backbone,
     sets = {PIXELS: pix[keep],
             FEATURES: cached_point_features(source, backbone, c, r, pool, tile, cache,
                                             progress.sub(0.0, 0.3), norm.to_dict(), **compute)}
-    if compare is not None:
-        sets[COMPARE] = cached_point_features(source, compare, c, r, pool, tile, cache,
-                                              progress.sub(0.3, 0.4), **compute)
+    compared = compared_sets(compare)
+    for i, (name, bb) in enumerate(compared.items()):
+        part = 0.1 / len(compared)
+        progress.info(f"Compared backbone '{name}' ({bb.arch}): features of the same points...")
+        sets[name] = cached_point_features(source, bb, c, r, pool, tile, cache,
+                                           progress.sub(0.3 + i * part, 0.3 + (i + 1) * part),
+                                           **compute)
     weights = None if points.weights is None else points.weights[keep]
-    specs = method_specs(method, compare=compare is not None)
+    specs = method_specs(method) + [MethodSpec(s.method, name) for name in compared
+                                    for s in method_specs(method) if s.features == FEATURES]
     cv = cross_validate(sets, y, folds, specs, target_names=points.names, loss=loss,
                         weights=weights, seed=seed, progress=progress.sub(0.4, 0.9),
                         keep_models=True)
     progress.info(cv.format_table())
     chosen = _choose(cv, method)
+    ranking = rank_backbones(cv, {FEATURES: backbone, **compared})
+    if compared:
+        progress.info(format_ranking(ranking))
     model = _model_dict(source, backbone, cv, sets, y, weights, folds, chosen, loss, seed, pool,
                         tile, norm.to_dict(), progress.sub(0.9, 1.0))
     if model_path:
         atomic_save(model, model_path)
     return FitResult(cv, keep, folds, chosen, coords, model,
                      {"outside": int((~source.inside(cols, rows)).sum()),
-                      "on_nodata": int(on_nodata.sum())})
+                      "on_nodata": int(on_nodata.sum())}, ranking)
+
+
+def compared_sets(compare) -> dict:
+    """Feature-set name -> Backbone of the compared backbones: one Backbone (the former
+    COMPARE_BACKBONE: set 'compare'), a sequence (named by :func:`backbone_name`) or a dict
+    (e.g. from :func:`load_compared`)."""
+    if compare is None:
+        return {}
+    if isinstance(compare, Backbone):
+        return {COMPARE: compare}
+    if isinstance(compare, dict):
+        out = dict(compare)
+    else:
+        out = {}
+        for bb in compare:
+            label, n = backbone_name(bb.source), 2
+            while label in out:
+                label, n = f"{backbone_name(bb.source)} ({n})", n + 1
+            out[label] = bb
+    clash = [k for k in out if k in (PIXELS, FEATURES)]
+    if clash:
+        raise InputError(f"Compared backbone names {clash} are reserved: rename the file(s).")
+    return out
+
+
+def rank_backbones(cv, backbones: dict) -> list:
+    """Per target, the backbones ranked by the mean RMSE over folds of their best feature
+    method (same folds, same heads for all): rows with target, rank, backbone (feature
+    set; 'features' is BACKBONE), source, arch, method, rmse_mean, rmse_std, r2_mean."""
+    mean, std = cv.summary()
+    rows = []
+    for t, target in enumerate(cv.target_names):
+        best = []
+        for name, bb in backbones.items():
+            ms = [m for m, spec in enumerate(cv.methods) if spec.features == name]
+            if not ms or not np.isfinite(mean[t, ms, 0]).any():
+                continue
+            m = min((m for m in ms if np.isfinite(mean[t, m, 0])), key=lambda m: mean[t, m, 0])
+            best.append((float(mean[t, m, 0]), name, bb, m))
+        for rank, (rmse, name, bb, m) in enumerate(sorted(best, key=lambda b: b[0]), 1):
+            rows.append({"target": target, "rank": rank, "backbone": name,
+                         "source": str(bb.source), "arch": bb.arch,
+                         "method": cv.methods[m].label, "rmse_mean": rmse,
+                         "rmse_std": float(std[t, m, 0]), "r2_mean": float(mean[t, m, 2])})
+    return rows
+
+
+def format_ranking(rows: list) -> str:
+    """The ranking of :func:`rank_backbones` as log lines."""
+    if len({r["backbone"] for r in rows}) < 2:
+        return ""
+    lines = ["Backbones ranked by mean RMSE over the same folds (best feature method each):"]
+    lines += [f"  {r['target']}: {r['rank']}. {r['backbone']} ({r['source']}, {r['arch']}): "
+              f"{r['method']} RMSE {r['rmse_mean']:.3f} ± {r['rmse_std']:.3f}, "
+              f"R² {r['r2_mean']:.3f}" for r in rows]
+    return "\n".join(lines)
 
 
 def _model_dict(source, backbone, cv, sets, y, weights, folds, chosen, loss, seed, pool, tile,
