@@ -152,6 +152,14 @@ def prepare(source: TileSource, backbone: Backbone, tile: Optional[int],
     return tile, norm
 
 
+def feature_tags(source: TileSource, backbone: Backbone, pool: str, tile: int, stride: int,
+                 norm: Normalization, min_valid: float) -> dict:
+    """The metadata of a feature raster (what made it, normalisation)."""
+    return {"soilssl_product": "features", "backbone": backbone.reference, "pool": pool,
+            "tile_size": tile, "stride": stride, "bands": list(source.bands),
+            "dem": source.dem or "", "normalization": norm.to_dict(), "min_valid": min_valid}
+
+
 def extract_features(source: TileSource, backbone: Backbone, output: str,
                      tile: Optional[int] = None, stride: Optional[int] = None,
                      batch_size: int = 32, device: str = "auto", amp: str = "auto",
@@ -170,9 +178,7 @@ def extract_features(source: TileSource, backbone: Backbone, output: str,
     grid = TileGrid(source.width, source.height, tile, stride)
     dev = resolve_device(device)
     backbone.model.to(dev)
-    tags = {"soilssl_product": "features", "backbone": backbone.reference, "pool": pool,
-            "tile_size": tile, "stride": stride, "bands": list(source.bands),
-            "dem": source.dem or "", "normalization": norm.to_dict(), "min_valid": min_valid}
+    tags = feature_tags(source, backbone, pool, tile, stride, norm, min_valid)
     progress.info(f"{len(grid)} tiles of {tile} px (stride {stride}) -> "
                   f"{grid.n_cols} x {grid.n_rows} px, {backbone.embed_dim} bands, on {dev}.")
     skipped = 0

@@ -33,10 +33,11 @@ from rasterio.windows import Window
 
 from .backbone import Backbone, resolve_device
 from .errors import InputError
-from .features import forward_tokens, low_precision_copy, prepare
+from .features import (PATCH, feature_tags, forward_tokens, iter_grid_rows, low_precision_copy,
+                       prepare)
 from .progress import Progress, ensure
-from .raster import (DEFAULT_MIN_VALID, GridWindows, Normalization, RasterWriter, TileSource,
-                     iter_batches)
+from .raster import (DEFAULT_MIN_VALID, GridWindows, Normalization, RasterWriter, TileGrid,
+                     TileSource, iter_batches)
 
 
 def patch_size(backbone: Backbone) -> int:
@@ -230,10 +231,8 @@ def iter_patch_rows(source: TileSource, grid: PatchGrid, norm: Normalization,
 
 def patch_tags(source: TileSource, backbone: Backbone, grid: PatchGrid,
                norm: Normalization, min_valid: float) -> dict:
-    return {"soilssl_product": "features", "backbone": backbone.reference, "pool": "patch",
-            "tile_size": grid.tile, "stride": grid.patch, "patch": grid.patch,
-            "margin": grid.margin, "bands": list(source.bands), "dem": source.dem or "",
-            "normalization": norm.to_dict(), "min_valid": min_valid}
+    return dict(feature_tags(source, backbone, PATCH, grid.tile, grid.patch, norm, min_valid),
+                patch=grid.patch, margin=grid.margin)
 
 
 def extract_patch_features(source: TileSource, backbone: Backbone, output: str,
@@ -306,3 +305,73 @@ def patch_point_features(source: TileSource, backbone: Backbone, cols: Sequence[
         out[sel] = tok[inverse[sel] - start, :, ti[sel], tj[sel]]
         progress.set((start + len(batch)) / max(1, len(tiles)))
     return out
+
+
+@dataclass
+class FeatureRows:
+    """The feature rows of a raster at tile resolution (``pool`` cls/mean on a
+    :class:`~.raster.TileGrid`) or patch resolution (``pool`` patch on a :class:`PatchGrid`),
+    in *units* that sharded runs split: a grid row of tiles, which gives one output row
+    (tile pools) or ``core`` output rows (patch)."""
+
+    source: TileSource
+    backbone: Backbone
+    norm: Normalization
+    pool: str
+    grid: object
+    device: torch.device
+    batch_size: int = 32
+    amp: str = "auto"
+    min_valid: float = DEFAULT_MIN_VALID
+    workers: int = 2
+
+    @classmethod
+    def create(cls, source: TileSource, backbone: Backbone, norm: Normalization, pool: str,
+               tile: int, stride: Optional[int] = None, margin: Optional[int] = None,
+               device: torch.device = torch.device("cpu"), **compute) -> "FeatureRows":
+        if pool == PATCH:
+            grid = PatchGrid.for_backbone(source.width, source.height, backbone, tile, margin)
+        else:
+            grid = TileGrid(source.width, source.height, tile, int(stride or tile))
+        return cls(source, backbone, norm, pool, grid, device, **compute)
+
+    @property
+    def patch(self) -> bool:
+        return isinstance(self.grid, PatchGrid)
+
+    @property
+    def width(self) -> int:
+        return self.grid.out_width if self.patch else self.grid.n_cols
+
+    @property
+    def height(self) -> int:
+        return self.grid.out_height if self.patch else self.grid.n_rows
+
+    @property
+    def units(self) -> int:
+        return self.grid.n_rows
+
+    def out_rows(self, units: range) -> range:
+        """Output rows that grid rows ``units`` fill."""
+        if not self.patch:
+            return units
+        return range(units.start * self.grid.core,
+                     min(units.stop * self.grid.core, self.grid.out_height))
+
+    def transform(self) -> Affine:
+        return self.grid.out_transform(self.source.transform)
+
+    def tags(self) -> dict:
+        if self.patch:
+            return patch_tags(self.source, self.backbone, self.grid, self.norm, self.min_valid)
+        return feature_tags(self.source, self.backbone, self.pool, self.grid.tile,
+                            self.grid.stride, self.norm, self.min_valid)
+
+    def rows(self, units: Optional[range] = None,
+             progress: Optional[Progress] = None) -> Iterator[tuple]:
+        """Yield ``(row, feats (width, D))`` for the output rows of grid rows ``units``."""
+        args = (self.source, self.grid, self.norm, self.backbone, self.device, self.batch_size,
+                self.amp)
+        if self.patch:
+            return iter_patch_grid_rows(*args, self.min_valid, self.workers, progress, units)
+        return iter_grid_rows(*args, self.pool, self.min_valid, self.workers, progress, units)

@@ -21,17 +21,19 @@ import numpy as np
 
 from .aoa import aoa_predict, fit_aoa
 from .backbone import Backbone, load_backbone, load_file, resolve_device
-from .cv import (COMPARE, FEATURE_METHODS, FEATURES, PIXELS, cross_validate, method_specs,
-                 spatial_folds)
+from .cv import (COMPARE, FEATURE_METHODS, FEATURES, PIXELS, MethodSpec, cross_validate,
+                 method_specs, spatial_folds)
 from .errors import BackboneError, InputError
-from .features import iter_grid_rows, pixel_values, point_features, prepare
+from .features import PATCH, pixel_values, point_features, prepare
 from .files import atomic_save, atomic_write
 from .heads import load_regressor, make_regressor
 from .progress import Progress, ensure
-from .raster import RasterWriter, TileGrid, TileSource, commit_all
+from .patches import FeatureRows, PatchGrid, patch_point_features
+from .raster import RasterWriter, TileSource, commit_all
 
 MODEL_FORMAT = "soilssl-model"
 METHODS = ("all", "mlp", "ridge", "rf_features", "rf_pixels")
+POINT_FEATURES = ("tile", PATCH, "both")  # tile feature, patch under the point, or CV both
 PRED_NODATA = -9999.0
 
 
@@ -87,14 +89,18 @@ def cache_dir() -> str:
 def cached_point_features(source: TileSource, backbone: Backbone, cols, rows, pool: str = "cls",
                           tile: Optional[int] = None, cache: Optional[str] = None,
                           progress: Optional[Progress] = None,
-                          normalization: Optional[dict] = None, **compute) -> np.ndarray:
-    """point_features, cached by backbone, raster, bands, DEM, points and tiling."""
+                          normalization: Optional[dict] = None, margin: Optional[int] = None,
+                          **compute) -> np.ndarray:
+    """point_features (or with ``pool="patch"`` the feature of the patch under each point,
+    :func:`~.patches.patch_point_features`), cached by backbone, raster, bands, DEM, points
+    and tiling."""
     progress = ensure(progress)
     tile, norm = prepare(source, backbone, tile, normalization, progress)
     key = hashlib.sha256(json.dumps({
         "backbone": backbone.reference, "raster": _fingerprint(source.path),
         "bands": list(source.bands), "dem": _fingerprint(source.dem), "tile": tile,
-        "pool": pool, "norm": norm.to_dict()}).encode())
+        "pool": pool, "norm": norm.to_dict(),
+        **({"margin": margin} if pool == PATCH else {})}).encode())
     key.update(np.ascontiguousarray(cols, np.float64).tobytes())
     key.update(np.ascontiguousarray(rows, np.float64).tobytes())
     folder = cache or cache_dir()
@@ -102,8 +108,12 @@ def cached_point_features(source: TileSource, backbone: Backbone, cols, rows, po
     if backbone.checksum and os.path.exists(path):
         progress.info(f"Point features from the cache ({path}).")
         return np.load(path)
-    feats = point_features(source, backbone, cols, rows, tile=tile, pool=pool,
-                           normalization=norm.to_dict(), progress=progress, **compute)
+    if pool == PATCH:
+        feats = patch_point_features(source, backbone, cols, rows, tile=tile, margin=margin,
+                                     normalization=norm.to_dict(), progress=progress, **compute)
+    else:
+        feats = point_features(source, backbone, cols, rows, tile=tile, pool=pool,
+                               normalization=norm.to_dict(), progress=progress, **compute)
     if backbone.checksum:  # random weights are not reproducible by name: never cached
         def write(tmp):
             with open(tmp, "wb") as f:  # a file object: np.save would append ".npy" to a name
@@ -126,15 +136,30 @@ class FitResult:
     skipped: dict = field(default_factory=dict)
 
 
-def _choose(cv, method: str) -> dict:
-    """Per target: METHOD itself, or for 'all' the best feature method by mean RMSE."""
+def _choose(cv, method: str, features: str = FEATURES) -> dict:
+    """Per target: METHOD itself, or for 'all' the best feature method by mean RMSE (on the
+    feature set ``features``)."""
     if method != "all":
-        return {t: method for t in cv.target_names}
+        label = MethodSpec(method, features if method != "rf_pixels" else PIXELS).label
+        return {t: label for t in cv.target_names}
     mean, _ = cv.summary()
-    rows = [m for m, s in enumerate(cv.methods) if s.features == FEATURES
+    rows = [m for m, s in enumerate(cv.methods) if s.features == features
             and s.method in FEATURE_METHODS]
     return {t: cv.methods[min(rows, key=lambda m: mean[i, m, 0])].label
             for i, t in enumerate(cv.target_names)}
+
+
+def _choose_scale(cv, method: str) -> str:
+    """Tile (FEATURES) or patch (PATCH) features, whichever the CV favours: the lower mean,
+    over targets, of the best feature method's mean RMSE divided by the target's std."""
+    mean, _ = cv.summary()
+    scores = {}
+    for features in (FEATURES, PATCH):
+        rows = [m for m, s in enumerate(cv.methods) if s.features == features]
+        scores[features] = np.mean([min(mean[i, m, 0] for m in rows) /
+                                    max(np.nanstd(cv.y[:, i]), 1e-12)
+                                    for i in range(len(cv.target_names))])
+    return min(scores, key=scores.get)
 
 
 def fit_points(source: TileSource, points: Points, backbone: Backbone,
@@ -142,11 +167,21 @@ def fit_points(source: TileSource, points: Points, backbone: Backbone,
                fold_mode: str = "kmeans", loss: str = "mse", seed: int = 0,
                pool: str = "cls", tile: Optional[int] = None, cache: Optional[str] = None,
                model_path: Optional[str] = None, progress: Optional[Progress] = None,
+               point_feature: str = "tile", margin: Optional[int] = None,
                **compute) -> FitResult:
-    """Spatial CV of METHOD(s) on the points, then the model file for mapping."""
+    """Spatial CV of METHOD(s) on the points, then the model file for mapping.
+
+    ``point_feature``: ``tile`` (``pool`` of the tile centred on each point), ``patch`` (the
+    feature of the patch under each point, as the POOL=patch map computes it; ``margin`` in
+    patches) or ``both``: both sets on the same folds (rows "mlp" and "mlp [patch]"...), and
+    the model maps with the one the CV favours (:func:`_choose_scale`)."""
     progress = ensure(progress)
     if method not in METHODS:
         raise InputError(f"Unknown METHOD '{method}': use one of {', '.join(METHODS)}.")
+    if point_feature not in POINT_FEATURES:
+        raise InputError(f"Unknown POINT_FEATURE '{point_feature}': use one of "
+                         f"{', '.join(POINT_FEATURES)}.")
+    pool = PATCH if point_feature == PATCH else pool
     cols, rows, keep = locate(source, points, progress)
     pix = np.full((len(cols), source.channels), np.nan, np.float32)
     pix[keep] = pixel_values(source, cols[keep], rows[keep])
@@ -169,21 +204,37 @@ def fit_points(source: TileSource, points: Points, backbone: Backbone,
     folds = spatial_folds(coords, n_folds, fold_mode, seed)
     tile, norm = prepare(source, backbone, tile, None, progress)
     progress.info(f"{n} points; extracting features of their {tile} px tiles...")
+    if PATCH in (pool, point_feature) or point_feature == "both":
+        margin = PatchGrid.for_backbone(source.width, source.height, backbone, tile,
+                                        margin).margin
     sets = {PIXELS: pix[keep],
             FEATURES: cached_point_features(source, backbone, c, r, pool, tile, cache,
-                                            progress.sub(0.0, 0.3), norm.to_dict(), **compute)}
+                                            progress.sub(0.0, 0.3), norm.to_dict(),
+                                            margin=margin, **compute)}
     if compare is not None:
         sets[COMPARE] = cached_point_features(source, compare, c, r, pool, tile, cache,
-                                              progress.sub(0.3, 0.4), **compute)
+                                              progress.sub(0.3, 0.4), margin=margin, **compute)
     weights = None if points.weights is None else points.weights[keep]
     specs = method_specs(method, compare=compare is not None)
+    if point_feature == "both":
+        sets[PATCH] = cached_point_features(source, backbone, c, r, PATCH, tile, cache,
+                                            progress.sub(0.0, 0.4), norm.to_dict(),
+                                            margin=margin, **compute)
+        specs += [MethodSpec(s.method, PATCH) for s in specs
+                  if s.features == FEATURES and s.method in FEATURE_METHODS]
     cv = cross_validate(sets, y, folds, specs, target_names=points.names, loss=loss,
                         weights=weights, seed=seed, progress=progress.sub(0.4, 0.9),
                         keep_models=True)
     progress.info(cv.format_table())
-    chosen = _choose(cv, method)
-    model = _model_dict(source, backbone, cv, sets, y, weights, folds, chosen, loss, seed, pool,
-                        tile, norm.to_dict(), progress.sub(0.9, 1.0))
+    scale = _choose_scale(cv, method) if point_feature == "both" and method != "rf_pixels" \
+        else FEATURES
+    if point_feature == "both":
+        progress.info(f"Mapping with {'patch' if scale == PATCH else 'tile'} features (the "
+                      f"lower CV error relative to each property's spread).")
+    chosen = _choose(cv, method, scale)
+    model = _model_dict(source, backbone, cv, sets, y, weights, folds, chosen, loss, seed,
+                        PATCH if scale == PATCH else pool, tile, norm.to_dict(),
+                        progress.sub(0.9, 1.0), scale, margin)
     if model_path:
         atomic_save(model, model_path)
     return FitResult(cv, keep, folds, chosen, coords, model,
@@ -192,7 +243,7 @@ def fit_points(source: TileSource, points: Points, backbone: Backbone,
 
 
 def _model_dict(source, backbone, cv, sets, y, weights, folds, chosen, loss, seed, pool, tile,
-                normalization, progress) -> dict:
+                normalization, progress, scale=FEATURES, margin=None) -> dict:
     heads, fold_heads = {}, {}
     for t, target in enumerate(cv.target_names):
         label = chosen[target]
@@ -204,16 +255,16 @@ def _model_dict(source, backbone, cv, sets, y, weights, folds, chosen, loss, see
                  sample_weight=None if weights is None else weights[ok])
         heads[target] = head.state_dict()
         fold_heads[target] = [h.state_dict() for h in cv.fold_models[(target, label)]]
-    uses_features = any(cv.methods[cv.labels.index(chosen[t])].features == FEATURES
+    uses_features = any(cv.methods[cv.labels.index(chosen[t])].features == scale
                         for t in cv.target_names)
     return {
         "soilssl": {"format": MODEL_FORMAT, "version": 1},
         "targets": list(cv.target_names), "methods": dict(chosen), "loss": loss, "seed": seed,
         "backbone": backbone.reference, "bands": list(source.bands), "dem": bool(source.dem),
-        "pool": pool, "tile_size": int(tile),
+        "pool": pool, "tile_size": int(tile), **({"margin": margin} if pool == PATCH else {}),
         "normalization": normalization,
         "heads": heads, "fold_heads": fold_heads,
-        "aoa": fit_aoa(sets[FEATURES], folds) if uses_features else None,
+        "aoa": fit_aoa(sets[scale], folds) if uses_features else None,
         "cv_table": cv.table(), "n_points": int(len(folds)),
     }
 
@@ -264,48 +315,16 @@ def predict_map(source: TileSource, model: dict, output: str,
                          f"METHOD mlp, ridge, rf_features or all to map predictions.")
     dev = resolve_device(device)
     backbone = backbone or model_backbone(model, device=str(dev))
-    tile, norm = prepare(source, backbone, model["tile_size"], model["normalization"], progress)
-    grid = TileGrid(source.width, source.height, tile, int(stride or tile))
-    heads = [load_regressor(model["heads"][t]) for t in targets]
-    folds = [[load_regressor(s) for s in model["fold_heads"][t]] for t in targets]
-    tags = {"soilssl_product": "prediction", "targets": targets, "methods": model["methods"],
-            "backbone": model["backbone"]}
-    geo = dict(crs=source.crs, transform=grid.out_transform(source.transform))
-    w, h, nt = grid.n_cols, grid.n_rows, len(targets)
-    writers = [RasterWriter(output, w, h, nt, "float32", nodata=PRED_NODATA, tags=tags,
-                            band_names=targets, **geo)]
-    if uncertainty:
-        writers.append(RasterWriter(uncertainty, w, h, nt, "float32", nodata=PRED_NODATA,
-                                    tags=dict(tags, soilssl_product="uncertainty"),
-                                    band_names=[f"{t} std" for t in targets], **geo))
-    if aoa and model.get("aoa") is not None:
-        writers.append(RasterWriter(aoa, w, h, 2, "float32", nodata=PRED_NODATA,
-                                    tags=dict(tags, soilssl_product="aoa",
-                                              threshold=model["aoa"]["threshold"]),
-                                    band_names=["inside AOA (1/0)", "dissimilarity index"],
-                                    **geo))
-    elif aoa:
-        raise InputError("This model has no area-of-applicability state.")
+    fr = model_rows(source, model, backbone, stride, dev, progress, batch_size=batch_size,
+                    amp=amp, workers=workers)
+    mapper = MapHeads(model, bool(uncertainty), bool(aoa))
+    w, h = fr.width, fr.height
+    writers = [RasterWriter(path, w, h, p["count"], "float32", source.crs, fr.transform(),
+                            nodata=PRED_NODATA, tags=p["tags"], band_names=p["band_names"])
+               for path, p in zip([output, uncertainty, aoa], mapper.products) if p]
     try:
-        inside_count = 0
-        for row, feats in iter_grid_rows(source, grid, norm, backbone, dev, batch_size, amp,
-                                         model.get("pool", "cls"), workers=workers,
-                                         progress=progress):
-            ok = np.isfinite(feats).all(axis=1)
-            blocks = [np.full((nt, w), PRED_NODATA, np.float32) for _ in writers]
-            if ok.any():
-                for t in range(nt):
-                    blocks[0][t, ok] = heads[t].predict(feats[ok])
-                    if uncertainty:
-                        per_fold = np.stack([f.predict(feats[ok]) for f in folds[t]])
-                        blocks[1][t, ok] = per_fold.std(axis=0)
-                if aoa:
-                    di, inside = aoa_predict(model["aoa"], feats[ok])
-                    blocks[-1] = np.full((2, w), PRED_NODATA, np.float32)
-                    blocks[-1][0, ok] = inside
-                    blocks[-1][1, ok] = di
-                    inside_count += int(inside.sum())
-            for wr, block in zip(writers, blocks):
+        for row, feats in fr.rows(progress=progress):
+            for wr, block in zip(writers, mapper(feats)):
                 wr.write(block[:, None, :], ((row, row + 1), (0, w)))
         commit_all(writers)
     finally:
@@ -313,4 +332,60 @@ def predict_map(source: TileSource, model: dict, output: str,
             if not wr.done:
                 wr.abort()
     return {"output": output, "uncertainty": uncertainty, "aoa": aoa if model.get("aoa") else None,
-            "width": w, "height": h, "inside_aoa": inside_count}
+            "width": w, "height": h, "inside_aoa": mapper.inside_count}
+
+
+def model_rows(source: TileSource, model: dict, backbone: Backbone, stride: Optional[int],
+               device, progress: Optional[Progress] = None, **compute) -> FeatureRows:
+    """The feature rows a model maps: its tile pooling on a grid of STRIDE, or its patches."""
+    tile, norm = prepare(source, backbone, model["tile_size"], model["normalization"], progress)
+    pool = model.get("pool", "cls")
+    if pool == PATCH and stride:
+        ensure(progress).info("The model uses patch features: the map has one pixel per "
+                              "patch and STRIDE is ignored.")
+    return FeatureRows.create(source, backbone, norm, pool, tile, stride,
+                              model.get("margin"), device, **compute)
+
+
+class MapHeads:
+    """A model's heads applied to feature rows: prediction, and optionally the uncertainty
+    (std of the fold models) and the area of applicability.  ``products`` describes the
+    three rasters (None where not asked for); calling it on feats (n, D) gives one
+    (count, n) float32 block per asked product (PRED_NODATA where a feature is NaN)."""
+
+    def __init__(self, model: dict, uncertainty: bool = False, aoa: bool = False):
+        if aoa and model.get("aoa") is None:
+            raise InputError("This model has no area-of-applicability state.")
+        self.model = model
+        self.targets = targets = model["targets"]
+        self.heads = [load_regressor(model["heads"][t]) for t in targets]
+        self.folds = [[load_regressor(s) for s in model["fold_heads"][t]] for t in targets] \
+            if uncertainty else None
+        tags = {"soilssl_product": "prediction", "targets": targets, "methods": model["methods"],
+                "backbone": model["backbone"]}
+        self.products = [
+            {"count": len(targets), "band_names": targets, "tags": tags},
+            {"count": len(targets), "band_names": [f"{t} std" for t in targets],
+             "tags": dict(tags, soilssl_product="uncertainty")} if uncertainty else None,
+            {"count": 2, "band_names": ["inside AOA (1/0)", "dissimilarity index"],
+             "tags": dict(tags, soilssl_product="aoa", threshold=model["aoa"]["threshold"])}
+            if aoa else None]
+        self.inside_count = 0
+
+    def __call__(self, feats: np.ndarray) -> list:
+        ok = np.isfinite(feats).all(axis=1)
+        blocks = [np.full((p["count"], len(feats)), PRED_NODATA, np.float32)
+                  for p in self.products if p]
+        if not ok.any():
+            return blocks
+        x = feats[ok]
+        for t in range(len(self.targets)):
+            blocks[0][t, ok] = self.heads[t].predict(x)
+            if self.folds is not None:
+                blocks[1][t, ok] = np.stack([f.predict(x) for f in self.folds[t]]).std(axis=0)
+        if self.products[2]:
+            di, inside = aoa_predict(self.model["aoa"], x)
+            blocks[-1][0, ok] = inside
+            blocks[-1][1, ok] = di
+            self.inside_count += int(inside.sum())
+        return blocks
