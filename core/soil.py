@@ -304,15 +304,7 @@ def predict_map(source: TileSource, model: dict, output: str,
                 progress: Optional[Progress] = None) -> dict:
     """Prediction (one band per target), uncertainty and AOA rasters, window by window."""
     progress = ensure(progress)
-    targets = model["targets"]
-    if list(source.bands) != list(model["bands"]) or bool(source.dem) != model["dem"]:
-        raise InputError(f"The model was fitted on bands {model['bands']}"
-                         f"{' + DEM' if model['dem'] else ''}; the input gives "
-                         f"{list(source.bands)}{' + DEM' if source.dem else ''}.")
-    bad = [t for t in targets if model["methods"][t] == "rf_pixels"]
-    if bad:
-        raise InputError(f"The model maps {bad} with rf_pixels, a pixel baseline: fit with "
-                         f"METHOD mlp, ridge, rf_features or all to map predictions.")
+    check_model_input(source, model)
     dev = resolve_device(device)
     backbone = backbone or model_backbone(model, device=str(dev))
     fr = model_rows(source, model, backbone, stride, dev, progress, batch_size=batch_size,
@@ -333,6 +325,19 @@ def predict_map(source: TileSource, model: dict, output: str,
                 wr.abort()
     return {"output": output, "uncertainty": uncertainty, "aoa": aoa if model.get("aoa") else None,
             "width": w, "height": h, "inside_aoa": mapper.inside_count}
+
+
+def check_model_input(source: TileSource, model: dict) -> None:
+    """The raster gives the model's bands and DEM, and the model maps features."""
+    targets = model["targets"]
+    if list(source.bands) != list(model["bands"]) or bool(source.dem) != model["dem"]:
+        raise InputError(f"The model was fitted on bands {model['bands']}"
+                         f"{' + DEM' if model['dem'] else ''}; the input gives "
+                         f"{list(source.bands)}{' + DEM' if source.dem else ''}.")
+    bad = [t for t in targets if model["methods"][t] == "rf_pixels"]
+    if bad:
+        raise InputError(f"The model maps {bad} with rf_pixels, a pixel baseline: fit with "
+                         f"METHOD mlp, ridge, rf_features or all to map predictions.")
 
 
 def model_rows(source: TileSource, model: dict, backbone: Backbone, stride: Optional[int],
