@@ -310,8 +310,9 @@ def features_job(source: TileSource, backbone, output: str, tile: Optional[int] 
     product = Product(os.path.abspath(output), d, rows.tags(), [f"f{i}" for i in range(d)],
                       float("nan"))
     fp = dict(_input_fingerprint(source), kind="features", backbone=backbone.reference,
-              tags=json.loads(json.dumps(rows.tags())), width=rows.width, height=rows.height,
-              amp=compute.get("amp", "auto"))
+              pool=pool, tile=tile, stride=rows.grid.patch if rows.patch else rows.grid.stride,
+              margin=rows.grid.margin if rows.patch else None, tags=rows.tags(),
+              width=rows.width, height=rows.height, amp=compute.get("amp", "auto"))
     return Job(rows, [product], lambda feats: [feats.T], fp)
 
 
