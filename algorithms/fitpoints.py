@@ -7,7 +7,7 @@ from qgis.core import (QgsProcessingOutputString, QgsProcessingParameterEnum,
                        QgsProcessingParameterFileDestination,
                        QgsProcessing)
 
-from .base import SoilSSLAlgorithm
+from .base import POINT_FEATURES, SoilSSLAlgorithm
 from .points import oof_fields, read_points, write_oof
 
 METHODS = ["all", "mlp", "ridge", "rf_features", "rf_pixels"]
@@ -30,6 +30,8 @@ class FitPoints(SoilSSLAlgorithm):
                                              parentLayerParameterName="POINTS",
                                              allowMultiple=True))
         self.add(QgsProcessingParameterEnum("METHOD", "Method", METHODS, defaultValue=0))
+        self.add(QgsProcessingParameterEnum("POINT_FEATURE", "Feature at each point",
+                                            POINT_FEATURES, defaultValue=0))
         self.add_number("FOLDS", "Spatial CV folds", 6, minimum=2, maximum=50)
         self.add(QgsProcessingParameterEnum("FOLD_MODE", "Folds", FOLD_MODES, defaultValue=0),
                  True)
@@ -76,6 +78,7 @@ class FitPoints(SoilSSLAlgorithm):
                              fold_mode=self.enum(parameters, "FOLD_MODE", context),
                              loss=self.enum(parameters, "LOSS", context),
                              seed=self.parameterAsInt(parameters, "SEED", context), tile=tile,
+                             point_feature=self.enum(parameters, "POINT_FEATURE", context),
                              model_path=model_path, progress=progress, **compute)
         out_fields = oof_fields(points_src.fields(), fit)
         sink, sink_id = self.parameterAsSink(parameters, "OUTPUT_POINTS", context, out_fields,

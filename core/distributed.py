@@ -159,7 +159,7 @@ def compute_block(job: Job, work: str, block: int, block_rows: int,
     for row, feats in job.rows.rows(units, progress):
         for d, block_data in zip(data, job.compute(feats)):
             d[:, row - out_rows.start, :] = block_data
-    transform = job.rows.transform() * Affine.translation(0, out_rows.start)
+    transform = job.rows.transform() @ Affine.translation(0, out_rows.start)
     writers = [RasterWriter(_part(work, block, n), w, len(out_rows), p.count, "float32",
                             job.rows.source.crs, transform, nodata=p.nodata)
                for n, p in zip(_names(job), job.products)]

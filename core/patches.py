@@ -130,7 +130,7 @@ class PatchGrid:
         return range(row * self.core, min((row + 1) * self.core, self.out_height))
 
     def out_transform(self, transform: Affine) -> Affine:
-        return transform * Affine.scale(self.patch)
+        return transform @ Affine.scale(self.patch)
 
     def locate(self, cols, rows) -> tuple:
         """Input pixel positions -> (tile index, row, col of the token in the tile)."""

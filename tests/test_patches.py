@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from rasterio.transform import Affine
 from rasterio.windows import Window
 
 from conftest import TINY, write_raster
@@ -51,7 +52,7 @@ def test_patch_raster_values_georeferencing_and_nodata(rgb, vit64, tmp_path):
         assert (s["width"], s["height"], s["margin"], s["core"]) == (10, 7, 1, 2)
         with rasterio.open(rgb) as ds, rasterio.open(out) as f:
             assert f.crs == ds.crs and f.count == 192
-            assert f.transform == ds.transform * ds.transform.scale(16)  # same origin, 16 px
+            assert f.transform == ds.transform @ Affine.scale(16)  # same origin, 16 px
             feats = f.read()
             tags = f.tags()
         assert tags["pool"] == "patch" and tags["patch"] == "16" and tags["margin"] == "1"
@@ -160,7 +161,43 @@ def test_fit_points_compares_tile_and_patch_features_and_maps_at_patch_resolutio
     assert (s["width"], s["height"]) == (16, 8)
     with rasterio.open(tmp_path / "pred.tif") as f:
         pred = f.read(1)
-        assert f.transform == src.transform * src.transform.scale(16)
+        assert f.transform == src.transform @ Affine.scale(16)
     truth = np.log(contrast[0, 8::16])
     # the map follows the column bands: correlation of column means with the truth
     assert np.corrcoef(pred.mean(axis=0), truth)[0, 1] > 0.8
+
+
+def test_patch_chain_through_processing(qgis_app, rgb, tiny_ckpt, tmp_path):
+    """extractfeatures POOL=patch -> clustermap / pcamap; fitpoints POINT_FEATURE=both on the
+    demo -> predictmap at patch resolution."""
+    import json
+    import processing
+    feat = processing.run("soilssl:extractfeatures", {
+        "INPUT": rgb, "BACKBONE": tiny_ckpt, "TILE_SIZE": 64, "POOL": "patch", "DEVICE": "cpu",
+        "OUTPUT": str(tmp_path / "f.tif")})
+    with rasterio.open(feat["OUTPUT"]) as ds:
+        assert (ds.width, ds.height, ds.res) == (10, 7, (24.0, 24.0))
+    k = processing.run("soilssl:clustermap", {"INPUT": feat["OUTPUT"], "K": 3,
+                                              "OUTPUT": str(tmp_path / "k.tif")})
+    p = processing.run("soilssl:pcamap", {"INPUT": feat["OUTPUT"],
+                                          "OUTPUT": str(tmp_path / "p.tif")})
+    for out in (k["OUTPUT"], p["OUTPUT"]):
+        with rasterio.open(out) as ds:
+            assert (ds.width, ds.height) == (10, 7)
+    demo = os.path.join(ROOT, "resources", "demo")
+    res = processing.run("soilssl:fitpoints", {
+        "INPUT": os.path.join(demo, "rgb.tif"), "BACKBONE": tiny_ckpt, "TILE_SIZE": 64,
+        "POINTS": os.path.join(demo, "points.geojson"), "FIELDS": ["ph_h2o"],
+        "METHOD": "ridge", "POINT_FEATURE": "both", "FOLDS": 4, "DEVICE": "cpu",
+        "OUTPUT_POINTS": str(tmp_path / "oof.gpkg"), "OUTPUT_MODEL": str(tmp_path / "m.pth")})
+    table = json.loads(res["CV_TABLE"])
+    assert [r["method"] for r in table] == ["ridge", "ridge [patch]"]
+    chosen = json.loads(res["METHODS"])["ph_h2o"]
+    best = min(table, key=lambda r: r["rmse_mean"])["method"]
+    assert chosen == best
+    pred = processing.run("soilssl:predictmap", {
+        "INPUT": os.path.join(demo, "rgb.tif"), "MODEL": res["OUTPUT_MODEL"], "DEVICE": "cpu",
+        "OUTPUT": str(tmp_path / "pred.tif")})
+    with rasterio.open(pred["OUTPUT"]) as ds:
+        assert ds.res == ((24.0, 24.0) if chosen == "ridge [patch]" else (96.0, 96.0))
+        assert 6.5 < float(ds.read(1, masked=True).mean()) < 11
