@@ -20,7 +20,8 @@ PLUGIN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REQUIRED = {"torch": "torch", "timm": "timm", "rasterio": "rasterio", "sklearn": "scikit-learn"}
 DEVICES = ["auto", "cpu", "cuda"]
 AMPS = ["auto", "none", "bf16", "fp16"]
-POOLS = ["cls", "mean"]
+POOLS = ["cls", "mean", "patch"]
+POINT_FEATURES = ["tile", "patch", "both"]
 
 
 def missing_packages():

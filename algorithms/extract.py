@@ -17,6 +17,8 @@ class ExtractFeatures(SoilSSLAlgorithm):
         self.add_tiling_params()
         self.add_compute_params()
         self.add(QgsProcessingParameterEnum("POOL", "Tile feature", POOLS, defaultValue=0), True)
+        self.add_number("MARGIN", "Patch context margin (patches; -1 = auto)", -1, minimum=-1,
+                        is_advanced=True)
         self.add_number("MIN_VALID", "Minimum valid share of a tile", 0.5, minimum=0.0,
                         maximum=1.0, is_advanced=True)
         self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", "Features"))
@@ -36,6 +38,10 @@ class ExtractFeatures(SoilSSLAlgorithm):
                 src, backbone, output, stride=self.parameterAsInt(parameters, "STRIDE", context),
                 pool=self.enum(parameters, "POOL", context),
                 min_valid=self.parameterAsDouble(parameters, "MIN_VALID", context),
-                progress=progress, **compute)
+                margin=self.margin(parameters, context), progress=progress, **compute)
         style_output(context, output, style=feature_style)
         return {"OUTPUT": output, "TILES": summary["tiles"], "SKIPPED": summary["skipped"]}
+
+    def margin(self, parameters, context):
+        margin = self.parameterAsInt(parameters, "MARGIN", context)
+        return None if margin < 0 else margin

@@ -7,7 +7,7 @@ from qgis.core import (QgsProcessingOutputString, QgsProcessingParameterEnum,
                        QgsProcessingParameterFileDestination,
                        QgsProcessingParameterString, QgsProcessing)
 
-from .base import SoilSSLAlgorithm
+from .base import POINT_FEATURES, SoilSSLAlgorithm
 from .points import StagedSink, column, oof_fields, read_points, write_oof
 from .styles import on_load, residual_style
 
@@ -43,6 +43,8 @@ class FitPoints(SoilSSLAlgorithm):
                                              parentLayerParameterName="POINTS",
                                              allowMultiple=True))
         self.add(QgsProcessingParameterEnum("METHOD", "Method", METHODS, defaultValue=0))
+        self.add(QgsProcessingParameterEnum("POINT_FEATURE", "Feature at each point",
+                                            POINT_FEATURES, defaultValue=0))
         self.add_number("FOLDS", "Spatial CV folds", 6, minimum=2, maximum=50)
         self.add(QgsProcessingParameterEnum("FOLD_MODE", "Folds", FOLD_MODES, defaultValue=0),
                  True)
@@ -105,6 +107,7 @@ class FitPoints(SoilSSLAlgorithm):
                              fold_mode=self.enum(parameters, "FOLD_MODE", context),
                              loss=self.enum(parameters, "LOSS", context),
                              seed=self.parameterAsInt(parameters, "SEED", context), tile=tile,
+                             point_feature=self.enum(parameters, "POINT_FEATURE", context),
                              progress=progress, **compute)
             outputs.save(fit.model, model_path)
             out_fields = oof_fields(points_src.fields(), fit)

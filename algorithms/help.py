@@ -32,7 +32,18 @@ PARAMS = {
     "DEVICE": "auto picks CUDA when available, else the CPU.",
     "BATCH_SIZE": "Tiles per forward pass.",
     "AMP": "Mixed precision: auto (fp16 on CUDA, off on CPU), none, bf16 (also on CPU), fp16.",
-    "POOL": "Tile feature: the CLS token (paper) or the mean of the patch tokens.",
+    "POOL": "Tile feature: the CLS token (paper) or the mean of the patch tokens; patch: one "
+            "output pixel per ViT patch (16 px; 14 for DINOv2) from one forward per tile, "
+            "tiles overlapping by MARGIN patches whose central patches only are kept, so tile "
+            "edges do not show (STRIDE is not used).",
+    "MARGIN": "POOL=patch: patches of context dropped on each side of a tile (-1 = about "
+              "1/6 of the tile's patches: 2 for 224 px tiles of 16 px patches, 10 x 10 kept). "
+              "More margin: fewer seams, more tiles.",
+    "POINT_FEATURE": "tile: the feature of the tile centred on each point (paper); patch: the "
+                     "feature of the patch under each point, as POOL=patch maps it; both: "
+                     "both in the same CV on the same folds (rows 'mlp' and 'mlp [patch]'...), "
+                     "and the soil model maps with the one with the lower error (Predict soil "
+                     "map then gives one pixel per patch).",
     "MIN_VALID": "Tiles with a smaller share of valid (not nodata) pixels are skipped and "
                  "give nodata.",
     "WORKERS": "Background threads reading tiles.",
@@ -76,7 +87,9 @@ PARAMS = {
               "epoch.",
     "OUTPUT_CKPT": "SoilSSL checkpoint, written at the end of every epoch; use it as BACKBONE.",
     "BACKBONE_MOVED": "The backbone file, only if it moved since fitting (checked by checksum).",
-    "STRIDE_PRED": "Prediction resolution: one output pixel per STRIDE px (0 = tile size).",
+    "STRIDE_PRED": "Prediction resolution: one output pixel per STRIDE px (0 = tile size). "
+                   "A model fitted on patch features (POINT_FEATURE) maps one pixel per patch "
+                   "and does not use STRIDE.",
     "OUTPUT_UNCERTAINTY": "Standard deviation of the per-fold models' predictions.",
     "OUTPUT_FEATURES": "The feature raster (float32, one band per feature dimension, NaN = "
                        "nodata tile).",
@@ -104,7 +117,7 @@ ALGS = {
         "TILE_SIZE times larger. Edge tiles are padded; tiles that are mostly nodata give "
         "nodata. The normalisation used is stored in the raster's metadata.",
         ["INPUT_RASTER", "BANDS", "DEM", "BACKBONE", "ARCH", "TILE_SIZE", "STRIDE", "DEVICE",
-         "BATCH_SIZE", "AMP", "POOL", "MIN_VALID", "WORKERS", "OUTPUT_FEATURES"],
+         "BATCH_SIZE", "AMP", "POOL", "MARGIN", "MIN_VALID", "WORKERS", "OUTPUT_FEATURES"],
     ),
     "clustermap": (
         "Landscape clusters (K-means)",
@@ -144,7 +157,7 @@ ALGS = {
         "~/.cache/soilssl/point-features (a second fit on the same points skips the ViT); "
         "Tools ▸ Clear feature cache empties it.",
         ["INPUT_RASTER", "BANDS", "DEM", "BACKBONE", "ARCH", "COMPARE_BACKBONE", "POINTS",
-         "FIELDS", "METHOD", "FOLDS", "FOLD_MODE", "LOSS", "WEIGHT_FIELD", "SEED", "TILE_SIZE",
+         "FIELDS", "METHOD", "POINT_FEATURE", "FOLDS", "FOLD_MODE", "LOSS", "WEIGHT_FIELD", "SEED", "TILE_SIZE",
          "DEVICE", "BATCH_SIZE", "AMP", "WORKERS", "OUTPUT_POINTS", "OUTPUT_MODEL",
          "OUTPUT_REPORT"],
     ),

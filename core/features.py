@@ -24,6 +24,7 @@ from .raster import (DEFAULT_MIN_VALID, Normalization, RasterWriter, TileGrid, T
                      iter_batches)
 
 POOLS = ("cls", "mean")
+PATCH = "patch"  # one feature per ViT patch (core/patches.py), not a tile pooling
 AMPS = ("auto", "none", "bf16", "fp16")
 
 
@@ -46,6 +47,18 @@ def embed(backbone: Backbone, batch, device: torch.device, amp: str = "auto",
     """Forward a (B,C,T,T) batch -> float32 (B, D) features on the CPU."""
     if pool not in POOLS:
         raise InputError(f"Unknown POOL '{pool}': use one of {', '.join(POOLS)}.")
+    with forward_tokens(backbone, batch, device, amp) as tokens:
+        if pool == "cls":
+            f = tokens[:, 0]
+        else:
+            f = tokens[:, getattr(backbone.model, "num_prefix_tokens", 1):].mean(dim=1)
+        return f.float().cpu().numpy()
+
+
+@contextlib.contextmanager
+def forward_tokens(backbone: Backbone, batch, device: torch.device, amp: str = "auto"):
+    """Context giving the (B, prefix + patches, D) tokens of a (B,C,T,T) batch (inference
+    mode, AMP or the reduced-precision copy's dtype): the one forward of every feature."""
     x = torch.as_tensor(batch)
     if device.type == "cuda":
         x = x.pin_memory().to(device, non_blocking=True)
@@ -54,12 +67,7 @@ def embed(backbone: Backbone, batch, device: torch.device, amp: str = "auto",
     if dtype in (torch.bfloat16, torch.float16):  # a reduced-precision copy (low_precision_copy)
         x, ctx = x.to(dtype), contextlib.nullcontext()
     with torch.inference_mode(), ctx:
-        tokens = backbone.model.forward_features(x)
-        if pool == "cls":
-            f = tokens[:, 0]
-        else:
-            f = tokens[:, getattr(backbone.model, "num_prefix_tokens", 1):].mean(dim=1)
-    return f.float().cpu().numpy()
+        yield backbone.model.forward_features(x)
 
 
 def low_precision_copy(backbone: Backbone, device: torch.device, amp: str = "auto") -> Backbone:
@@ -93,16 +101,21 @@ def check_inputs(source: TileSource, backbone: Backbone, tile: int) -> None:
 def iter_grid_rows(source: TileSource, grid: TileGrid, norm: Normalization, backbone: Backbone,
                    device: torch.device, batch_size: int = 32, amp: str = "auto",
                    pool: str = "cls", min_valid: float = DEFAULT_MIN_VALID, workers: int = 2,
-                   progress: Optional[Progress] = None) -> Iterator[tuple]:
-    """Yield ``(row, feats (n_cols, D) float32)`` for each grid row, NaN for skipped tiles."""
+                   progress: Optional[Progress] = None,
+                   rows: Optional[range] = None) -> Iterator[tuple]:
+    """Yield ``(row, feats (n_cols, D) float32)`` for each grid row (of ``rows``, default
+    all), NaN for skipped tiles."""
     progress = ensure(progress)
     d = backbone.embed_dim
     backbone = low_precision_copy(backbone, device, amp)
     row_buf = np.full((grid.n_cols, d), np.nan, np.float32)
     filled = 0
-    row = 0
-    n = len(grid)
-    for start, batch, frac in iter_batches(source, grid.windows(), norm, batch_size,
+    rows = range(grid.n_rows) if rows is None else rows
+    row = rows.start
+    windows = grid.windows(None if len(rows) == grid.n_rows else
+                           range(rows.start * grid.n_cols, rows.stop * grid.n_cols))
+    n = len(windows)
+    for start, batch, frac in iter_batches(source, windows, norm, batch_size,
                                            workers, progress=progress):
         keep = np.flatnonzero(frac >= min_valid)
         feats = np.full((len(frac), d), np.nan, np.float32)
@@ -143,22 +156,33 @@ def prepare(source: TileSource, backbone: Backbone, tile: Optional[int],
     return tile, norm
 
 
+def feature_tags(source: TileSource, backbone: Backbone, pool: str, tile: int, stride: int,
+                 norm: Normalization, min_valid: float) -> dict:
+    """The metadata of a feature raster (what made it, normalisation)."""
+    return {"soilssl_product": "features", "backbone": backbone.reference, "pool": pool,
+            "tile_size": tile, "stride": stride, "bands": list(source.bands),
+            "dem": source.dem or "", "normalization": norm.to_dict(), "min_valid": min_valid}
+
+
 def extract_features(source: TileSource, backbone: Backbone, output: str,
                      tile: Optional[int] = None, stride: Optional[int] = None,
                      batch_size: int = 32, device: str = "auto", amp: str = "auto",
                      pool: str = "cls", min_valid: float = DEFAULT_MIN_VALID, workers: int = 2,
                      normalization: Optional[dict] = None,
-                     progress: Optional[Progress] = None) -> dict:
-    """Write the feature raster of ``source`` and return a summary dict."""
+                     progress: Optional[Progress] = None, margin: Optional[int] = None) -> dict:
+    """Write the feature raster of ``source`` and return a summary dict.  ``pool="patch"``
+    writes one pixel per ViT patch instead (see :mod:`.patches`; ``margin`` in patches)."""
+    if pool == PATCH:
+        from .patches import extract_patch_features
+        return extract_patch_features(source, backbone, output, tile, margin, batch_size,
+                                      device, amp, min_valid, workers, normalization, progress)
     progress = ensure(progress)
     tile, norm = prepare(source, backbone, tile, normalization, progress)
     stride = int(stride or tile)
     grid = TileGrid(source.width, source.height, tile, stride)
     dev = resolve_device(device)
     backbone.model.to(dev)
-    tags = {"soilssl_product": "features", "backbone": backbone.reference, "pool": pool,
-            "tile_size": tile, "stride": stride, "bands": list(source.bands),
-            "dem": source.dem or "", "normalization": norm.to_dict(), "min_valid": min_valid}
+    tags = feature_tags(source, backbone, pool, tile, stride, norm, min_valid)
     progress.info(f"{len(grid)} tiles of {tile} px (stride {stride}) -> "
                   f"{grid.n_cols} x {grid.n_rows} px, {backbone.embed_dim} bands, on {dev}.")
     skipped = 0

@@ -23,14 +23,16 @@ from .cache import FeatureCache, cache_dir, digest  # noqa: F401 (cache_dir: pub
 from .cv import (COMPARE, FEATURE_METHODS, FEATURES, PIXELS, MethodSpec, cross_validate,
                  method_specs, spatial_folds)
 from .errors import BackboneError, InputError
-from .features import iter_grid_rows, pixel_values, point_features, prepare
+from .features import PATCH, pixel_values, point_features, prepare
 from .files import atomic_save
 from .heads import load_regressor, make_regressor
 from .progress import Progress, ensure
-from .raster import RasterWriter, TileGrid, TileSource, commit_all
+from .patches import FeatureRows, PatchGrid, patch_point_features
+from .raster import RasterWriter, TileSource, commit_all
 
 MODEL_FORMAT = "soilssl-model"
 METHODS = ("all", "mlp", "ridge", "rf_features", "rf_pixels")
+POINT_FEATURES = ("tile", PATCH, "both")  # tile feature, patch under the point, or CV both
 PRED_NODATA = -9999.0
 
 
@@ -90,10 +92,12 @@ def precision(device, amp: Optional[str] = "auto") -> str:
 def cached_point_features(source: TileSource, backbone: Backbone, cols, rows, pool: str = "cls",
                           tile: Optional[int] = None, cache: Optional[str] = None,
                           progress: Optional[Progress] = None,
-                          normalization: Optional[dict] = None, **compute) -> np.ndarray:
-    """point_features, cached by everything that changes them: backbone, raster, bands, DEM,
-    tiling, normalisation, pool, precision (AMP) and device type, and the points (see
-    :mod:`.cache` for the size limit)."""
+                          normalization: Optional[dict] = None, margin: Optional[int] = None,
+                          **compute) -> np.ndarray:
+    """point_features (or with ``pool="patch"`` the feature of the patch under each point,
+    :func:`~.patches.patch_point_features`), cached by everything that changes them:
+    backbone, raster, bands, DEM, tiling, normalisation, pool (and patch margin), precision
+    (AMP) and device type, and the points (see :mod:`.cache` for the size limit)."""
     progress = ensure(progress)
     tile, norm = prepare(source, backbone, tile, normalization, progress)
     device = resolve_device(compute.get("device", "auto"))
@@ -101,15 +105,20 @@ def cached_point_features(source: TileSource, backbone: Backbone, cols, rows, po
         "backbone": backbone.reference, "raster": _fingerprint(source.path),
         "bands": list(source.bands), "dem": _fingerprint(source.dem), "tile": tile,
         "pool": pool, "norm": norm.to_dict(), "device": device.type,
-        "precision": precision(device, compute.get("amp"))}, cols, rows)
+        "precision": precision(device, compute.get("amp")),
+        **({"margin": margin} if pool == PATCH else {})}, cols, rows)
     store = FeatureCache(cache)
     if backbone.checksum:
         feats = store.get(name)
         if feats is not None:
             progress.info(f"Point features from the cache ({store.path(name)}).")
             return feats
-    feats = point_features(source, backbone, cols, rows, tile=tile, pool=pool,
-                           normalization=norm.to_dict(), progress=progress, **compute)
+    if pool == PATCH:
+        feats = patch_point_features(source, backbone, cols, rows, tile=tile, margin=margin,
+                                     normalization=norm.to_dict(), progress=progress, **compute)
+    else:
+        feats = point_features(source, backbone, cols, rows, tile=tile, pool=pool,
+                               normalization=norm.to_dict(), progress=progress, **compute)
     if backbone.checksum:  # random weights are not reproducible by name: never cached
         try:
             store.put(name, feats)
@@ -130,15 +139,30 @@ class FitResult:
     ranking: list = field(default_factory=list)  # rank_backbones rows (with compared ones)
 
 
-def _choose(cv, method: str) -> dict:
-    """Per target: METHOD itself, or for 'all' the best feature method by mean RMSE."""
+def _choose(cv, method: str, features: str = FEATURES) -> dict:
+    """Per target: METHOD itself, or for 'all' the best feature method by mean RMSE (on the
+    feature set ``features``)."""
     if method != "all":
-        return {t: method for t in cv.target_names}
+        label = MethodSpec(method, features if method != "rf_pixels" else PIXELS).label
+        return {t: label for t in cv.target_names}
     mean, _ = cv.summary()
-    rows = [m for m, s in enumerate(cv.methods) if s.features == FEATURES
+    rows = [m for m, s in enumerate(cv.methods) if s.features == features
             and s.method in FEATURE_METHODS]
     return {t: cv.methods[min(rows, key=lambda m: mean[i, m, 0])].label
             for i, t in enumerate(cv.target_names)}
+
+
+def _choose_scale(cv, method: str) -> str:
+    """Tile (FEATURES) or patch (PATCH) features, whichever the CV favours: the lower mean,
+    over targets, of the best feature method's mean RMSE divided by the target's std."""
+    mean, _ = cv.summary()
+    scores = {}
+    for features in (FEATURES, PATCH):
+        rows = [m for m, s in enumerate(cv.methods) if s.features == features]
+        scores[features] = np.mean([min(mean[i, m, 0] for m in rows) /
+                                    max(np.nanstd(cv.y[:, i]), 1e-12)
+                                    for i in range(len(cv.target_names))])
+    return min(scores, key=scores.get)
 
 
 def fit_points(source: TileSource, points: Points, backbone: Backbone,
@@ -146,15 +170,24 @@ def fit_points(source: TileSource, points: Points, backbone: Backbone,
                fold_mode: str = "kmeans", loss: str = "mse", seed: int = 0,
                pool: str = "cls", tile: Optional[int] = None, cache: Optional[str] = None,
                model_path: Optional[str] = None, progress: Optional[Progress] = None,
+               point_feature: str = "tile", margin: Optional[int] = None,
                **compute) -> FitResult:
     """Spatial CV of METHOD(s) on the points, then the model file for mapping.
 
     ``compare``: backbones whose feature methods join the same CV (same folds, same
     heads) and are ranked against ``backbone`` (see :func:`compared_sets`); the model
-    file always maps with ``backbone``."""
+    file always maps with ``backbone``.
+    ``point_feature``: ``tile`` (``pool`` of the tile centred on each point), ``patch`` (the
+    feature of the patch under each point, as the POOL=patch map computes it; ``margin`` in
+    patches) or ``both``: both sets on the same folds (rows "mlp" and "mlp [patch]"...), and
+    the model maps with the one the CV favours (:func:`_choose_scale`)."""
     progress = ensure(progress)
     if method not in METHODS:
         raise InputError(f"Unknown METHOD '{method}': use one of {', '.join(METHODS)}.")
+    if point_feature not in POINT_FEATURES:
+        raise InputError(f"Unknown POINT_FEATURE '{point_feature}': use one of "
+                         f"{', '.join(POINT_FEATURES)}.")
+    pool = PATCH if point_feature == PATCH else pool
     cols, rows, keep = locate(source, points, progress)
     pix = np.full((len(cols), source.channels), np.nan, np.float32)
     pix[keep] = pixel_values(source, cols[keep], rows[keep])
@@ -177,29 +210,45 @@ def fit_points(source: TileSource, points: Points, backbone: Backbone,
     folds = spatial_folds(coords, n_folds, fold_mode, seed)
     tile, norm = prepare(source, backbone, tile, None, progress)
     progress.info(f"{n} points; extracting features of their {tile} px tiles...")
+    if PATCH in (pool, point_feature) or point_feature == "both":
+        margin = PatchGrid.for_backbone(source.width, source.height, backbone, tile,
+                                        margin).margin
     sets = {PIXELS: pix[keep],
             FEATURES: cached_point_features(source, backbone, c, r, pool, tile, cache,
-                                            progress.sub(0.0, 0.3), norm.to_dict(), **compute)}
+                                            progress.sub(0.0, 0.3), norm.to_dict(),
+                                            margin=margin, **compute)}
     compared = compared_sets(compare)
     for i, (name, bb) in enumerate(compared.items()):
         part = 0.1 / len(compared)
         progress.info(f"Compared backbone '{name}' ({bb.arch}): features of the same points...")
         sets[name] = cached_point_features(source, bb, c, r, pool, tile, cache,
                                            progress.sub(0.3 + i * part, 0.3 + (i + 1) * part),
-                                           **compute)
+                                           margin=margin, **compute)
     weights = None if points.weights is None else points.weights[keep]
     specs = method_specs(method) + [MethodSpec(s.method, name) for name in compared
                                     for s in method_specs(method) if s.features == FEATURES]
+    if point_feature == "both":
+        sets[PATCH] = cached_point_features(source, backbone, c, r, PATCH, tile, cache,
+                                            progress.sub(0.0, 0.4), norm.to_dict(),
+                                            margin=margin, **compute)
+        specs += [MethodSpec(s.method, PATCH) for s in specs
+                  if s.features == FEATURES and s.method in FEATURE_METHODS]
     cv = cross_validate(sets, y, folds, specs, target_names=points.names, loss=loss,
                         weights=weights, seed=seed, progress=progress.sub(0.4, 0.9),
                         keep_models=True)
     progress.info(cv.format_table())
-    chosen = _choose(cv, method)
+    scale = _choose_scale(cv, method) if point_feature == "both" and method != "rf_pixels" \
+        else FEATURES
+    if point_feature == "both":
+        progress.info(f"Mapping with {'patch' if scale == PATCH else 'tile'} features (the "
+                      f"lower CV error relative to each property's spread).")
+    chosen = _choose(cv, method, scale)
     ranking = rank_backbones(cv, {FEATURES: backbone, **compared})
     if compared:
         progress.info(format_ranking(ranking))
-    model = _model_dict(source, backbone, cv, sets, y, weights, folds, chosen, loss, seed, pool,
-                        tile, norm.to_dict(), progress.sub(0.9, 1.0))
+    model = _model_dict(source, backbone, cv, sets, y, weights, folds, chosen, loss, seed,
+                        PATCH if scale == PATCH else pool, tile, norm.to_dict(),
+                        progress.sub(0.9, 1.0), scale, margin)
     if model_path:
         atomic_save(model, model_path)
     return FitResult(cv, keep, folds, chosen, coords, model,
@@ -264,7 +313,7 @@ def format_ranking(rows: list) -> str:
 
 
 def _model_dict(source, backbone, cv, sets, y, weights, folds, chosen, loss, seed, pool, tile,
-                normalization, progress) -> dict:
+                normalization, progress, scale=FEATURES, margin=None) -> dict:
     heads, fold_heads = {}, {}
     for t, target in enumerate(cv.target_names):
         label = chosen[target]
@@ -276,17 +325,17 @@ def _model_dict(source, backbone, cv, sets, y, weights, folds, chosen, loss, see
                  sample_weight=None if weights is None else weights[ok])
         heads[target] = head.state_dict()
         fold_heads[target] = [h.state_dict() for h in cv.fold_models[(target, label)]]
-    uses_features = any(cv.methods[cv.labels.index(chosen[t])].features == FEATURES
+    uses_features = any(cv.methods[cv.labels.index(chosen[t])].features == scale
                         for t in cv.target_names)
     return {
         "soilssl": {"format": MODEL_FORMAT, "version": 1},
         "targets": list(cv.target_names), "methods": dict(chosen), "loss": loss, "seed": seed,
         "backbone": backbone.reference, "bands": list(source.bands), "dem": bool(source.dem),
         "dem_path": os.path.abspath(source.dem) if source.dem else None,
-        "pool": pool, "tile_size": int(tile),
+        "pool": pool, "tile_size": int(tile), **({"margin": margin} if pool == PATCH else {}),
         "normalization": normalization,
         "heads": heads, "fold_heads": fold_heads,
-        "aoa": fit_aoa(sets[FEATURES], folds) if uses_features else None,
+        "aoa": fit_aoa(sets[scale], folds) if uses_features else None,
         "cv_table": cv.table(), "n_points": int(len(folds)),
     }
 
@@ -326,6 +375,34 @@ def predict_map(source: TileSource, model: dict, output: str,
                 progress: Optional[Progress] = None) -> dict:
     """Prediction (one band per target), uncertainty and AOA rasters, window by window."""
     progress = ensure(progress)
+    check_model_input(source, model)
+    dev = resolve_device(device)
+    backbone = backbone or model_backbone(model, device=str(dev))
+    fr = model_rows(source, model, backbone, stride, dev, progress, batch_size=batch_size,
+                    amp=amp, workers=workers)
+    mapper = MapHeads(model, bool(uncertainty), bool(aoa))
+    w, h = fr.width, fr.height
+    paths = {"prediction": output, "uncertainty": uncertainty, "aoa": aoa}
+    writers = {}  # product name -> writer; blocks are paired with writers by that name
+    try:
+        for name, p in mapper.products.items():
+            writers[name] = RasterWriter(paths[name], w, h, p["count"], "float32", source.crs,
+                                         fr.transform(), nodata=PRED_NODATA, tags=p["tags"],
+                                         band_names=p["band_names"])
+        for row, feats in fr.rows(progress=progress):
+            for name, block in mapper(feats).items():
+                writers[name].write(block[:, None, :], ((row, row + 1), (0, w)))
+        commit_all(list(writers.values()))
+    finally:
+        for wr in writers.values():
+            if not wr.done:
+                wr.abort()
+    return {"output": output, "uncertainty": uncertainty, "aoa": aoa if model.get("aoa") else None,
+            "width": w, "height": h, "inside_aoa": mapper.inside_count}
+
+
+def check_model_input(source: TileSource, model: dict) -> None:
+    """The raster gives the model's bands and DEM, and the model maps features."""
     targets = model["targets"]
     if list(source.bands) != list(model["bands"]) or bool(source.dem) != model["dem"]:
         raise InputError(f"The model was fitted on bands {model['bands']}"
@@ -335,58 +412,64 @@ def predict_map(source: TileSource, model: dict, output: str,
     if bad:
         raise InputError(f"The model maps {bad} with rf_pixels, a pixel baseline: fit with "
                          f"METHOD mlp, ridge, rf_features or all to map predictions.")
-    dev = resolve_device(device)
-    backbone = backbone or model_backbone(model, device=str(dev))
+
+
+def model_rows(source: TileSource, model: dict, backbone: Backbone, stride: Optional[int],
+               device, progress: Optional[Progress] = None, **compute) -> FeatureRows:
+    """The feature rows a model maps: its tile pooling on a grid of STRIDE, or its patches."""
     tile, norm = prepare(source, backbone, model["tile_size"], model["normalization"], progress)
-    grid = TileGrid(source.width, source.height, tile, int(stride or tile))
-    heads = [load_regressor(model["heads"][t]) for t in targets]
-    folds = [[load_regressor(s) for s in model["fold_heads"][t]] for t in targets]
-    if aoa and model.get("aoa") is None:
-        raise InputError("This model has no area-of-applicability state.")
-    tags = {"soilssl_product": "prediction", "targets": targets, "methods": model["methods"],
-            "backbone": model["backbone"]}
-    geo = dict(crs=source.crs, transform=grid.out_transform(source.transform))
-    w, h, nt = grid.n_cols, grid.n_rows, len(targets)
-    # product -> (path, band names, tags); every block is made for its writer's bands
-    products = {"prediction": (output, list(targets), tags)}
-    if uncertainty:
-        products["uncertainty"] = (uncertainty, [f"{t} std" for t in targets],
-                                   dict(tags, soilssl_product="uncertainty"))
-    if aoa:
-        products["aoa"] = (aoa, ["inside AOA (1/0)", "dissimilarity index"],
-                           dict(tags, soilssl_product="aoa",
-                                threshold=model["aoa"]["threshold"]))
-    writers = {}
-    try:
-        for name, (path, bands, product_tags) in products.items():
-            writers[name] = RasterWriter(path, w, h, len(bands), "float32",
-                                         nodata=PRED_NODATA, tags=product_tags,
-                                         band_names=bands, **geo)
-        inside_count = 0
-        for row, feats in iter_grid_rows(source, grid, norm, backbone, dev, batch_size, amp,
-                                         model.get("pool", "cls"), workers=workers,
-                                         progress=progress):
-            ok = np.isfinite(feats).all(axis=1)
-            blocks = {name: np.full((len(products[name][1]), w), PRED_NODATA, np.float32)
-                      for name in writers}
-            if ok.any():
-                x = feats[ok]
-                for t in range(nt):
-                    blocks["prediction"][t, ok] = heads[t].predict(x)
-                    if "uncertainty" in blocks:
-                        per_fold = np.stack([f.predict(x) for f in folds[t]])
-                        blocks["uncertainty"][t, ok] = per_fold.std(axis=0)
-                if "aoa" in blocks:
-                    di, inside = aoa_predict(model["aoa"], x)
-                    blocks["aoa"][0, ok] = inside
-                    blocks["aoa"][1, ok] = di
-                    inside_count += int(inside.sum())
-            for name, wr in writers.items():
-                wr.write(blocks[name][:, None, :], ((row, row + 1), (0, w)))
-        commit_all(list(writers.values()))
-    finally:
-        for wr in writers.values():
-            if not wr.done:
-                wr.abort()
-    return {"output": output, "uncertainty": uncertainty, "aoa": aoa if model.get("aoa") else None,
-            "width": w, "height": h, "inside_aoa": inside_count}
+    pool = model.get("pool", "cls")
+    if pool == PATCH and stride:
+        ensure(progress).info("The model uses patch features: the map has one pixel per "
+                              "patch and STRIDE is ignored.")
+    return FeatureRows.create(source, backbone, norm, pool, tile, stride,
+                              model.get("margin"), device, **compute)
+
+
+class MapHeads:
+    """A model's heads applied to feature rows: prediction, and optionally the uncertainty
+    (std of the fold models) and the area of applicability.  ``products`` maps each asked
+    product ("prediction", "uncertainty", "aoa") to its raster's count, band names and tags;
+    calling it on feats (n, D) gives {product: (count, n) float32 block} for the same
+    products (PRED_NODATA where a feature is NaN), so blocks meet writers by name."""
+
+    def __init__(self, model: dict, uncertainty: bool = False, aoa: bool = False):
+        if aoa and model.get("aoa") is None:
+            raise InputError("This model has no area-of-applicability state.")
+        self.model = model
+        self.targets = targets = model["targets"]
+        self.heads = [load_regressor(model["heads"][t]) for t in targets]
+        self.folds = [[load_regressor(s) for s in model["fold_heads"][t]] for t in targets] \
+            if uncertainty else None
+        tags = {"soilssl_product": "prediction", "targets": targets, "methods": model["methods"],
+                "backbone": model["backbone"]}
+        self.products = {"prediction": {"count": len(targets), "band_names": list(targets),
+                                        "tags": tags}}
+        if uncertainty:
+            self.products["uncertainty"] = {
+                "count": len(targets), "band_names": [f"{t} std" for t in targets],
+                "tags": dict(tags, soilssl_product="uncertainty")}
+        if aoa:
+            self.products["aoa"] = {
+                "count": 2, "band_names": ["inside AOA (1/0)", "dissimilarity index"],
+                "tags": dict(tags, soilssl_product="aoa", threshold=model["aoa"]["threshold"])}
+        self.inside_count = 0
+
+    def __call__(self, feats: np.ndarray) -> dict:
+        ok = np.isfinite(feats).all(axis=1)
+        blocks = {name: np.full((p["count"], len(feats)), PRED_NODATA, np.float32)
+                  for name, p in self.products.items()}
+        if not ok.any():
+            return blocks
+        x = feats[ok]
+        for t in range(len(self.targets)):
+            blocks["prediction"][t, ok] = self.heads[t].predict(x)
+            if "uncertainty" in blocks:
+                blocks["uncertainty"][t, ok] = np.stack(
+                    [f.predict(x) for f in self.folds[t]]).std(axis=0)
+        if "aoa" in blocks:
+            di, inside = aoa_predict(self.model["aoa"], x)
+            blocks["aoa"][0, ok] = inside
+            blocks["aoa"][1, ok] = di
+            self.inside_count += int(inside.sum())
+        return blocks

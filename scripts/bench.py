@@ -107,6 +107,8 @@ TARGETS = {
     "cv_seconds_1000": ("<", 10.0, 10.0, "spatial CV, 1,000 points, mlp+ridge+rf (s)"),
     "pretrain_ratio": (">=", 0.8, 0.8, "DINO loop / student forward+backward"),
     "bf16_cosine": (">=", 0.99, 0.99, "min cosine of bf16 to fp32 tile features"),
+    "patch_speedup": (">=", 50.0, 50.0, "sliding windows at STRIDE = patch / POOL=patch, "
+                                        "time per output pixel"),
 }
 
 
@@ -712,6 +714,68 @@ def bench_pretrain(args, device, data: Path, out: Path) -> dict:
 
 
 # ---------------------------------------------------------------------------
+# Patch features (issue 14 part 4)
+# ---------------------------------------------------------------------------
+def bench_patches(args, device, data: Path, out: Path) -> dict:
+    """``patch_speedup``: time per output pixel of sliding windows at STRIDE = patch size
+    over that of POOL=patch, on the same raster, model, tile, batch and precision (equal
+    output resolution: one pixel per patch).  The patch run is end to end
+    (extract_patch_features, written); sliding windows cost one forward per output pixel
+    whatever the row, so they are timed on ``--patch-rows`` grid rows of the same raster
+    (half before, half after the patch run, so that both see the same load)."""
+    from soilssl.core.features import PATCH, prepare
+    from soilssl.core.patches import FeatureRows, extract_patch_features, patch_size
+    torch.manual_seed(0)
+    bb = load_backbone(args.backbone, arch=args.arch if not args.backbone else None,
+                       in_chans=3, tile_size=args.tile, device=str(device))
+    side = args.patch_raster
+    scene = write_raster(data / f"patches_{side}.tif", side, side, "texture", seed=5)
+    amp = dt_amp(args.dtype)
+    compute = dict(batch_size=args.batch, amp=amp, workers=args.workers)
+    p = patch_size(bb)
+    res = {"arch": bb.arch, "tile": args.tile, "patch": p, "raster": side, "amp": amp}
+    with TileSource(str(scene)) as src:
+        tile, norm = prepare(src, bb, args.tile)
+        sliding = FeatureRows.create(src, bb, norm, "cls", tile, stride=p, device=device,
+                                     **compute)
+        rows = max(2, args.patch_rows)
+        starts = [0, sliding.units // 2]
+
+        def slide(start, n):
+            t0 = time.perf_counter()
+            px = sum(len(f) for _, f in sliding.rows(range(start, start + n)))
+            _sync(device)
+            return px, time.perf_counter() - t0
+
+        slide(0, 1) if device.type == "cuda" else None  # CUDA warm-up (kernels, cudnn)
+        a = slide(starts[0], rows // 2)
+        t0 = time.perf_counter()
+        s = extract_patch_features(src, bb, str(out / "patch_features.tif"), tile,
+                                   device=str(device), normalization=norm.to_dict(), **compute)
+        _sync(device)
+        t_patch = time.perf_counter() - t0
+        b = slide(starts[1], rows - rows // 2)
+    px_slide, t_slide = a[0] + b[0], a[1] + b[1]
+    px_patch = s["width"] * s["height"]
+    per_slide, per_patch = t_slide / px_slide, t_patch / px_patch
+    res.update({
+        "margin": s["margin"], "core": s["core"], "patch_tiles": s["tiles"],
+        "patch_pixels": px_patch, "patch_seconds": _rnd(t_patch, 2),
+        "sliding_pixels_timed": px_slide, "sliding_seconds": _rnd(t_slide, 2),
+        "sliding_ms_per_pixel": _rnd(1000 * per_slide, 3),
+        "patch_ms_per_pixel": _rnd(1000 * per_patch, 4),
+        "sliding_seconds_whole_raster": _rnd(per_slide * px_patch, 1),
+        "patch_speedup": _rnd(per_slide / per_patch, 1),
+        "ideal_speedup": s["core"] ** 2})
+    print(f"  patch features: {px_patch} px in {t_patch:.1f} s ({s['tiles']} tiles, "
+          f"{s['core']}x{s['core']} patches kept); sliding windows at stride {p}: "
+          f"{1000 * per_slide:.1f} ms/px ({px_slide} px timed) -> "
+          f"{per_slide * px_patch:.0f} s for the raster: speed-up {per_slide / per_patch:.0f}x "
+          f"(ideal: {s['core'] ** 2})", flush=True)
+    return res
+
+
+# ---------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------
 def judge(key: str, value, gpu: bool) -> dict:
@@ -742,6 +806,9 @@ def table(result: dict) -> str:
                            + (f" ({cv['points']} points)" if cv.get("points", 1000) != 1000
                               else ""),
         "pretrain_ratio": f"{f(pt.get('loop_fps'))} / {f(pt.get('fwd_bwd_fps'))} img/s",
+        "patch_speedup": "" if not r.get("patches") else
+                         f"{r['patches']['sliding_ms_per_pixel']:.1f} / "
+                         f"{r['patches']['patch_ms_per_pixel']:.2f} ms per output pixel",
         "bf16_cosine": "" if ex.get("bf16_speedup_model") is None else
                        f"bf16 speed-up {ex['bf16_speedup_model']:.2f}x model-only"
                        + (f" (plain autocast {ex['bf16_autocast_speedup_model']:.2f}x)"
@@ -804,7 +871,12 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true",
                    help="a smoke test in a minute or two: vit_tiny, short timings, small rasters")
     p.add_argument("--skip", nargs="*", default=[],
-                   choices=("extract", "rss", "cv", "pretrain"), help="sections to leave out")
+                   choices=("extract", "rss", "cv", "pretrain", "patches"),
+                   help="sections to leave out")
+    p.add_argument("--patch-raster", type=int, default=2048,
+                   help="patches: raster side (px) of the POOL=patch run")
+    p.add_argument("--patch-rows", type=int, default=2,
+                   help="patches: grid rows of sliding windows timed (stride = patch size)")
     p.add_argument("--out", default=str(ROOT / "bench_out"), help="output folder")
     p.add_argument("--rss-child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -812,6 +884,7 @@ def parse_args(argv=None):
         args.arch, args.calibrate_seconds, args.e2e_seconds, args.bf16_seconds = \
             "vit_tiny_patch16_224", 1.0, 4.0, 2.0
         args.rss_large, args.cv_points, args.pretrain_batch = 6000, 300, 2
+        args.patch_raster = 1024
         args.pretrain_arch = args.pretrain_arch or "vit_tiny_patch16_224"
     return args
 
@@ -870,11 +943,13 @@ def main(argv=None) -> int:
     result["rss"] = section("rss", bench_rss, args, device, data, out)
     result["cv"] = section("cv", bench_cv, args)
     result["pretrain"] = section("pretrain", bench_pretrain, args, device, data, out)
+    result["patches"] = section("patches", bench_patches, args, device, data, out)
 
     ex, rs, cv, pt = (result.get(k) or {} for k in ("extract", "rss", "cv", "pretrain"))
     keys = {"extract_ratio": ex.get("extract_ratio"), "naive_speedup": ex.get("naive_speedup"),
             "rss_ratio": rs.get("rss_ratio"), "cv_seconds_1000": cv.get("cv_seconds_1000"),
-            "pretrain_ratio": pt.get("pretrain_ratio"), "bf16_cosine": ex.get("bf16_cosine")}
+            "pretrain_ratio": pt.get("pretrain_ratio"), "bf16_cosine": ex.get("bf16_cosine"),
+            "patch_speedup": (result.get("patches") or {}).get("patch_speedup")}
     result.update(keys)
     # raw numbers beside the ratios
     result.update({
