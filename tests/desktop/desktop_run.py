@@ -266,7 +266,6 @@ def run_next(chain):
         return
     name, params = chain.pop(0)
     step(f"run {name}")
-    from processing.core.ProcessingConfig import ProcessingConfig
     from processing.gui.Postprocessing import handleAlgorithmResults
     from processing.tools import dataobjects
     alg = QgsApplication.processingRegistry().createAlgorithmById("soilssl:" + name)
@@ -295,7 +294,6 @@ def run_next(chain):
 
     task.executed.connect(guarded(executed))
     QgsApplication.taskManager().addTask(task)
-    assert ProcessingConfig is not None
 
 
 # -- 4. what the project shows ---------------------------------------------------------
