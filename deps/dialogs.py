@@ -210,8 +210,10 @@ class InstallDialog(QDialog):
                  if k.lower() in ("torch", "timm", "rasterio", "scikit_learn", "scikit-learn")]
         text = (f"Done: {', '.join(names) or 'the packages'} installed in {self.plan.final}. "
                 "The SoilSSL algorithms can run now.")
-        if "already imported" in message:
-            text += " Restart QGIS to use them: another copy was already loaded."
+        early = paths.imported_elsewhere(folder) if folder else []
+        if early:
+            text += (f" Restart QGIS before running them: {', '.join(early)} had already been "
+                     "loaded from elsewhere.")
         self.status.setText(text)
         self._log(text)
         log(text)

@@ -71,12 +71,27 @@ def activate(env=None):
         sys.path[:] = added + before  # ours first: what SoilSSL installed is what it uses
         importlib.invalidate_caches()
     message = f"SoilSSL dependencies: using {folder}"
-    early = [name for name in ("torch", "timm", "rasterio", "sklearn") if name in sys.modules
-             and not _inside(getattr(sys.modules[name], "__file__", None) or "", folder)]
+    early = imported_elsewhere(folder)
     if early:
         message += (f" ({', '.join(early)} already imported by QGIS or another plugin from "
                     f"elsewhere: that copy stays in use until QGIS restarts)")
     return folder, message
+
+
+def imported_elsewhere(folder):
+    """Top-level modules the folder holds that are already imported from somewhere else
+    (they stay in use until QGIS restarts)."""
+    names = set()
+    for entry in os.listdir(folder):
+        name = entry[:-3] if entry.endswith(".py") else entry
+        if name.isidentifier() and not name.startswith("_"):
+            names.add(name)
+    early = []
+    for name in sorted(names):
+        where = getattr(sys.modules.get(name), "__file__", None)  # None: blocked/namespace
+        if where and not _inside(where, folder):
+            early.append(name)
+    return early
 
 
 def is_active(env=None):

@@ -422,12 +422,18 @@ def test_activate_adds_folder_first_with_pth_and_says_what_was_imported_before(t
     os.makedirs(os.path.join(site, "extra"))
     with open(os.path.join(site, "extra.pth"), "w") as f:
         f.write("extra\n")
+    for name in ("torch", "numpy", "soilssl_not_imported", "triton"):  # as pip leaves them
+        os.makedirs(os.path.join(site, name))
+    os.makedirs(os.path.join(site, "torch-2.14.1.dist-info"))
+    monkeypatch.setitem(sys.modules, "triton", None)  # blocked, not imported
     saved = list(sys.path)
     try:
         import torch  # noqa: F401  (as if another plugin imported it first)
         folder, message = paths.activate()
         assert sys.path[:2] == [site, os.path.join(site, "extra")]
-        assert "torch" in message and "already imported" in message
+        assert paths.imported_elsewhere(site) == ["numpy", "torch"]
+        assert message.endswith("(numpy, torch already imported by QGIS or another plugin from "
+                                "elsewhere: that copy stays in use until QGIS restarts)")
     finally:
         sys.path[:] = saved
 
