@@ -44,8 +44,8 @@ PARAMS = {
                      "both in the same CV on the same folds (rows 'mlp' and 'mlp [patch]'...), "
                      "and the soil model maps with the one with the lower error (Predict soil "
                      "map then gives one pixel per patch).",
-    "MIN_VALID": "Tiles with a smaller share of valid (not nodata) pixels are skipped and "
-                 "give nodata.",
+    "MIN_VALID": "Tiles with a smaller share of valid pixels (not nodata, alpha or mask, and "
+                 "inside the raster) are skipped and give nodata.",
     "WORKERS": "Background threads reading tiles.",
     "K": "Number of K-means classes (the paper uses 8).",
     "SEED": "Random seed: the same seed gives the same result (sampling, K-means, folds, "
@@ -55,8 +55,8 @@ PARAMS = {
                         "started from): its feature methods are added to the same table.",
     "POINTS": "Soil sample points (any CRS; reprojected). Points outside the raster or on "
               "nodata are skipped and counted.",
-    "FIELDS": "Soil properties to predict (numeric, or text holding numbers). NULLs are "
-              "skipped per field.",
+    "FIELDS": "Soil properties to predict (numeric, or text holding numbers); several as "
+              "a,b or a;b. NULLs are skipped per field.",
     "METHOD": "mlp: the paper's head on frozen features (768-512-512-1); ridge: linear probe; "
               "rf_features: random forest on ViT features; rf_pixels: random forest on the "
               "pixel values (baseline); all: every method on the same folds (the chosen model "
@@ -70,7 +70,8 @@ PARAMS = {
     "OUTPUT_MODEL": "Model file for Predict soil map: the chosen head refitted on all points, "
                     "the per-fold heads, the backbone reference and checksum, normalisation.",
     "OUTPUT_REPORT": "HTML report: CV table, observed-vs-predicted plots, folds and residuals.",
-    "MODEL": "A model file written by Fit soil heads.",
+    "MODEL": "A model file written by Fit soil heads (any file extension: it is recognised "
+             "by its content). BANDS and DEM left empty are taken from the model.",
     "POINTS_BUFFER": "Optional soil sample points: tiles within BUFFER px of any point are "
                      "left out of pretraining, so the backbone never learns their surroundings.",
     "BUFFER": "Exclusion buffer around the points, in pixels of the input: in metres it is "
@@ -80,7 +81,8 @@ PARAMS = {
     "ARCH_TRAIN": "timm ViT architecture (paper: vit_base_patch16_224; vit_tiny/vit_small "
                   "for laptops).",
     "INIT": "Initial weights (DINO ImageNet file, cached timm name, SoilSSL checkpoint); empty "
-            "= random initialisation.",
+            "= random initialisation. A full DINO training checkpoint continues its "
+            "projection head when OUT_DIM matches (official DINO: 65536).",
     "EPOCHS": "Total epochs; with RESUME the run continues up to this number.",
     "TILE_SIZE_TRAIN": "Tile (global crop) size in pixels (paper: 224).",
     "RESUME": "A checkpoint of an interrupted run: training continues from its last complete "
@@ -103,7 +105,8 @@ PARAMS = {
                "and enough for one scene).",
     "LOCAL_CROPS": "Number of small local crops per tile in the multi-crop augmentation.",
     "LR": "Peak learning rate for a batch of 256 tiles (scaled linearly with BATCH_SIZE), "
-          "cosine schedule after a warm-up epoch.",
+          "cosine schedule after a warm-up: 1 epoch when INIT's DINO head is continued, "
+          "otherwise 10 % of EPOCHS.",
     "OUTPUT_AOA": "Area of applicability (Meyer & Pebesma 2021): band 1 is 1 inside, 0 outside "
                   "(dissimilarity index above the CV threshold); band 2 the index itself.",
 }
@@ -113,9 +116,11 @@ ALGS = {
         "Extract ViT features",
         "Tiles the raster and passes each tile through a Vision Transformer backbone. The "
         "output is a float32 raster with one band per feature dimension and one pixel per "
-        "tile step: with STRIDE = TILE_SIZE it has the input's CRS and origin and a pixel "
-        "TILE_SIZE times larger. Edge tiles are padded; tiles that are mostly nodata give "
-        "nodata. The normalisation used is stored in the raster's metadata.",
+        "tile step: it has the input's CRS and origin and a pixel STRIDE times larger: each "
+        "pixel is the STRIDE cell its tile is centred on, so the map covers the input's "
+        "extent. Edge tiles are padded; padding, nodata values, alpha bands and masks count "
+        "as invalid, and tiles with less than MIN_VALID valid pixels give nodata. The "
+        "normalisation used is stored in the raster's metadata.",
         ["INPUT_RASTER", "BANDS", "DEM", "BACKBONE", "ARCH", "TILE_SIZE", "STRIDE", "DEVICE",
          "BATCH_SIZE", "AMP", "POOL", "MARGIN", "MIN_VALID", "WORKERS", "OUTPUT_FEATURES"],
     ),
