@@ -5,7 +5,7 @@
 PY := .venv/bin/python
 export QT_QPA_PLATFORM := offscreen
 
-.PHONY: setup test desktop demo bench zip clean
+.PHONY: setup test desktop demo bench evaluate zip clean
 
 setup:
 	@bash scripts/setup.sh
@@ -20,6 +20,9 @@ desktop: setup
 demo: setup
 	@bash scripts/demo.sh
 
+evaluate: setup
+	$(PY) scripts/evaluate.py
+
 bench: setup
 	$(PY) scripts/bench.py
 
@@ -27,4 +30,4 @@ zip:
 	@bash scripts/make_zip.sh
 
 clean:
-	rm -rf demo_out bench_out dist .build
+	rm -rf demo_out bench_out eval_out dist .build

@@ -20,7 +20,7 @@ list_files() {
 }
 # Development-only paths; caches, temporary and GDAL side files are excluded whatever
 # .gitignore says.
-EXCLUDE='^(tests|scripts|\.ci|\.build|\.venv|\.git|dist|demo_out|bench_out)/|^(Makefile|pytest\.ini|requirements\.txt|\.gitignore)$|(^|/)__pycache__/|\.(pyc|pyo|tmp)$|\.aux\.xml$|(^|/)\.'
+EXCLUDE='^(tests|scripts|eval|docs|build|\.ci|\.build|\.venv|\.git|dist|demo_out|bench_out|eval_out)/|^(Makefile|pytest\.ini|requirements\.txt|\.gitignore)$|(^|/)__pycache__/|\.(pyc|pyo|tmp)$|\.aux\.xml$|(^|/)\.'
 
 mkdir -p "$(dirname "$OUT")"
 rm -f "$OUT"

@@ -1,0 +1,216 @@
+"""Builds eval/data/: small, real soil point data sets with covariate rasters.
+
+This is the provenance record of the committed files, not something users run. It reads the
+public source repositories (checked out or bare git mirrors) and writes GeoTIFFs and
+GeoPackages that need nothing but GDAL:
+
+  python scripts/build_realdata.py --soilscaler <git dir> --plotkml <git dir>
+
+Sources (licences in eval/data/README.md):
+  * anbm-dk/soilscaler (MIT): five Danish research fields (Møller et al. 2020): RGB
+    orthophotos at 1.6 m, terrain covariates at 1.6 m, DUALEM EC, texture and humus at points.
+  * cran/plotKML (GPL): the Ebergötzen data set (Böhner et al.; Hengl): 3,670 texture and
+    soil-type observations, 25 m and 100 m covariate grids (DEM, TWI, Landsat NDVI, ASTER
+    thermal band, soil map, parent material, CORINE land cover).
+Reading the R .rda files needs ``pip install rdata pandas`` (only here).
+"""
+import argparse
+import io
+import os
+import subprocess
+import tempfile
+
+import numpy as np
+import rasterio
+from osgeo import ogr, osr
+from rasterio.warp import Resampling, reproject
+
+OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "eval", "data")
+DK_FIELDS = ["Vindum", "Faardrup", "Jyndevad"]
+DK_COVARIATES = ["DEM", "slope", "twi", "mrvbf", "valdepth", "sagawi"]
+GTIFF = dict(driver="GTiff", compress="deflate", tiled=True, blockxsize=256, blockysize=256)
+
+
+def git_show(git_dir, path):
+    return subprocess.run(["git", "--git-dir", git_dir, "show", f"HEAD:{path}"], check=True,
+                          capture_output=True).stdout
+
+
+def git_head(git_dir):
+    return subprocess.run(["git", "--git-dir", git_dir, "rev-parse", "HEAD"], check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+def write_points(path, epsg, xs, ys, fields):
+    """A GeoPackage point layer; ``fields`` maps name -> array (float, int or str)."""
+    if os.path.exists(path):
+        os.remove(path)
+    ds = ogr.GetDriverByName("GPKG").CreateDataSource(path)
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(epsg)
+    layer = ds.CreateLayer("points", srs, ogr.wkbPoint)
+    kinds = {}
+    for name, values in fields.items():
+        values = np.asarray(values)
+        kind = ogr.OFTString if values.dtype.kind in "OUS" else \
+            ogr.OFTInteger if values.dtype.kind in "iu" else ogr.OFTReal
+        kinds[name] = kind
+        layer.CreateField(ogr.FieldDefn(name, kind))
+    for i in range(len(xs)):
+        feat = ogr.Feature(layer.GetLayerDefn())
+        for name, values in fields.items():
+            v = values[i]
+            if v is None or (isinstance(v, float) and np.isnan(v)):
+                continue
+            feat.SetField(name, str(v) if kinds[name] == ogr.OFTString else
+                          int(v) if kinds[name] == ogr.OFTInteger else float(v))
+        geom = ogr.Geometry(ogr.wkbPoint)
+        geom.AddPoint_2D(float(xs[i]), float(ys[i]))
+        feat.SetGeometry(geom)
+        layer.CreateFeature(feat)
+    ds = None
+
+
+def on_grid(src_bytes, ref_profile, resampling=Resampling.bilinear):
+    """A raster given as GeoTIFF bytes, resampled onto the reference grid (float32, NaN)."""
+    with rasterio.MemoryFile(src_bytes) as mem, mem.open() as src:
+        out = np.full((ref_profile["height"], ref_profile["width"]), np.nan, np.float32)
+        reproject(rasterio.band(src, 1), out, dst_transform=ref_profile["transform"],
+                  dst_crs=ref_profile["crs"], dst_nodata=np.nan, resampling=resampling)
+        return out
+
+
+def build_dk(git_dir):
+    for site in DK_FIELDS:
+        folder = os.path.join(OUT, f"dk_{site.lower()}")
+        os.makedirs(folder, exist_ok=True)
+        bands = []
+        for colour in ("red", "green", "blue"):
+            with rasterio.MemoryFile(git_show(git_dir, f"data-raw/ortho/{site}_{colour}.tif")) \
+                    as mem, mem.open() as src:
+                a = src.read(1).astype(np.float32)
+                a[~np.isfinite(a) | (a < -1e30)] = np.nan
+                bands.append(a)
+                profile = dict(height=src.height, width=src.width, transform=src.transform,
+                               crs=src.crs)
+        rgb = np.stack(bands)
+        valid = np.isfinite(rgb).all(0)
+        # 8-bit like an orthophoto, 0 = nodata (outside the field).
+        lo, hi = np.nanpercentile(rgb[:, valid], [0.5, 99.5])
+        img = np.where(valid, np.clip((rgb - lo) / (hi - lo) * 254 + 1, 1, 255), 0)
+        with rasterio.open(os.path.join(folder, "rgb.tif"), "w", count=3, dtype="uint8",
+                           nodata=0, **profile, **GTIFF) as dst:
+            dst.write(img.astype(np.uint8))
+            dst.descriptions = ("red", "green", "blue")
+        cov = [on_grid(git_show(git_dir, f"data-raw/covariates/{site}/{name}.tif"), profile)
+               for name in DK_COVARIATES]
+        ec_name = {"Faardrup": "Faardrup"}.get(site, site)
+        cov.append(on_grid(git_show(git_dir, f"data-raw/EC_raster/{ec_name}_00_25_cm2SH.tif"),
+                           profile))
+        with rasterio.open(os.path.join(folder, "covariates.tif"), "w", count=len(cov),
+                           dtype="float32", nodata=np.nan, **profile, **GTIFF) as dst:
+            dst.write(np.stack(cov))
+            dst.descriptions = tuple(DK_COVARIATES + ["ec_0_25cm"])
+        table = np.genfromtxt(io.BytesIO(git_show(
+            git_dir, f"data-raw/soil_observations/{site}_coords_tex.txt")), names=True,
+            delimiter="\t")
+        names = table.dtype.names  # ID, X_coordinate, Y_coordinate, clay, silt, sand_f, ...
+        write_points(os.path.join(folder, "points.gpkg"), 25832, table[names[1]],
+                     table[names[2]], {
+                         "clay": table["clay"], "silt": table["silt"],
+                         "sand": table["sand_f"] + table["sand_c"], "humus": table["humus"]})
+        print(site, len(table), "points", rgb.shape)
+
+
+def grid_from_table(df, columns, res, epsg=31467):
+    xs, ys = df["x"].to_numpy(), df["y"].to_numpy()
+    x0, y1 = xs.min() - res / 2, ys.max() + res / 2
+    w = int(round((xs.max() - xs.min()) / res)) + 1
+    h = int(round((ys.max() - ys.min()) / res)) + 1
+    col = np.round((xs - xs.min()) / res).astype(int)
+    row = np.round((ys.max() - ys) / res).astype(int)
+    arrays = []
+    for c in columns:
+        a = np.full((h, w), np.nan, np.float32)
+        a[row, col] = df[c].to_numpy(dtype=np.float32)
+        arrays.append(a)
+    transform = rasterio.transform.from_origin(x0, y1, res, res)
+    return np.stack(arrays), dict(height=h, width=w, transform=transform,
+                                  crs=f"EPSG:{epsg}")
+
+
+def codes(series):
+    """Category codes 1..n (0 = missing) and the names, in sorted order."""
+    names = sorted(v for v in series.dropna().unique())
+    lookup = {n: i + 1 for i, n in enumerate(names)}
+    return series.map(lambda v: lookup.get(v, 0)).astype(np.float32), names
+
+
+def build_eberg(git_dir):
+    import rdata
+    folder = os.path.join(OUT, "eberg")
+    os.makedirs(folder, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        def read(name):
+            path = os.path.join(tmp, name + ".rda")
+            with open(path, "wb") as f:
+                f.write(git_show(git_dir, f"data/{name}.rda"))
+            return rdata.read_rda(path)[name]
+        pts, g25, g100 = read("eberg"), read("eberg_grid25"), read("eberg_grid")
+    # 25 m: DEM, TWI, Landsat NDVI (continuous) as the "image"; the soil map as a category.
+    img, profile = grid_from_table(g25, ["DEMTOPx", "TWITOPx", "NVILANx"], 25.0)
+    with rasterio.open(os.path.join(folder, "terrain_ndvi_25m.tif"), "w", count=3,
+                       dtype="float32", nodata=np.nan, **profile, **GTIFF) as dst:
+        dst.write(img)
+        dst.descriptions = ("dem", "twi", "ndvi_landsat")
+    g25 = g25.copy()
+    g25["soilmap"], soil_names = codes(g25["HBTSOLx"])
+    cat, _ = grid_from_table(g25, ["soilmap"], 25.0)
+    with rasterio.open(os.path.join(folder, "soilmap_25m.tif"), "w", count=1, dtype="uint8",
+                       nodata=0, **profile, **GTIFF) as dst:
+        dst.write(np.nan_to_num(cat, nan=0).astype(np.uint8))
+        dst.descriptions = ("soilmap",)
+    g100 = g100.copy()
+    g100["geology"], geo_names = codes(g100["PRMGEO6"])
+    g100["landcover"], lc_names = codes(g100["LNCCOR6"])
+    arr, prof100 = grid_from_table(g100, ["DEMSRT6", "TWISRT6", "TIRAST6", "geology",
+                                          "landcover"], 100.0)
+    with rasterio.open(os.path.join(folder, "covariates_100m.tif"), "w", count=5,
+                       dtype="float32", nodata=np.nan, **prof100, **GTIFF) as dst:
+        dst.write(arr)
+        dst.descriptions = ("dem", "twi", "thermal_aster_b14", "geology (class)",
+                            "landcover (class)")
+    with open(os.path.join(folder, "classes.txt"), "w", encoding="utf-8") as f:
+        for title, names in (("soilmap_25m.tif band 1", soil_names),
+                             ("covariates_100m.tif band 4 (geology)", geo_names),
+                             ("covariates_100m.tif band 5 (landcover)", lc_names)):
+            f.write(f"# {title}\n")
+            f.writelines(f"{i + 1}\t{n}\n" for i, n in enumerate(names))
+    keep = pts["SNDMHT_A"].notna() & pts["CLYMHT_A"].notna()
+    pts = pts[keep]
+    soiltype = pts["soiltype"].astype(object).where(pts["soiltype"].notna(), None)
+    write_points(os.path.join(folder, "points.gpkg"), 31467, pts["X"].to_numpy(),
+                 pts["Y"].to_numpy(), {
+                     "sand": pts["SNDMHT_A"].to_numpy(float),
+                     "silt": pts["SLTMHT_A"].to_numpy(float),
+                     "clay": pts["CLYMHT_A"].to_numpy(float),
+                     "soiltype": np.array([str(v) if v is not None else None for v in soiltype],
+                                          dtype=object)})
+    print("eberg", int(keep.sum()), "points", img.shape)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--soilscaler", required=True, help="git dir of anbm-dk/soilscaler")
+    ap.add_argument("--plotkml", required=True, help="git dir of cran/plotKML")
+    args = ap.parse_args()
+    build_dk(args.soilscaler)
+    build_eberg(args.plotkml)
+    with open(os.path.join(OUT, "SOURCES.txt"), "w") as f:
+        f.write(f"anbm-dk/soilscaler {git_head(args.soilscaler)}\n"
+                f"cran/plotKML {git_head(args.plotkml)}\n")
+
+
+if __name__ == "__main__":
+    main()
