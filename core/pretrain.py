@@ -245,9 +245,9 @@ def tile_distances(grid: TileGrid, cols, rows, chunk: int = 4096) -> np.ndarray:
     out = np.full(len(grid), np.inf)
     if not len(pts):
         return out
-    s, t = float(grid.stride), float(grid.tile)
+    s, t, o = float(grid.stride), float(grid.tile), float(grid.offset)
     idx = np.arange(len(grid))
-    x0, y0 = (idx % grid.n_cols) * s, (idx // grid.n_cols) * s
+    x0, y0 = (idx % grid.n_cols) * s + o, (idx // grid.n_cols) * s + o  # as TileGrid.window
     for a in range(0, len(grid), chunk):
         xs, ys = x0[a:a + chunk, None], y0[a:a + chunk, None]
         dx = np.maximum(np.maximum(xs - pts[:, 0], pts[:, 0] - (xs + t)), 0.0)
