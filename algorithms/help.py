@@ -236,7 +236,7 @@ def describe(key: str) -> str:
 # ---------------------------------------------------------------------------------------------
 def _recommended_html() -> str:
     from ..core.download import RECOMMENDED
-    rows = "".join(f"<li><b>{r['name']}</b> ({r['family']}, {r['params_m']} M parameters, "
+    rows = "".join(f"<li><code>{r['name']}</code> ({r['family']}, {r['params_m']} M parameters, "
                    f"{r['size_mb']} MB, licence: {r['licence']}): {r['note']}.</li>"
                    for r in RECOMMENDED)
     return f"Recommended backbones for soil work:<ul>{rows}</ul>"
