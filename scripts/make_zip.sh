@@ -2,7 +2,7 @@
 # Builds dist/soilssl.zip (or the path given) for Plugins > Manage and Install Plugins >
 # Install from ZIP: one folder soilssl/ holding the plugin as users need it (metadata.txt,
 # the code, resources/ with styles, icon, the modeler chain and the small demo scene),
-# without tests, development scripts, .venv/.build, caches, demo or bench outputs, .git.
+# without tests, development scripts, docs/ (README screenshots), .venv/.build, caches, demo or bench outputs, .git.
 #   make zip                       -> dist/soilssl.zip
 #   bash scripts/make_zip.sh X.zip -> X.zip
 set -euo pipefail
@@ -20,7 +20,7 @@ list_files() {
 }
 # Development-only paths; caches, temporary and GDAL side files are excluded whatever
 # .gitignore says.
-EXCLUDE='^(tests|scripts|\.ci|\.build|\.venv|\.git|dist|demo_out|bench_out)/|^(Makefile|pytest\.ini|requirements\.txt|\.gitignore)$|(^|/)__pycache__/|\.(pyc|pyo|tmp)$|\.aux\.xml$|(^|/)\.'
+EXCLUDE='^(tests|scripts|docs|\.ci|\.build|\.venv|\.git|dist|demo_out|bench_out)/|^(Makefile|pytest\.ini|requirements\.txt|\.gitignore)$|(^|/)__pycache__/|\.(pyc|pyo|tmp)$|\.aux\.xml$|(^|/)\.'
 
 mkdir -p "$(dirname "$OUT")"
 rm -f "$OUT"

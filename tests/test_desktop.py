@@ -58,3 +58,21 @@ def test_plugin_installs_and_runs_in_the_qgis_desktop():
     for shot in ("main_window.png", "toolbox.png", "dialog_predictmap.png", "screen.png"):
         path = os.path.join(OUT, shot)
         assert os.path.getsize(path) > 10000, path
+
+
+    # phase 1, a new user's QGIS without torch: the missing-packages path, clicks only
+    fresh = json.load(open(os.path.join(OUT, "results_fresh.json")))
+    assert fresh["finished"] and fresh["exit_code"] == 0 and not fresh["errors"]
+    assert all(c["ok"] for c in fresh["checks"])
+    assert fresh["provider_warning"] == (
+        "Missing packages: Plugins → SoilSSL → Install dependencies…")
+    assert len(fresh["can_execute"]) >= 6
+    assert all(not ok for ok, _ in fresh["can_execute"].values())
+    assert "cannot be run" in fresh["text_fresh_cannot_run.png"]
+    assert "torch" in fresh["text_fresh_cannot_run.png"]
+    assert fresh["modal_fresh_install_dependencies.png"]["class"] == "InstallDialog"
+    assert "(detected)" in fresh["text_fresh_install_dependencies.png"]
+    for shot in ("fresh_toolbox.png", "fresh_cannot_run.png",
+                 "fresh_install_dependencies.png"):
+        path = os.path.join(OUT, shot)
+        assert os.path.getsize(path) > 10000, path
