@@ -1,6 +1,8 @@
 """SoilSSL in the real QGIS desktop (issue 10): /usr/bin/qgis under Xvfb + openbox, a fresh
-profile, the plugin installed from dist's ZIP by QGIS's plugin installer, the whole chain
-run as the algorithm dialogs run it, then checks of what the project shows.
+profile, the plugin installed from dist's ZIP by QGIS's plugin installer.  First without torch
+(a new user: the missing-packages messages and the Install dependencies dialog, clicked
+through; results_fresh.json), then with the packages: the whole chain run as the algorithm
+dialogs run it, then checks of what the project shows.
 
 The work is done by tests/desktop/run.sh and tests/desktop/desktop_run.py (inside QGIS);
 this test reads their exit status and results.json.  Artefacts (screenshots, legends,

@@ -15,7 +15,13 @@ What a user does, driven from QGIS's own event loop (QTimer.singleShot; nothing 
 5. screenshots of the main window and of the whole screen, ``results.json``, and
    ``os._exit(0)`` if every check passed, 1 if one failed, 3 on a time-out.
 
-Environment: SOILSSL_ZIP (the plugin ZIP), SOILSSL_DEMO (resources/demo),
+With SOILSSL_PHASE=fresh (run.sh's first start: QGIS without torch, a new user) it does
+instead: install from the ZIP; check that torch cannot be imported, the provider's warning and
+every ``canExecute()`` is False; double-click *Predict soil map* in the Toolbox ("This algorithm
+cannot be run" with the Install dependencies link) and trigger Plugins > SoilSSL > Install
+dependencies…; screenshots ``fresh_*.png`` and ``results_fresh.json``.
+
+Environment: SOILSSL_PHASE (fresh or chain), SOILSSL_ZIP (the plugin ZIP), SOILSSL_DEMO (resources/demo),
 SOILSSL_DESKTOP_OUT (where screenshots, outputs and results.json go), SOILSSL_TIMEOUT (s).
 A crash (signal 11) ends the process before results.json is complete: the launcher and
 the test see the exit status and the "step" last written.
