@@ -5,7 +5,7 @@
 PY := .venv/bin/python
 export QT_QPA_PLATFORM := offscreen
 
-.PHONY: setup test desktop demo bench evaluate zip clean
+.PHONY: setup test desktop screenshots demo bench evaluate zip clean
 
 setup:
 	@bash scripts/setup.sh
@@ -16,6 +16,10 @@ test: setup
 # Only the desktop test (tests/test_desktop.py).
 desktop: setup
 	$(PY) -m pytest -q -m desktop
+
+# The README's screenshots (docs/screenshots/) from the last desktop test's .build/desktop/.
+screenshots:
+	@bash scripts/update_screenshots.sh
 
 demo: setup
 	@bash scripts/demo.sh

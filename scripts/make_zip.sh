@@ -2,7 +2,7 @@
 # Builds dist/soilssl.zip (or the path given) for Plugins > Manage and Install Plugins >
 # Install from ZIP: one folder soilssl/ holding the plugin as users need it (metadata.txt,
 # the code, resources/ with styles, icon, the modeler chain and the small demo scene),
-# without tests, development scripts, .venv/.build, caches, demo or bench outputs, .git.
+# without tests, development scripts, docs/ (README screenshots), .venv/.build, caches, demo or bench outputs, .git.
 #   make zip                       -> dist/soilssl.zip
 #   bash scripts/make_zip.sh X.zip -> X.zip
 set -euo pipefail

@@ -1,6 +1,8 @@
 """SoilSSL in the real QGIS desktop (issue 10): /usr/bin/qgis under Xvfb + openbox, a fresh
-profile, the plugin installed from dist's ZIP by QGIS's plugin installer, the whole chain
-run as the algorithm dialogs run it, then checks of what the project shows.
+profile, the plugin installed from dist's ZIP by QGIS's plugin installer.  First without torch
+(a new user: the missing-packages messages and the Install dependencies dialog, clicked
+through; results_fresh.json), then with the packages: the whole chain run as the algorithm
+dialogs run it, then checks of what the project shows.
 
 The work is done by tests/desktop/run.sh and tests/desktop/desktop_run.py (inside QGIS);
 this test reads their exit status and results.json.  Artefacts (screenshots, legends,
@@ -56,5 +58,23 @@ def test_plugin_installs_and_runs_in_the_qgis_desktop():
     names = {c["name"] for c in results["checks"]}
     assert "QGIS alive after the chain" in names and "triton kept out of QGIS" in names
     for shot in ("main_window.png", "toolbox.png", "dialog_predictmap.png", "screen.png"):
+        path = os.path.join(OUT, shot)
+        assert os.path.getsize(path) > 10000, path
+
+
+    # phase 1, a new user's QGIS without torch: the missing-packages path, clicks only
+    fresh = json.load(open(os.path.join(OUT, "results_fresh.json")))
+    assert fresh["finished"] and fresh["exit_code"] == 0 and not fresh["errors"]
+    assert all(c["ok"] for c in fresh["checks"])
+    assert fresh["provider_warning"] == (
+        "Missing packages: Plugins → SoilSSL → Install dependencies…")
+    assert len(fresh["can_execute"]) >= 6
+    assert all(not ok for ok, _ in fresh["can_execute"].values())
+    assert "cannot be run" in fresh["text_fresh_cannot_run.png"]
+    assert "torch" in fresh["text_fresh_cannot_run.png"]
+    assert fresh["modal_fresh_install_dependencies.png"]["class"] == "InstallDialog"
+    assert "(detected)" in fresh["text_fresh_install_dependencies.png"]
+    for shot in ("fresh_toolbox.png", "fresh_cannot_run.png",
+                 "fresh_install_dependencies.png"):
         path = os.path.join(OUT, shot)
         assert os.path.getsize(path) > 10000, path

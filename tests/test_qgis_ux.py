@@ -394,8 +394,8 @@ def test_make_zip_installs_into_a_fresh_profile(tmp_path, features):
                    "resources/demo/rgb.tif", "resources/demo/points.geojson"):
         assert needed in files, needed
     for f in files:
-        assert not f.startswith(("tests/", "scripts/", ".venv/", ".build/", ".git", ".ci/",
-                                 "dist/", "demo_out/", "bench_out/")), f
+        assert not f.startswith(("tests/", "scripts/", "docs/", ".venv/", ".build/", ".git",
+                                 ".ci/", "dist/", "demo_out/", "bench_out/")), f
         assert "__pycache__" not in f and not f.endswith((".pyc", ".tmp", ".aux.xml")), f
     for key in ("name", "qgisMinimumVersion", "description", "about", "version", "author",
                 "email", "repository", "tracker", "homepage", "icon", "category",

@@ -15,7 +15,13 @@ What a user does, driven from QGIS's own event loop (QTimer.singleShot; nothing 
 5. screenshots of the main window and of the whole screen, ``results.json``, and
    ``os._exit(0)`` if every check passed, 1 if one failed, 3 on a time-out.
 
-Environment: SOILSSL_ZIP (the plugin ZIP), SOILSSL_DEMO (resources/demo),
+With SOILSSL_PHASE=fresh (run.sh's first start: QGIS without torch, a new user) it does
+instead: install from the ZIP; check that torch cannot be imported, the provider's warning and
+every ``canExecute()`` is False; double-click *Predict soil map* in the Toolbox ("This algorithm
+cannot be run" with the Install dependencies link) and trigger Plugins > SoilSSL > Install
+dependencies…; screenshots ``fresh_*.png`` and ``results_fresh.json``.
+
+Environment: SOILSSL_PHASE (fresh or chain), SOILSSL_ZIP (the plugin ZIP), SOILSSL_DEMO (resources/demo),
 SOILSSL_DESKTOP_OUT (where screenshots, outputs and results.json go), SOILSSL_TIMEOUT (s).
 A crash (signal 11) ends the process before results.json is complete: the launcher and
 the test see the exit status and the "step" last written.
@@ -41,6 +47,9 @@ DATA = os.path.join(OUT, "outputs")
 os.makedirs(DATA, exist_ok=True)
 K = 5  # clusters asked for
 T0 = time.time()
+# "fresh": a new user's QGIS without torch (run.sh's first start; no PYTHONPATH); else the chain
+PHASE = os.environ.get("SOILSSL_PHASE", "chain")
+RESULTS = "results_fresh.json" if PHASE == "fresh" else "results.json"
 
 results = {"step": "start", "checks": [], "runs": {}, "layers": {}, "screenshots": [],
            "messages": [], "errors": [], "finished": False}
@@ -49,10 +58,10 @@ _keep = []  # tasks, contexts, feedbacks, dialogs: alive until the end
 
 def save():
     results["elapsed_s"] = round(time.time() - T0, 1)
-    tmp = os.path.join(OUT, "results.json.tmp")
+    tmp = os.path.join(OUT, RESULTS + ".tmp")
     with open(tmp, "w") as f:
         json.dump(results, f, indent=1, default=str)
-    os.replace(tmp, os.path.join(OUT, "results.json"))
+    os.replace(tmp, os.path.join(OUT, RESULTS))
 
 
 def step(name):
@@ -465,5 +474,129 @@ def watchdog():
     finish(3)
 
 
+# -- phase 1: a new user, plugin installed, no torch --------------------------------------
+def on_modal(name, then, ms=1500):
+    """Screenshot and close the modal dialog a click is about to open (its exec_() blocks
+    the caller; this timer runs in the dialog's own event loop)."""
+    def shoot():
+        from qgis.PyQt.QtWidgets import QApplication
+        modal = QApplication.activeModalWidget()
+        results["modal_" + name] = None if modal is None else {
+            "class": type(modal).__name__, "title": modal.windowTitle()}
+        check(f"{name}: a modal dialog opened", modal is not None, str(results["modal_" + name]))
+        if modal is not None:
+            grab(modal, name)
+            results["text_" + name] = widget_text(modal)
+            modal.close()
+        later(then, 300)
+    QTimer.singleShot(ms, guarded(shoot))
+
+
+def widget_text(widget):
+    """What a dialog shows: its labels, text boxes and combo boxes, as plain text."""
+    from qgis.PyQt.QtWidgets import QComboBox, QLabel, QTextEdit
+    parts = [w.text() for w in widget.findChildren(QLabel)]
+    parts += [w.toPlainText() for w in widget.findChildren(QTextEdit)]
+    parts += [w.currentText() for w in widget.findChildren(QComboBox)]
+    return "\n".join(parts)[:4000]
+
+
+def fresh_start():
+    step("fresh: install")
+    QgsApplication.messageLog().messageReceived.connect(on_message)
+    iface.mainWindow().showMaximized()
+    import importlib.util
+    check("no torch in this QGIS's Python", importlib.util.find_spec("torch") is None,
+          str(importlib.util.find_spec("torch")), part=5)
+    import pyplugin_installer
+    import qgis.utils
+    pyplugin_installer.instance().installFromZipFile(ZIP)
+    check("plugin installed from the ZIP and started without torch",
+          "soilssl" in qgis.utils.active_plugins, str(qgis.utils.active_plugins), part=5)
+    provider = QgsApplication.processingRegistry().providerById("soilssl")
+    check("SoilSSL provider registered without torch", provider is not None, part=5)
+    warning = provider.warningMessage() if provider is not None else ""
+    results["provider_warning"] = warning
+    check("provider warns about missing packages and names the menu action",
+          "Missing packages" in warning and "Install dependencies" in warning, warning, part=5)
+    algs = provider.algorithms() if provider is not None else []
+    results["can_execute"] = {a.id(): list(a.canExecute()) for a in algs}
+    check("every algorithm: canExecute() is False, with the install hint",
+          algs and all(not ok and "Install dependencies" in msg
+                       for ok, msg in results["can_execute"].values()),
+          str(sorted({ok for ok, _ in results["can_execute"].values()})), part=5)
+    later(fresh_toolbox, 800)
+
+
+def fresh_toolbox():
+    step("fresh: toolbox")
+    import qgis.utils
+    box = qgis.utils.plugins["processing"].toolbox
+    box.setUserVisible(True)
+    box.raise_()
+    tree = box.algorithmTree
+    model = tree.model()
+    found = [model.index(r, 0) for r in range(model.rowCount())
+             if model.data(model.index(r, 0), Qt.DisplayRole) == "SoilSSL"]
+    check("Toolbox lists SoilSSL without torch", found, part=5)
+    if found:
+        tree.expand(found[0])
+        for row in range(model.rowCount(found[0])):
+            tree.expand(model.index(row, 0, found[0]))
+        tree.scrollTo(found[0], tree.PositionAtTop)
+        results["toolbox_tooltip"] = model.data(found[0], Qt.ToolTipRole)
+    wanted = QgsApplication.processingRegistry().algorithmById("soilssl:predictmap").displayName()
+    for group in ([model.index(r, 0, found[0]) for r in range(model.rowCount(found[0]))]
+                  if found else []):
+        for r in range(model.rowCount(group)):
+            if model.data(model.index(r, 0, group), Qt.DisplayRole) == wanted:
+                tree.setCurrentIndex(model.index(r, 0, group))
+    check("Toolbox selects 'Predict map'", tree.selectedAlgorithm() is not None
+          and tree.selectedAlgorithm().id() == "soilssl:predictmap", part=5)
+
+    def shots():
+        grab(box, "fresh_toolbox.png")
+        if found:  # the README's crop: the search box, then SoilSSL's rows
+            from qgis.PyQt.QtCore import QRect
+            top = tree.viewport().mapTo(box, tree.visualRect(found[0]).topLeft()).y()
+            rows = top + tree.indexRowSizeHint(found[0]) * 13
+            crop = box.grab(QRect(0, top, box.width(), rows - top))
+            path = os.path.join(OUT, "fresh_toolbox_soilssl.png")
+            check("screenshot fresh_toolbox_soilssl.png", crop.save(path), path, part=5)
+            results["screenshots"].append(path)
+        grab(iface.mainWindow(), "fresh_main_window.png")
+        # a double-click in the Toolbox: QGIS asks canExecute() and shows "cannot be run"
+        on_modal("fresh_cannot_run.png", fresh_menu)
+        box.executeAlgorithm()
+    later(shots, 800)
+
+
+def fresh_menu():
+    step("fresh: Plugins > SoilSSL > Install dependencies…")
+    text = results.get("text_fresh_cannot_run.png", "")
+    check("'cannot be run' message names the missing packages and the menu action",
+          "cannot be run" in text and "torch" in text and "Install dependencies" in text,
+          text[:300], part=5)
+    action = None
+    for top in iface.pluginMenu().actions():
+        if top.menu() is not None and top.text().replace("&", "") == "SoilSSL":
+            for sub in top.menu().actions():
+                if sub.text() == "Install dependencies…":
+                    action = sub
+    check("Plugins menu has SoilSSL → Install dependencies…", action is not None, part=5)
+    if action is None:
+        return finish(1)
+
+    def after():
+        text = results.get("text_fresh_install_dependencies.png", "")
+        check("Install dependencies dialog shows the missing packages and the detected build",
+              results["modal_fresh_install_dependencies.png"]["title"]
+              == "SoilSSL — Install dependencies" and "(detected)" in text and "torch" in text,
+              text[:400], part=5)
+        finish()
+    on_modal("fresh_install_dependencies.png", after)
+    action.trigger()  # the menu item's click
+
+
 QTimer.singleShot(int(TIMEOUT * 1000), watchdog)
-QTimer.singleShot(1500, guarded(start))
+QTimer.singleShot(1500, guarded(fresh_start if PHASE == "fresh" else start))
