@@ -1,39 +1,40 @@
 #!/usr/bin/env python3
-"""SoilSSL benchmark (issue 7): the pipeline against the model alone, in one run.
+"""SoilSSL benchmark (issues 7, 11): the pipeline against the model alone, with targets
+that fail when the matching regression is planted.
 
     make bench                      # = .venv/bin/python scripts/bench.py
+    .venv/bin/python scripts/bench.py --quick                  # smoke test (vit_tiny)
+    .venv/bin/python scripts/bench.py --plant no_bf16          # must FAIL bf16_speedup
     .venv/bin/python scripts/bench.py --arch vit_base_patch16_224 --device cuda
 
-Everything is measured in this one process and run (the peak-RSS runs in fresh
-child processes of it), so that the ratios compare numbers taken on the same
-machine at the same time; raw rates are reported beside them.
+The ratios compare numbers taken on the same machine at the same time (interleaved, or
+bracketed by the reference); raw rates are reported beside them.  Exit status: 0 all
+targets met, 3 a target failed, 1 a section raised.
 
-* ``model``: forward rate (img/s) of the backbone alone on a random batch already in
-  memory at the chosen arch/tile/batch, for each precision (fp32, bf16, fp16 on CUDA), run
-  as extract_features runs it (bf16 on CPU: the bf16 copy of ``low_precision_copy``).
-* ``extract``: :func:`extract_features` on a generated GeoTIFF (deflate, 256 px blocks,
-  textured uint8 RGB) sized from the model-only rate to take ``--e2e-seconds``: tiles
-  read from disk, normalised, forwarded, written.  ``extract_ratio`` = end-to-end rate /
-  model-only rate of the same precision (``--dtype``).
-* ``naive``: the loop a user would write: rasterio, read a tile, normalise, forward it
-  alone (fp32, batch 1), collect, write.  ``naive_speedup`` = SoilSSL's best
-  configuration (batched, bf16 allowed) / naive.
-  The end-to-end run of each precision is one call; after each of its batches (from its
-  progress callback) one model-only batch and a slice of the naive loop run, timed apart,
-  so that the three rates share the same seconds of a machine that others may load.
-* ``rss``: peak RSS (VmHWM) of extract_features on a small and on a very large raster
-  (cheap low-entropy compressed GeoTIFFs), each in a fresh subprocess, with a tiny ViT
-  (vit_tiny with 64 px patches on 448 px tiles, stride = tile) so that the large run
-  still reads, normalises, forwards and writes the whole grid in seconds.
-* ``cv``: fitpoints' spatial cross-validation (K-means folds + mlp, ridge, rf) on 1,000
-  cached structured 768-d features.
-* ``pretrain``: DINO pretraining (core.pretrain, one short epoch) throughput in the
-  loop vs the forward+backward rate of the same student backbone on the same crops
-  (timed between the loop's steps, so both see the same load), and the ceiling that the
-  teacher's forward alone puts on that ratio.
-* ``bf16``: speed-up of bf16 (the bf16 copy; plain autocast beside it) and cosine
-  similarity of bf16 features to fp32 ones (the two end-to-end feature rasters, tile by
-  tile).
+* ``extract``: extract_features on a generated deflate GeoTIFF, once per precision; after
+  each of its batches (progress callback) one model-only batch (same ``embed``, same model
+  copy) and a slice of the naive loop run, timed apart.  ``extract_ratio`` = end-to-end
+  rate / model-only rate.  ``batch_speedup_fp32`` = SoilSSL fp32 / the naive fp32 loop
+  (SoilSSL's own TileSource reads and normalisation, one tile at a time, batch 1, in the
+  same seconds).  ``bf16_speedup`` = bf16 / fp32 model-only, interleaved batch by batch
+  (judged only where bf16 runs natively: CUDA, AVX512-BF16 or AMX).
+* ``e2e``: ``scripts/qgis_process run soilssl:extractfeatures`` on a generated RGB scene,
+  wall clock from outside, against a standalone model-only process (same checkpoint,
+  batch, precision, tile count) run just before and after it: ``extract_ratio_e2e``.  A
+  sitecustomize probe records where the QGIS process spends its time (start-up, engine
+  import, model load, extraction, time inside the forward, exit).
+* ``rss``: extract_features on a 2k x 2k and a 20k x 20k GeoTIFF, each in a fresh process;
+  ``extract_rss_ratio`` = the extraction's own peak memory (VmHWM minus the floor after
+  the torch/timm imports and the model load), large / small.
+* ``cv``: fitpoints' spatial CV (6 K-means folds; mlp, ridge, rf with its out-of-bag grid
+  search) of 1,000 points with 768-d features; ``cv_ratio`` = CV seconds / (folds x the
+  final fit of the same heads on all points, timed just before and after the CV).
+* ``pretrain``: core.pretrain for one epoch of ``--pretrain-steps`` steps (the first is
+  warm-up): ``pretrain_ratio`` = loop rate / student forward+backward on the same crops
+  (run between the steps), over ``pretrain_steps`` timed steps.
+* ``cosine``: bf16 vs fp32 features of the backbone that the pretrain run DINO-trained,
+  two extract_features runs: ``bf16_cosine_centred`` = min over tiles of the cosine after
+  removing the mean feature.
 
 Writes ``bench_out/bench.json`` and prints a table.  No download: backbones are random
 (timm init) unless ``--backbone`` names a local checkpoint.
@@ -131,7 +132,7 @@ TARGETS = {
                             "min centred cosine bf16 vs fp32 tile features, DINO-trained ViT"),
     "pretrain_ratio": (">=", 0.75, 0.75, "DINO loop / student forward+backward"),
     "pretrain_steps": (">=", 10, 10, "timed DINO steps behind pretrain_ratio"),
-    "cv_ratio": ("<=", 1.2, 1.2,
+    "cv_ratio": ("<=", 1.8, 1.8,
                  "spatial CV / (folds x the final fit on all points), mlp+ridge+rf"),
 }
 
@@ -476,7 +477,7 @@ def bench_extract(args, device, backbone, data: Path, out: Path, dtypes, main_dt
         with TileSource(str(scene)) as src:
             load = CpuMeter()
             t0 = paused["last"] = time.perf_counter()
-            s = extract_features(src, backbone, str(path), tile=tile, batch_size=batch,
+            s = F.extract_features(src, backbone, str(path), tile=tile, batch_size=batch,
                                  device=str(device), amp=dt_amp(dt), workers=args.workers,
                                  normalization=norm,
                                  progress=Progress(on_progress=between_batches))
@@ -573,7 +574,7 @@ def rss_child(cfg: dict) -> dict:
     with TileSource(cfg["raster"]) as src:
         base = _vmhwm_kb()
         t0 = time.perf_counter()
-        s = extract_features(src, bb, cfg["output"], tile=cfg["tile"], stride=cfg["tile"],
+        s = F.extract_features(src, bb, cfg["output"], tile=cfg["tile"], stride=cfg["tile"],
                              batch_size=cfg["batch"], device=cfg["device"], amp="none",
                              workers=cfg["workers"], normalization=norm)
         dt = time.perf_counter() - t0
@@ -641,6 +642,10 @@ def model_child(cfg: dict) -> dict:
     return t
 
 
+CLOCK_MARKS = ("python_start", "engine_imported", "load_backbone_start", "load_backbone_end",
+               "extract_start", "extract_end")
+
+
 def bench_e2e(args, device, data: Path, out: Path, model_fps=None) -> dict:
     """A real ``scripts/qgis_process run soilssl:extractfeatures`` on a generated RGB
     scene, timed from outside, against a standalone model-only process (same checkpoint,
@@ -702,7 +707,8 @@ def bench_e2e(args, device, data: Path, out: Path, model_fps=None) -> dict:
         t0, t1, proc = timed(qgis, env)
         rnd["e2e_s"] = t1 - t0
         marks = json.loads(probe.read_text()) if probe.exists() else {}
-        rnd["e2e_marks"] = {k: _rnd(v - t0, 2) for k, v in marks.items()}
+        rnd["e2e_marks"] = {k: _rnd(v - t0 if k in CLOCK_MARKS else v, 2)
+                            for k, v in marks.items()}
         rnd["e2e_marks"]["exit"] = _rnd(t1 - t0, 2)
         t0, t1, proc = timed(model_cmd, dict(os.environ, PYTHONPATH=str(PKG_DIR)))
         rnd["model_s"] = t1 - t0
@@ -720,13 +726,23 @@ def bench_e2e(args, device, data: Path, out: Path, model_fps=None) -> dict:
     model = sum((models[i] + models[i + 1]) / 2 for i in range(len(res["rounds"])))
     for r in res["rounds"]:
         r["e2e_s"], r["model_s"] = _rnd(r["e2e_s"], 2), _rnd(r["model_s"], 2)
+    q, m = res["rounds"][-1]["e2e_marks"], res["rounds"][-1]["model_marks"]
+    try:  # where the time goes (last round), seconds from each process's start
+        res["breakdown"] = {
+            "qgis_process": {"to_model_loaded": q["load_backbone_end"],
+                             "extract": _rnd(q["extract_end"] - q["extract_start"], 2),
+                             "inside_forward": _rnd(q.get("embed_seconds"), 2),
+                             "exit": _rnd(q["exit"] - q["extract_end"], 2)},
+            "model_only": {"to_model_loaded": m["model_loaded"],
+                           "forward": _rnd(m["forward_done"] - m["model_loaded"], 2),
+                           "exit": _rnd(m["exit"] - m["forward_done"], 2)}}
+    except KeyError:
+        res["breakdown"] = None
     res["e2e_seconds"] = _rnd(e2e, 2)
     res["model_seconds"] = _rnd(model, 2)
     res["extract_ratio_e2e"] = _rnd(model / e2e, 3)
-    last = res["rounds"][-1]
     print(f"  qgis_process extractfeatures {e2e:.1f} s vs model-only process {model:.1f} s "
-          f"({cols * rows} tiles, {dt}); qgis marks {last['e2e_marks']}; model marks "
-          f"{last['model_marks']}", flush=True)
+          f"({cols * rows} tiles, {dt}); breakdown {res['breakdown']}", flush=True)
     return res
 
 
@@ -774,7 +790,7 @@ def bench_cv(args) -> dict:
         cv = cv_mod.cross_validate({cv_mod.FEATURES: feats}, y, folds, [m], target_names=["pH"],
                                    seed=0, keep_models=True)
         took = time.perf_counter() - t0
-        ref = (ref + reference(m)) / 2
+        ref = min(ref, reference(m))  # the less disturbed of the two
         res["seconds"][m] = _rnd(took, 2)
         res["ref_seconds"][m] = _rnd(ref, 3)
         res["ratio"][m] = _rnd(took / (k * ref), 3)
@@ -831,14 +847,14 @@ def bench_pretrain(args, device, data: Path, out: Path) -> dict:
     teacher = create_model(arch, 3, tile, dynamic_img_size=True).to(device).eval()
 
     def step():
-        with autocast(device, amp):
+        with F.autocast(device, amp):
             out_ = torch.cat([student(g) for g in groups])
         loss = out_.float().square().mean()
         student.zero_grad(set_to_none=True)
         loss.backward()
 
     def teacher_step():
-        with torch.no_grad(), autocast(device, amp):
+        with torch.no_grad(), F.autocast(device, amp):
             teacher(groups[0])
 
     # The reference runs between the loop's steps (from the progress callback that
@@ -1026,9 +1042,11 @@ def parse_args(argv=None):
     p.add_argument("--rss-small", type=int, default=2000, help="small raster side (px)")
     p.add_argument("--rss-large", type=int, default=20000, help="large raster side (px)")
     p.add_argument("--rss-arch", default="vit_tiny_patch16_224")
-    p.add_argument("--rss-patch", type=int, default=56, help="patch size override (0: arch's)")
-    p.add_argument("--rss-tile", type=int, default=224)
-    p.add_argument("--rss-batch", type=int, default=8)
+    p.add_argument("--rss-patch", type=int, default=64, help="patch size override (0: arch's)")
+    p.add_argument("--rss-tile", type=int, default=448)
+    p.add_argument("--rss-batch", type=int, default=4,
+                   help="small enough that the 2k x 2k run (25 tiles) reaches the pipeline's "
+                        "steady state (prefetch) too")
     p.add_argument("--cv-points", type=int, default=1000)
     p.add_argument("--cv-dim", type=int, default=768)
     p.add_argument("--pretrain-arch", default=None, help="default: --arch")

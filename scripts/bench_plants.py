@@ -26,7 +26,8 @@ PLANTS = {
     "no_bf16": ("bf16_speedup",
                 "AMP=bf16 runs in fp32: no bf16 copy of the backbone, no autocast"),
     "coarse_bf16": ("bf16_cosine_centred",
-                    "the low-precision copy rounds the weights through float8 (e4m3)"),
+                    "the low-precision copy is an 8-bit float one: weights and each block's "
+                    "output rounded through float8 e4m3"),
     "unbatched": ("batch_speedup_fp32",
                   "embed forwards a batch one tile at a time"),
     "norm_per_batch": ("extract_ratio, extract_ratio_e2e",
@@ -116,6 +117,9 @@ def _plant_coarse_bf16(pkg, raster, features):
             with torch.no_grad():
                 for p in out.model.parameters():
                     p.copy_(p.to(torch.float8_e4m3fn).to(p.dtype))
+            for blk in getattr(out.model, "blocks", []):
+                blk.register_forward_hook(
+                    lambda m, i, o: o.to(torch.float8_e4m3fn).to(o.dtype))
         return out
 
     features.low_precision_copy = coarse_copy
