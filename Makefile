@@ -27,8 +27,9 @@ demo: setup
 evaluate: setup
 	$(PY) scripts/evaluate.py
 
+# make bench BENCH_ARGS="--quick" / BENCH_ARGS="--plant no_bf16" (a planted regression)
 bench: setup
-	$(PY) scripts/bench.py
+	$(PY) scripts/bench.py $(BENCH_ARGS)
 
 zip:
 	@bash scripts/make_zip.sh
