@@ -951,7 +951,7 @@ def bench_patches(args, device, data: Path, out: Path) -> dict:
     (extract_patch_features, written); sliding windows cost one forward per output pixel
     whatever the row, so they are timed on ``--patch-rows`` grid rows of the same raster
     (half before, half after the patch run, so that both see the same load)."""
-    from soilssl.core.features import PATCH, prepare
+    from soilssl.core.features import prepare
     from soilssl.core.patches import FeatureRows, extract_patch_features, patch_size
     torch.manual_seed(0)
     bb = load_backbone(args.backbone, arch=args.arch if not args.backbone else None,
