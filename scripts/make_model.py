@@ -8,7 +8,7 @@ The model is built with PyQGIS's own modeler classes (QgsProcessingModelAlgorith
 QgsProcessingModelChildAlgorithm...) inside a headless QGIS with the SoilSSL provider, so
 the file is what the Model Designer of QGIS >= 3.22 itself writes:
 
-    raster (+ DEM), points --> soilssl:pretrain (DINO, tiles away from the points)
+    raster, points --> soilssl:pretrain (DINO, tiles away from the points)
         pretrained backbone --> soilssl:fitpoints (soil heads, spatial CV) --> soilssl:predictmap
         pretrained backbone --> soilssl:extractfeatures --> soilssl:clustermap
 
@@ -27,7 +27,8 @@ WIDTH = 270  # component boxes wide enough for every title (the Designer's 200 c
 # Component centres (Model Designer scene coordinates): no two boxes overlap; the raster on
 # top, the pretraining settings below it, the points at the bottom, the chain going down and
 # right, and no two links cross (tests/test_qgis_look.py counts them in the Designer's scene):
-# the raster's links pass above pretraining, which feeds what lies between them and the points'.
+# the raster's links pass above pretraining, the points' below it; what pretraining feeds lies
+# between them.
 LAYOUT = {
     "raster": (140, 60), "arch": (140, 420), "tile_size": (140, 480), "epochs": (140, 540),
     "buffer": (140, 600), "points": (140, 1200), "pretrain": (600, 632),
