@@ -1,12 +1,14 @@
 """Writes resources/models/soil_mapping.model3, the SoilSSL chain for the graphical modeler.
 
-    .venv/bin/python scripts/make_model.py [OUTPUT]
+    .venv/bin/python scripts/make_model.py [OUTPUT] [--png PICTURE]
+
+(--png also draws the model as the Model Designer shows it, to look at its layout.)
 
 The model is built with PyQGIS's own modeler classes (QgsProcessingModelAlgorithm,
 QgsProcessingModelChildAlgorithm...) inside a headless QGIS with the SoilSSL provider, so
 the file is what the Model Designer of QGIS >= 3.22 itself writes:
 
-    raster (+ DEM), points --> soilssl:pretrain (DINO, tiles away from the points)
+    raster, points --> soilssl:pretrain (DINO, tiles away from the points)
         pretrained backbone --> soilssl:fitpoints (soil heads, spatial CV) --> soilssl:predictmap
         pretrained backbone --> soilssl:extractfeatures --> soilssl:clustermap
 
@@ -22,18 +24,25 @@ OUTPUT = os.path.join(ROOT, "resources", "models", "soil_mapping.model3")
 
 
 WIDTH = 270  # component boxes wide enough for every title (the Designer's 200 cut some)
-# Component centres (Model Designer scene coordinates), in layers: the pretraining inputs on
-# the left, the shared inputs in the top row, each algorithm below what it reads, its own
-# inputs to its left and its outputs to its right; no two boxes overlap (tests/test_qgis_ux).
+# Component centres (Model Designer scene coordinates): no two boxes overlap; the raster on
+# top, the pretraining settings below it, the points at the bottom, the chain going down and
+# right, and no two links cross (tests/test_qgis_look.py counts them in the Designer's scene):
+# the raster's links pass above pretraining, the points' below it; what pretraining feeds lies
+# between them.
 LAYOUT = {
-    "arch": (140, 60), "tile_size": (140, 120), "epochs": (140, 180), "buffer": (140, 240),
-    "init": (140, 300), "out_dim": (140, 360), "local_crops": (140, 420),
-    "raster": (470, 60), "dem": (770, 60), "points": (1070, 60), "device": (1370, 60),
-    "batch_size": (1670, 60),
-    "fields": (470, 700), "method": (470, 760), "folds": (470, 820), "clusters": (1370, 760),
-    "pretrain": (580, 560), "fitpoints": (880, 900), "predictmap": (1180, 1240),
-    "extractfeatures": (1440, 560), "clustermap": (1740, 900),
+    "raster": (140, 60), "arch": (140, 420), "tile_size": (140, 480), "epochs": (140, 540),
+    "buffer": (140, 600), "points": (140, 1200), "pretrain": (600, 632),
+    "pretrain:backbone": (950, 750), "extractfeatures": (900, 500), "clusters": (900, 640),
+    "clustermap": (1300, 700), "clustermap:clusters": (1650, 770), "fields": (1000, 830),
+    "method": (1000, 890), "folds": (1000, 950), "fitpoints": (2500, 1000),
+    "fitpoints:cv_points": (2850, 1080), "fitpoints:soil_model": (2850, 1140),
+    "fitpoints:cv_report": (2850, 1200), "predictmap": (3200, 1000),
+    "predictmap:soil_map": (3550, 1000), "predictmap:uncertainty": (3550, 1060),
+    "predictmap:aoa": (3550, 1120),
 }
+# What need not be a model input runs at the algorithms' defaults (device auto, batch size,
+# no DEM, no initial weights) or at these settings for pretraining a small ViT quickly.
+PRETRAIN_FIXED = {"OUT_DIM": 1024, "LOCAL_CROPS": 4}
 
 
 def build():
@@ -42,55 +51,41 @@ def build():
                            QgsProcessingModelChildAlgorithm,
                            QgsProcessingModelChildParameterSource as Src,
                            QgsProcessingModelOutput, QgsProcessingModelParameter,
-                           QgsProcessingParameterDefinition, QgsProcessingParameterEnum,
-                           QgsProcessingParameterFeatureSource, QgsProcessingParameterField,
-                           QgsProcessingParameterFile, QgsProcessingParameterNumber,
+                           QgsProcessingParameterEnum, QgsProcessingParameterFeatureSource,
+                           QgsProcessingParameterField, QgsProcessingParameterNumber,
                            QgsProcessingParameterRasterLayer, QgsProcessingParameterString)
     from qgis.PyQt.QtCore import QPointF, QSizeF
-    from soilssl.algorithms.base import DEVICES
     from soilssl.algorithms.fitpoints import METHODS
     from soilssl.algorithms.help import REFERENCE
 
     model = QgsProcessingModelAlgorithm("soil_mapping", "SoilSSL")
     integer, double = QgsProcessingParameterNumber.Integer, QgsProcessingParameterNumber.Double
-    inputs = [  # (parameter, advanced, help)
-        (QgsProcessingParameterRasterLayer("raster", "Image raster"), False,
+    inputs = [  # (parameter, help)
+        (QgsProcessingParameterRasterLayer("raster", "Image raster"),
          "The scene to learn from and to map (e.g. resources/demo/rgb.tif)."),
-        (QgsProcessingParameterRasterLayer("dem", "DEM as extra channel", optional=True), True,
-         "Optional elevation raster added as a 4th channel."),
         (QgsProcessingParameterFeatureSource("points", "Soil sample points",
-                                             [QgsProcessing.TypeVectorPoint]), False,
+                                             [QgsProcessing.TypeVectorPoint]),
          "Soil samples (any CRS); pretraining keeps BUFFER px away from them."),
         (QgsProcessingParameterField("fields", "Soil properties", "ph_h2o", "points",
-                                     QgsProcessingParameterField.Any, True), False,
+                                     QgsProcessingParameterField.Any, True),
          "Numeric fields to predict (the demo: ph_h2o, ph_kcl, si)."),
-        (QgsProcessingParameterString("arch", "ViT architecture", "vit_tiny_patch16_224"), False,
+        (QgsProcessingParameterString("arch", "ViT architecture", "vit_tiny_patch16_224"),
          "timm ViT (paper: vit_base_patch16_224)."),
         (QgsProcessingParameterNumber("tile_size", "Tile size (px)", integer, 32, minValue=16),
-         False, "Tile size of pretraining, fitting and mapping (paper: 224)."),
+         "Tile size of pretraining, fitting and mapping (paper: 224)."),
         (QgsProcessingParameterNumber("epochs", "Pretraining epochs", integer, 5, minValue=1),
-         False, "DINO epochs on the scene."),
+         "DINO epochs on the scene."),
         (QgsProcessingParameterNumber("buffer", "Buffer around the points (px)",
-                                      double, 16.0, minValue=0.0), False,
+                                      double, 16.0, minValue=0.0),
          "Tiles this close to a sample point are not used for pretraining (paper: 448 px; the "
          "demo points are dense)."),
-        (QgsProcessingParameterEnum("method", "Soil head", METHODS, defaultValue=0), False,
+        (QgsProcessingParameterEnum("method", "Soil head", METHODS, defaultValue=0),
          "Method of Fit soil heads (all: compare every method, map with the best)."),
         (QgsProcessingParameterNumber("folds", "Spatial CV folds", integer, 6, minValue=2),
-         False, "K-means folds of the point coordinates (paper: 6)."),
+         "K-means folds of the point coordinates (paper: 6)."),
         (QgsProcessingParameterNumber("clusters", "Landscape classes (K)", integer, 8,
-                                      minValue=2, maxValue=254), False,
+                                      minValue=2, maxValue=254),
          "K-means classes of the landscape map (paper: 8)."),
-        (QgsProcessingParameterEnum("device", "Device", DEVICES, defaultValue=0), False,
-         "auto: CUDA when available, else the CPU."),
-        (QgsProcessingParameterFile("init", "Initial weights (optional)", optional=True), True,
-         "A DINO/timm/SoilSSL checkpoint to start pretraining from; empty = random."),
-        (QgsProcessingParameterNumber("out_dim", "DINO head output dimension", integer, 1024,
-                                      minValue=16), True, "Smaller is faster."),
-        (QgsProcessingParameterNumber("local_crops", "Local crops per tile", integer, 4,
-                                      minValue=0), True, "Multi-crop local views."),
-        (QgsProcessingParameterNumber("batch_size", "Batch size", integer, 32, minValue=1),
-         True, "Tiles per step."),
     ]
     help_content = {"ALG_DESC": (
         "The SoilSSL chain: DINO self-supervised pretraining of a ViT on the scene (away from "
@@ -98,9 +93,7 @@ def build():
         "cross-validation, the soil map with its uncertainty and area of applicability, and "
         "a K-means landscape map of the pretrained features. " + REFERENCE),
         "ALG_CREATOR": "SoilSSL", "ALG_HELP_CREATOR": "SoilSSL"}
-    for i, (param, is_advanced, text) in enumerate(inputs):
-        if is_advanced:
-            param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+    for param, text in inputs:
         component = QgsProcessingModelParameter(param.name())
         component.setPosition(QPointF(*LAYOUT[param.name()]))
         component.setSize(QSizeF(WIDTH, 30))
@@ -125,37 +118,34 @@ def build():
             out = QgsProcessingModelOutput(name, description)
             out.setChildId(child_id)
             out.setChildOutputName(child_output)
-            out.setPosition(QPointF(position[0] + WIDTH + 40,
-                                    position[1] + 40 * len(model_outputs)))
+            out.setPosition(QPointF(*LAYOUT[f"{child_id}:{name}"]))
             out.setSize(QSizeF(WIDTH, 30))
             model_outputs[name] = out
         c.setModelOutputs(model_outputs)
         model.addChildAlgorithm(c)
 
-    p = Src.fromModelParameter
-    fixed = Src.fromStaticValue
-    raster = {"INPUT": p("raster"), "DEM": p("dem")}
-    compute = {"DEVICE": p("device"), "BATCH_SIZE": p("batch_size")}
+    p, fixed = Src.fromModelParameter, Src.fromStaticValue
+    raster = {"INPUT": p("raster")}
     backbone = Src.fromChildOutput("pretrain", "OUTPUT")
     child("pretrain", "pretrain", LAYOUT["pretrain"], {
-        **raster, **compute, "POINTS": p("points"), "BUFFER": p("buffer"), "ARCH": p("arch"),
-        "INIT": p("init"), "EPOCHS": p("epochs"), "TILE_SIZE": p("tile_size"),
-        "OUT_DIM": p("out_dim"), "LOCAL_CROPS": p("local_crops")},
+        **raster, "POINTS": p("points"), "BUFFER": p("buffer"), "ARCH": p("arch"),
+        "EPOCHS": p("epochs"), "TILE_SIZE": p("tile_size"),
+        **{name: fixed(value) for name, value in PRETRAIN_FIXED.items()}},
         [("backbone", "OUTPUT", "Pretrained backbone")])
     child("fitpoints", "fitpoints", LAYOUT["fitpoints"], {
-        **raster, **compute, "BACKBONE": backbone, "POINTS": p("points"),
+        **raster, "BACKBONE": backbone, "POINTS": p("points"),
         "FIELDS": p("fields"), "METHOD": p("method"), "FOLDS": p("folds")},
         [("cv_points", "OUTPUT_POINTS", "Points with CV predictions"),
          ("soil_model", "OUTPUT_MODEL", "Soil model"),
          ("cv_report", "OUTPUT_REPORT", "Cross-validation report")])
     child("predictmap", "predictmap", LAYOUT["predictmap"], {
-        **raster, **compute, "MODEL": Src.fromChildOutput("fitpoints", "OUTPUT_MODEL"),
+        **raster, "MODEL": Src.fromChildOutput("fitpoints", "OUTPUT_MODEL"),
         "STRIDE": fixed(0)},
         [("soil_map", "OUTPUT", "Soil map"),
          ("uncertainty", "OUTPUT_UNCERTAINTY", "Uncertainty"),
          ("aoa", "OUTPUT_AOA", "Area of applicability")])
     child("extractfeatures", "extractfeatures", LAYOUT["extractfeatures"], {
-        **raster, **compute, "BACKBONE": backbone})
+        **raster, "BACKBONE": backbone})
     child("clustermap", "clustermap", LAYOUT["clustermap"], {
         "INPUT": Src.fromChildOutput("extractfeatures", "OUTPUT"), "K": p("clusters")},
         [("clusters", "OUTPUT", "Landscape clusters")])
@@ -163,7 +153,70 @@ def build():
     return model
 
 
+def designer_scene(model):
+    """The model's scene as the Model Designer draws it (needs a QgsApplication with a GUI
+    platform, offscreen will do): boxes, ports and the curved links."""
+    from processing.modeler.ModelerScene import ModelerScene
+    from qgis.core import QgsProcessingContext
+    from qgis.PyQt.QtCore import QRectF
+    scene = ModelerScene()
+    scene.setSceneRect(QRectF(0, 0, 4000, 4000))  # the Designer's CANVAS_SIZE
+    scene.createItems(model, QgsProcessingContext())
+    return scene
+
+
+def link_crossings(model):
+    """The pairs of links of `model` that cross in the Model Designer: each link (its
+    QgsModelArrowItem.path()) is the Designer's curve, flattened to line segments; two links cross
+    where their segments intersect away from an end point they share (links from one output
+    or into one input meet there by design, and within 12 px of it they cannot be told apart)."""
+    import itertools
+    from qgis.PyQt.QtCore import QLineF, QPointF  # copies: the polygons' points die with them
+    from qgis.PyQt.QtWidgets import QGraphicsPathItem
+    scene = designer_scene(model)
+    links = []
+    for item in scene.items():
+        if isinstance(item, QGraphicsPathItem):  # a QgsModelArrowItem, as PyQt sees it
+            points = [QPointF(p) for poly in item.path().toSubpathPolygons() for p in poly]
+            links.append(([QLineF(a, b) for a, b in zip(points, points[1:])],
+                          (points[0], points[-1])))
+    crossings = []
+    for (a, ends_a), (b, ends_b) in itertools.combinations(links, 2):
+        shared = [p for p in ends_a for q in ends_b if (p - q).manhattanLength() < 1]
+        for sa in a:
+            for sb in b:
+                kind, at = sa.intersects(sb)
+                if kind == QLineF.BoundedIntersection and \
+                        all((at - p).manhattanLength() > 12 for p in shared):
+                    crossings.append((ends_a, ends_b, at))
+                    break
+            else:
+                continue
+            break
+    return crossings
+
+
+def render(model, png):
+    """Draws the model as the Model Designer shows it into `png`."""
+    from qgis.PyQt.QtCore import QRectF, Qt
+    from qgis.PyQt.QtGui import QImage, QPainter
+    scene = designer_scene(model)
+    rect = scene.itemsBoundingRect().adjusted(-20, -20, 20, 20)
+    image = QImage(int(rect.width()), int(rect.height()), QImage.Format_ARGB32)
+    image.fill(Qt.white)
+    painter = QPainter(image)
+    painter.setRenderHint(QPainter.Antialiasing)
+    scene.render(painter, QRectF(image.rect()), rect)
+    painter.end()
+    return image.save(png)
+
+
 def main(argv):
+    argv = list(argv)
+    png = None
+    if "--png" in argv:
+        png = os.path.abspath(argv.pop(argv.index("--png") + 1))
+        argv.remove("--png")
     out = os.path.abspath(argv[1]) if len(argv) > 1 else OUTPUT
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     os.environ["QT_HASH_SEED"] = "0"  # the same XML attribute order every time
@@ -174,7 +227,7 @@ def main(argv):
         os.symlink(ROOT, os.path.join(plugins, "soilssl"))
     sys.path.insert(0, plugins)
     from qgis.core import QgsApplication
-    app = QgsApplication([], False)
+    app = QgsApplication([], png is not None)  # drawing needs the GUI (offscreen will do)
     app.initQgis()
     import soilssl
     plugin = soilssl.classFactory(None)
@@ -187,6 +240,11 @@ def main(argv):
     if not model.toFile(out):
         raise SystemExit(f"could not write {out}")
     print(f"wrote {out}")
+    if png:
+        from processing.core.Processing import Processing
+        Processing.initialize()  # the Designer's item classes
+        print(f"{len(link_crossings(model))} link crossings; drawn: {png}" if render(model, png)
+              else f"could not write {png}")
     plugin.unload()
     return 0
 

@@ -332,9 +332,49 @@ def test_model_designer_layout_boxes_apart_titles_whole(qgis_app):
             rects.append((title, QRectF(pos.x() - size.width() / 2,
                                         pos.y() - size.height() / 2 - ports, size.width(),
                                         size.height() + 2 * ports)))
-        assert len(rects) == 16 + 5 + 8  # inputs, algorithms, outputs
+        assert len(rects) == 10 + 5 + 8  # inputs, algorithms, outputs
         for (a, ra), (b, rb) in itertools.combinations(rects, 2):
             assert not ra.intersects(rb), (a, b)
     finally:
         dlg.hide()
         dlg.deleteLater()
+
+
+def shipped_model_and_crossing_count():
+    import sys
+    from qgis.core import QgsProcessingModelAlgorithm
+    root = os.path.dirname(os.path.dirname(__file__))
+    sys.path.insert(0, os.path.join(root, "scripts"))
+    try:
+        from make_model import link_crossings
+    finally:
+        sys.path.pop(0)
+    model = QgsProcessingModelAlgorithm()
+    assert model.fromFile(os.path.join(root, "resources", "models", "soil_mapping.model3"))
+    return model, link_crossings
+
+
+def test_model_designer_links_do_not_cross(qgis_app):
+    """The shipped model's links, as the Model Designer draws them (curves from an output
+    port to an input port), cross nowhere."""
+    model, link_crossings = shipped_model_and_crossing_count()
+    assert link_crossings(model) == []
+
+
+def test_model_designer_link_crossings_are_found(qgis_app):
+    """The crossing count finds two links that cross, from their real ports."""
+    from qgis.PyQt.QtCore import QPointF
+    model, link_crossings = shipped_model_and_crossing_count()
+    # a bad layout: raster top left feeding Extract ViT features bottom right, the classes
+    # (K) bottom left feeding Landscape clusters top right: those two links cross once
+    for name, (x, y) in (("raster", (140, 60)), ("clusters", (140, 2000))):
+        component = model.parameterComponent(name)
+        component.setPosition(QPointF(x, y))
+        model.setParameterComponent(component)
+    for child_id, (x, y) in (("extractfeatures", (3000, 2100)), ("clustermap", (3000, 160))):
+        child = model.childAlgorithm(child_id)
+        child.setPosition(QPointF(x, y))
+        model.setChildAlgorithm(child)
+    starts = [{(round(a[0].x()), round(a[0].y())), (round(b[0].x()), round(b[0].y()))}
+              for a, b, _ in link_crossings(model)]
+    assert {(140 + 135, 60), (140 + 135, 2000)} in starts  # from the boxes' right edges

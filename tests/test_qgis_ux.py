@@ -343,8 +343,7 @@ def test_modeler_chain_runs_headless_on_the_demo(qgis_app, tmp_path):
     res = processing.run(model, {
         "raster": os.path.join(DEMO, "rgb.tif"), "points": os.path.join(DEMO, "points.geojson"),
         "fields": ["ph_h2o"], "arch": TINY, "tile_size": 32, "epochs": 1, "buffer": 32,
-        "out_dim": 16, "local_crops": 0, "batch_size": 32, "method": METHODS.index("ridge"),
-        "folds": 6, "clusters": 4, "device": 1, **out}, feedback=feedback())
+        "method": METHODS.index("ridge"), "folds": 6, "clusters": 4, **out}, feedback=feedback())
     for name, path in out.items():
         assert os.path.exists(path), name
     bb = load_backbone(out["pretrain:backbone"])
