@@ -361,13 +361,17 @@ def panel_legend_matches(lyr, name):
 
 
 def layer(name):
-    layers = QgsProject.instance().mapLayersByName(name)
-    return layers[0] if layers else None
+    """The loaded output EXPECTED[name] names, found by its file: Processing names it after
+    the file or after the output's description, depending on Settings > Processing >
+    "Prefer output filename for layer names" (and on when Processing read that setting)."""
+    filename = EXPECTED[name][0]
+    for lyr in QgsProject.instance().mapLayers().values():
+        if os.path.basename(lyr.source().split("|")[0]) == filename:
+            return lyr
+    return None
 
 
-# name in the Layers panel -> (file, renderer type).  Processing names a loaded output
-# after its file by default (Settings > Processing > "Prefer output filename for layer
-# names"), as the user sees it.
+# output -> (file, renderer type); layers are found by their file (see layer()).
 EXPECTED = {
     "features": ("features.tif", None),
     "clusters": ("clusters.tif", "paletted"),
@@ -376,6 +380,14 @@ EXPECTED = {
     "prediction": ("prediction.tif", "singlebandpseudocolor"),
     "uncertainty": ("uncertainty.tif", "singlebandpseudocolor"),
     "aoa": ("aoa.tif", "paletted"),
+}
+
+
+# the output descriptions Processing names layers by when it does not use file names
+OUTPUT_TITLES = {
+    "features": "Features", "clusters": "Clusters", "pca": "PCA colours",
+    "points_cv": "Points with out-of-fold predictions", "prediction": "Prediction",
+    "uncertainty": "Uncertainty (std of fold models)", "aoa": "Area of applicability",
 }
 
 
@@ -395,6 +407,8 @@ def checks():
             continue
         check(f"'{name}' is {filename}", lyr.source().split("|")[0].endswith(filename),
               lyr.source())
+        check(f"'{name}' is named after its file or its output", lyr.name() in (
+            os.path.splitext(filename)[0], OUTPUT_TITLES[name]), lyr.name())
         if renderer:
             check(f"'{name}' renderer is {renderer}", lyr.renderer().type() == renderer,
                   lyr.renderer().type())
