@@ -36,8 +36,6 @@ from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 import rasterio
-import torch
-import torch.distributed as dist
 from rasterio.transform import Affine
 from rasterio.windows import Window
 
@@ -47,56 +45,11 @@ from .features import AMPS, POOLS, PATCH, prepare
 from .files import atomic_write_text, discard
 from .patches import FeatureRows
 from .progress import Progress, ensure
+from .ranks import Ranks
 from .raster import DEFAULT_MIN_VALID, RasterWriter, TileSource, commit_all
 
 KINDS = ("features", "predict")
 ASSEMBLE_CHUNK = 256 << 20  # bytes of one window copied during assembly
-
-
-# ---------------------------------------------------------------------------
-# Ranks
-# ---------------------------------------------------------------------------
-@dataclass
-class Ranks:
-    """This process's place among the torchrun workers (RANK/WORLD_SIZE/LOCAL_RANK)."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    owned: bool = False
-
-    @classmethod
-    def join(cls, device: str) -> "Ranks":
-        """Join the process group torchrun describes (a single process needs none).  The
-        barrier waits for the slowest rank: its timeout is a day, not torch's 30 min."""
-        if dist.is_available() and dist.is_initialized():
-            return cls(dist.get_rank(), dist.get_world_size(),
-                       int(os.environ.get("LOCAL_RANK", dist.get_rank())))
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world <= 1:
-            return cls()
-        rank = int(os.environ.get("RANK", "0"))
-        local = int(os.environ.get("LOCAL_RANK", rank))
-        cuda = resolve_device(device).type == "cuda"
-        if cuda:
-            torch.cuda.set_device(local)
-        dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(days=1))
-        return cls(rank, world, local, True)
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
-
-    def gather(self, obj) -> list:
-        if self.world == 1:
-            return [obj]
-        out = [None] * self.world
-        dist.all_gather_object(out, obj)
-        return out
-
-    def close(self) -> None:
-        if self.owned and dist.is_initialized():
-            dist.destroy_process_group()
 
 
 # ---------------------------------------------------------------------------
@@ -394,7 +347,8 @@ def _bands(text: str) -> Optional[list]:
 
 def run(args: argparse.Namespace, progress: Optional[Progress] = None) -> dict:
     progress = ensure(progress)
-    ranks = Ranks.join(args.device)
+    # the barrier waits for the slowest rank: a day, not torch's 30 min
+    ranks = Ranks.join(args.device, timeout=datetime.timedelta(days=1))
     device = args.device
     if ranks.world > 1 and resolve_device(device).type == "cuda":
         device = f"cuda:{ranks.local_rank}"

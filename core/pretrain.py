@@ -59,6 +59,7 @@ from .errors import BackboneError, Cancelled, InputError, SoilSSLError, Training
 from .features import AMPS, autocast
 from .files import atomic_save
 from .progress import Progress, ensure
+from .ranks import Ranks
 from .raster import (DEFAULT_MIN_VALID, GridWindows, Normalization, TileGrid, TileSource,
                      iter_batches)
 
@@ -316,41 +317,6 @@ def sample_tiles(source: TileSource, tile: int, stride: Optional[int] = None, co
                       int(len(candidates) - len(kept)), n_points)
 
 
-# ---------------------------------------------------------------------------
-# Distributed context
-# ---------------------------------------------------------------------------
-@dataclass
-class _Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    owned: bool = False
-
-    @property
-    def enabled(self) -> bool:
-        return self.world > 1
-
-    def barrier(self):
-        if self.enabled:
-            dist.barrier()
-
-
-def _init_distributed(device: torch.device) -> _Dist:
-    """Join the process group torchrun describes (RANK/WORLD_SIZE/LOCAL_RANK env)."""
-    if dist.is_available() and dist.is_initialized():
-        return _Dist(dist.get_rank(), dist.get_world_size(),
-                     int(os.environ.get("LOCAL_RANK", dist.get_rank())), False)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return _Dist()
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", rank))
-    if device.type == "cuda":
-        torch.cuda.set_device(local)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return _Dist(rank, world, local, True)
-
-
 def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(epoch), int(rank)])
                .generate_state(1, dtype=np.uint64)[0] % (2 ** 63 - 1))
@@ -420,7 +386,7 @@ def pretrain(config: PretrainConfig, points_xy=None, points_crs=None,
     cfg = PretrainConfig.from_dict(config.to_dict())
     cfg.validate()
     device = resolve_device(cfg.device)
-    dd = _init_distributed(device)
+    dd = Ranks.join(device)
     if device.type == "cuda" and dd.enabled:
         device = torch.device("cuda", dd.local_rank)
     # only rank 0 talks to the user; cancel requests are shared with every rank
@@ -443,14 +409,13 @@ def pretrain(config: PretrainConfig, points_xy=None, points_crs=None,
     finally:
         if source is not None:
             source.close()
-        if dd.owned and dist.is_initialized():
-            dist.destroy_process_group()
+        dd.close()
 
 
 class _Run:
     """State of one pretraining run (built by :func:`pretrain`)."""
 
-    def __init__(self, cfg: PretrainConfig, source: TileSource, dd: _Dist,
+    def __init__(self, cfg: PretrainConfig, source: TileSource, dd: Ranks,
                  device: torch.device, log: Progress, progress: Progress):
         self.cfg, self.source, self.dd, self.device = cfg, source, dd, device
         self.log, self.progress = log, progress

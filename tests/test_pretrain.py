@@ -345,7 +345,8 @@ def test_continuing_a_full_dino_checkpoint_keeps_both_heads(tmp_path):
 
 
 def test_a_head_that_does_not_fit_is_new_with_a_scaled_warmup(tmp_path):
-    from soilssl.core.pretrain import _Dist, _Run
+    from soilssl.core.pretrain import _Run
+    from soilssl.core.ranks import Ranks
     _structured(tmp_path / "img.tif", size=64)
     _dino_checkpoint(tmp_path / "checkpoint.pth", out_dim=64)
 
@@ -354,7 +355,7 @@ def test_a_head_that_does_not_fit_is_new_with_a_scaled_warmup(tmp_path):
         cfg = _cfg(tmp_path, init=str(tmp_path / "checkpoint.pth"), **dict(
             dict(warmup_epochs=None), **kw))
         with TileSource(cfg.input) as src:
-            run = _Run(cfg, src, _Dist(), torch.device("cpu"), Progress(on_info=messages.append),
+            run = _Run(cfg, src, Ranks(), torch.device("cpu"), Progress(on_info=messages.append),
                        Progress())
             run.build(None)
         return run, [m for m in messages if m.startswith(("The DINO head", "Continuing INIT"))]
