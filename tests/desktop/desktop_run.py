@@ -150,25 +150,30 @@ def start():
 
 
 # -- 2. toolbox and dialog screenshots -------------------------------------------------
-def toolbox():
-    step("toolbox")
+def show_soilssl_in_toolbox():
+    """The Processing Toolbox shown, with SoilSSL's provider and groups expanded at its top:
+    -> (toolbox, tree, model, SoilSSL's index or None)."""
     import qgis.utils
     box = qgis.utils.plugins["processing"].toolbox
     box.setUserVisible(True)
     box.raise_()
     tree = box.algorithmTree
     model = tree.model()
-    found = None
-    for row in range(model.rowCount()):
-        index = model.index(row, 0)
-        if model.data(index, Qt.DisplayRole) == "SoilSSL":
-            found = index
-    check("Toolbox lists the SoilSSL provider", found is not None)
+    found = next((model.index(r, 0) for r in range(model.rowCount())
+                  if model.data(model.index(r, 0), Qt.DisplayRole) == "SoilSSL"), None)
     if found is not None:
         tree.expand(found)
         for row in range(model.rowCount(found)):
             tree.expand(model.index(row, 0, found))
         tree.scrollTo(found, tree.PositionAtTop)
+    return box, tree, model, found
+
+
+def toolbox():
+    step("toolbox")
+    box, tree, model, found = show_soilssl_in_toolbox()
+    check("Toolbox lists the SoilSSL provider", found is not None)
+    if found is not None:
         tree.setCurrentIndex(model.index(0, 0, found))
     names = []
     if found is not None:
@@ -544,20 +549,10 @@ def fresh_start():
 
 def fresh_toolbox():
     step("fresh: toolbox")
-    import qgis.utils
-    box = qgis.utils.plugins["processing"].toolbox
-    box.setUserVisible(True)
-    box.raise_()
-    tree = box.algorithmTree
-    model = tree.model()
-    found = [model.index(r, 0) for r in range(model.rowCount())
-             if model.data(model.index(r, 0), Qt.DisplayRole) == "SoilSSL"]
+    box, tree, model, soilssl = show_soilssl_in_toolbox()
+    found = [soilssl] if soilssl is not None else []
     check("Toolbox lists SoilSSL without torch", found, part=5)
     if found:
-        tree.expand(found[0])
-        for row in range(model.rowCount(found[0])):
-            tree.expand(model.index(row, 0, found[0]))
-        tree.scrollTo(found[0], tree.PositionAtTop)
         results["toolbox_tooltip"] = model.data(found[0], Qt.ToolTipRole)
     wanted = QgsApplication.processingRegistry().algorithmById("soilssl:predictmap").displayName()
     for group in ([model.index(r, 0, found[0]) for r in range(model.rowCount(found[0]))]
