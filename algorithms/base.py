@@ -168,7 +168,10 @@ class SoilSSLAlgorithm(QgsProcessingAlgorithm):
         self.add(QgsProcessingParameterEnum("DEVICE", "Device", DEVICES, defaultValue=0))
         self.add_number("BATCH_SIZE", "Batch size", batch, minimum=1)
         self.add(QgsProcessingParameterEnum("AMP", "Mixed precision", AMPS, defaultValue=0), True)
-        self.add_number("WORKERS", "Reader threads", 2, minimum=0, maximum=32, is_advanced=True)
+        self.add(QgsProcessingParameterNumber(
+            "WORKERS", "Reader threads (empty: automatic, 2 on the CPU, up to 8 with a GPU)",
+            QgsProcessingParameterNumber.Integer, None, optional=True, minValue=0,
+            maxValue=32), True)
 
     # -- reading shared parameters ------------------------------------------
     def source(self, parameters, context, recorded=None, progress=None):
@@ -213,4 +216,5 @@ class SoilSSLAlgorithm(QgsProcessingAlgorithm):
         return dict(device=device,
                     batch_size=self.parameterAsInt(parameters, "BATCH_SIZE", context),
                     amp=self.enum(parameters, "AMP", context),
-                    workers=self.parameterAsInt(parameters, "WORKERS", context))
+                    workers=None if parameters.get("WORKERS") in (None, "") else
+                    self.parameterAsInt(parameters, "WORKERS", context))

@@ -46,7 +46,8 @@ PARAMS = {
                      "map then gives one pixel per patch).",
     "MIN_VALID": "Tiles with a smaller share of valid pixels (not nodata, alpha or mask, and "
                  "inside the raster) are skipped and give nodata.",
-    "WORKERS": "Background threads reading tiles.",
+    "WORKERS": "Background threads reading tiles. Empty: 2 on the CPU (the model needs the "
+               "cores), up to 8 when the model runs on a GPU (the readers are then the limit).",
     "K": "Number of K-means classes (the paper uses 8).",
     "SEED": "Random seed: the same seed gives the same result (sampling, K-means, folds, "
             "training order and crops).",

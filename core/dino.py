@@ -312,8 +312,10 @@ def ema_update(student: nn.Module, teacher: nn.Module, momentum: float) -> None:
     t_params = list(teacher.parameters())
     if len(s_params) != len(t_params):
         raise ValueError("Student and teacher have different parameter lists.")
-    for ps, pt in zip(s_params, t_params):
-        pt.mul_(momentum).add_(ps.detach(), alpha=1.0 - momentum)
+    # one fused call per parameter list (not two kernels per tensor): on a GPU the
+    # per-tensor loop is launch-bound (~300 launches for a ViT-S)
+    torch._foreach_mul_(t_params, momentum)
+    torch._foreach_add_(t_params, [p.detach() for p in s_params], alpha=1.0 - momentum)
 
 
 # ---------------------------------------------------------------------------
@@ -351,7 +353,8 @@ class MultiCropAugmentation:
                  global_size: Optional[int] = None, local_size: Optional[int] = None,
                  patch_size: int = 16, jitter: Sequence[float] = (0.4, 0.4, 0.2, 0.1),
                  jitter_p: float = 0.8, grayscale_p: float = 0.2,
-                 blur_sigma: Sequence[float] = (0.1, 2.0)):
+                 blur_sigma: Sequence[float] = (0.1, 2.0), batched: Optional[bool] = None):
+        self.batched = batched
         self.tile_size = int(tile_size)
         self.optical = int(optical_channels)
         self.local_crops_number = int(local_crops_number)
@@ -489,11 +492,122 @@ class MultiCropAugmentation:
             v = torch.cat([z, v[self.optical:]], dim=0) if v.shape[0] > self.optical else z
         return v.contiguous()
 
+    # -- a whole batch at once (the GPU path) -------------------------------------
+    def crop_grid(self, g, n: int, height: int, width: int, size: int, scale) -> torch.Tensor:
+        """(n, 2, 3) ``affine_grid`` matrices: per tile a random resized crop
+        (:meth:`crop_params`), a random quarter turn and a random horizontal flip, the
+        same geometry :meth:`view` makes one tile at a time."""
+        theta = torch.zeros(n, 2, 3, dtype=torch.float64)
+        turn = torch.tensor([[0.0, -1.0], [1.0, 0.0]], dtype=torch.float64)  # rot90 k=1
+        for i in range(n):
+            top, left, h, w = self.crop_params(g, height, width, scale)
+            k = self._randint(g, 0, 4)
+            flip = self._rand(g) < 0.5
+            a = torch.diag(torch.tensor([w / width, h / height], dtype=torch.float64))
+            a = a @ torch.linalg.matrix_power(turn, k)
+            if flip:
+                a = a @ torch.diag(torch.tensor([-1.0, 1.0], dtype=torch.float64))
+            theta[i, :, :2] = a
+            theta[i, 0, 2] = (2 * left + w) / width - 1
+            theta[i, 1, 2] = (2 * top + h) / height - 1
+        return theta
+
+    def blur_matrices(self, n: int, sigma: torch.Tensor) -> torch.Tensor:
+        """(B, n, n) matrices, one per sigma: :meth:`blur_matrix` for a batch."""
+        device, b = sigma.device, sigma.shape[0]
+        radius = torch.clamp(torch.ceil(3 * sigma), 1, n - 1)
+        big = int(radius.max())
+        t = torch.arange(-big, big + 1, device=device, dtype=sigma.dtype)
+        k = torch.exp(-0.5 * (t[None] / sigma[:, None]) ** 2) * (t.abs()[None] <= radius[:, None])
+        k = k / k.sum(1, keepdim=True)                               # (B, 2R+1)
+        out = torch.arange(n, device=device)[None, :]
+        src = (out + torch.arange(-big, big + 1, device=device)[:, None]).abs()
+        src = torch.where(src > n - 1, 2 * (n - 1) - src, src)       # (2R+1, n) reflect
+        m = torch.zeros(b, n, n, device=device, dtype=sigma.dtype)
+        bi = torch.arange(b, device=device)[:, None, None].expand(b, *src.shape)
+        m.index_put_((bi.reshape(-1), src.expand(b, *src.shape).reshape(-1),
+                      out.expand_as(src).expand(b, *src.shape).reshape(-1)),
+                     k[:, :, None].expand(b, *src.shape).reshape(-1), accumulate=True)
+        return m
+
+    def _gray_batch(self, z: torch.Tensor) -> torch.Tensor:
+        if z.shape[1] == 3:
+            w = torch.tensor(_LUMA, dtype=z.dtype, device=z.device)[None, :, None, None]
+            return (z * w).sum(1, keepdim=True)
+        return z.mean(1, keepdim=True)
+
+    def color_jitter_batch(self, z: torch.Tensor, g) -> torch.Tensor:
+        """:meth:`color_jitter` on (B, C, H, W): each tile its own factors and order of the
+        four operations, applied with jitter_p (an operation a tile skips is the identity)."""
+        n, dev, dt = z.shape[0], z.device, z.dtype
+        b, c, s, h = self.jitter
+        on = torch.rand(n, generator=g) < self.jitter_p
+        order = torch.stack([torch.randperm(4, generator=g) for _ in range(n)])  # (B, 4)
+
+        def factor(v):  # uniform in [max(0, 1 - v), 1 + v], as color_jitter draws it
+            lo = max(0.0, 1 - v)
+            return lo + (1 + v - lo) * torch.rand(n, generator=g, dtype=torch.float64)
+        fb, fc, fs = factor(b), factor(c), factor(s)
+        theta = 2 * math.pi * h * (2 * torch.rand(n, generator=g, dtype=torch.float64) - 1)
+        for pos in range(4):
+            op = order[:, pos]
+            if b > 0:
+                f = torch.where(on & (op == 0), fb, 1.0).to(dev, dt)[:, None, None, None]
+                z = f * z + 2.0 * (f - 1.0)
+            if c > 0:
+                f = torch.where(on & (op == 1), fc, 1.0).to(dev, dt)[:, None, None, None]
+                z = f * z + (1 - f) * self._gray_batch(z).mean(dim=(1, 2, 3), keepdim=True)
+            if s > 0 and z.shape[1] > 1:
+                f = torch.where(on & (op == 2), fs, 1.0).to(dev, dt)[:, None, None, None]
+                z = f * z + (1 - f) * self._gray_batch(z)
+            if h > 0 and z.shape[1] == 3:
+                th = torch.where(on & (op == 3), theta, 0.0)
+                cos, sin = torch.cos(th), torch.sin(th)
+                rot = torch.zeros(n, 3, 3, dtype=torch.float64)
+                rot[:, 0, 0] = 1
+                rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = cos, -sin, sin, cos
+                m = (_YIQ2RGB @ rot @ _RGB2YIQ).to(dev, dt)
+                z = torch.einsum("bij,bjhw->bihw", m, z)
+        return z
+
+    def batch_view(self, x: torch.Tensor, g, size: int, scale, blur_p: float,
+                   solarize_p: float) -> torch.Tensor:
+        """:meth:`view` for a whole (B, C, H, W) batch on its device in a few batched
+        operations: crop, resize, turn and flip in one bicubic ``grid_sample``, then the
+        colour operations with per-tile factors.  The draws come from the same CPU
+        generator; resizing has no antialiasing (a local crop is shrunk by at most ~1.5x)."""
+        n = x.shape[0]
+        theta = self.crop_grid(g, n, x.shape[-2], x.shape[-1], size, scale)
+        grid = F.affine_grid(theta.to(x.device, x.dtype), [n, x.shape[1], size, size],
+                             align_corners=False)
+        v = F.grid_sample(x, grid, mode="bicubic", padding_mode="border", align_corners=False)
+        if self.optical > 0:
+            z = self.color_jitter_batch(v[:, :self.optical], g)
+            gray = (torch.rand(n, generator=g) < self.grayscale_p).to(x.device)
+            z = torch.where(gray[:, None, None, None], self._gray_batch(z).expand_as(z), z)
+            if blur_p > 0:
+                blur = (torch.rand(n, generator=g) <= blur_p).to(x.device)
+                lo, hi = self.blur_sigma
+                sigma = lo + (hi - lo) * torch.rand(n, generator=g, dtype=torch.float64)
+                m = self.blur_matrices(size, sigma.to(x.device)).to(z.dtype)[:, None]
+                z = torch.where(blur[:, None, None, None], m.transpose(-1, -2) @ (z @ m), z)
+            if solarize_p > 0:
+                sol = (torch.rand(n, generator=g) < solarize_p).to(x.device)
+                z = torch.where(sol[:, None, None, None], self.solarize(z), z)
+            v = torch.cat([z, v[:, self.optical:]], dim=1) if v.shape[1] > self.optical else z
+        return v.contiguous()
+
     def __call__(self, batch: torch.Tensor, generator: torch.Generator) -> List[torch.Tensor]:
+        """The views of ``batch``: tile by tile (:meth:`view`) on the CPU, in batched
+        operations (:meth:`batch_view`) on a GPU, where per-tile kernels would leave it
+        idle; ``batched`` (True/False) overrides that choice."""
         g = generator
         specs = [(self.global_size, self.global_scale, 1.0, 0.0),
                  (self.global_size, self.global_scale, 0.1, 0.2)]
         specs += [(self.local_size, self.local_scale, 0.5, 0.0)] * self.local_crops_number
+        batched = self.batched if self.batched is not None else batch.device.type == "cuda"
+        if batched:
+            return [self.batch_view(batch, g, *spec) for spec in specs]
         views = [[] for _ in specs]
         for x in batch:
             for j, (size, scale, blur_p, sol_p) in enumerate(specs):

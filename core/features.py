@@ -61,7 +61,7 @@ def forward_tokens(backbone: Backbone, batch, device: torch.device, amp: str = "
     mode, AMP or the reduced-precision copy's dtype): the one forward of every feature."""
     x = torch.as_tensor(batch)
     if device.type == "cuda":
-        x = x.pin_memory().to(device, non_blocking=True)
+        x = (x if x.is_pinned() else x.pin_memory()).to(device, non_blocking=True)
     ctx = autocast(device, amp)
     dtype = getattr(next(backbone.model.parameters(), None), "dtype", None)
     if dtype in (torch.bfloat16, torch.float16):  # a reduced-precision copy (low_precision_copy)
@@ -116,7 +116,8 @@ def iter_grid_rows(source: TileSource, grid: TileGrid, norm: Normalization, back
                            range(rows.start * grid.n_cols, rows.stop * grid.n_cols))
     n = len(windows)
     for start, batch, frac in iter_batches(source, windows, norm, batch_size,
-                                           workers, progress=progress):
+                                           workers, progress=progress,
+                                           pin=device.type == "cuda"):
         keep = np.flatnonzero(frac >= min_valid)
         feats = np.full((len(frac), d), np.nan, np.float32)
         if len(keep) == len(frac):  # no copy of a full batch
@@ -213,7 +214,7 @@ def point_features(source: TileSource, backbone: Backbone, cols: Sequence[float]
     windows = [source.centred_window(c, r, tile) for c, r in zip(cols, rows)]
     out = np.empty((len(windows), backbone.embed_dim), np.float32)
     for start, batch, _ in iter_batches(source, windows, norm, batch_size, workers,
-                                        progress=progress):
+                                        progress=progress, pin=dev.type == "cuda"):
         out[start:start + len(batch)] = embed(run, batch, dev, amp, pool)
         progress.set((start + len(batch)) / max(1, len(windows)))
     return out

@@ -204,7 +204,8 @@ def iter_patch_rows(source: TileSource, grid: PatchGrid, norm: Normalization,
     buf = np.full((d, core, grid.n_cols * core), np.nan, np.float32)
     filled = 0
     for start, batch, frac in iter_batches(source, windows, norm, batch_size, workers,
-                                           progress=progress):
+                                           progress=progress,
+                                           pin=torch.device(device).type == "cuda"):
         keep = np.flatnonzero(frac > 0)  # a tile with no valid pixel has no valid patch
         tokens = None
         if len(keep):
@@ -299,7 +300,7 @@ def patch_point_features(source: TileSource, backbone: Backbone, cols: Sequence[
     out = np.empty((len(index), backbone.embed_dim), np.float32)
     windows = grid.windows(tiles)
     for start, batch, _ in iter_batches(source, windows, norm, batch_size, workers,
-                                        progress=progress):
+                                        progress=progress, pin=dev.type == "cuda"):
         tok = patch_tokens(run, batch, dev, amp, grid.patch)
         sel = np.flatnonzero((inverse >= start) & (inverse < start + len(batch)))
         out[sel] = tok[inverse[sel] - start, :, ti[sel], tj[sel]]

@@ -129,7 +129,8 @@ class PretrainConfig:
     clip_grad: float = _opt(3.0, "Per-parameter gradient norm cap (0: none).")
     freeze_last_layer: int = _opt(1, "Epochs during which the head's last layer is frozen.")
     drop_path_rate: float = _opt(0.1, "Stochastic depth of the student.")
-    workers: int = _opt(2, "Tile-reading threads.")
+    workers: Optional[int] = _opt(None, "Tile-reading threads (default: 2 on the CPU, up to 8 "
+                                        "with a GPU).", type=int)
     prefetch: int = _opt(2, "Batches read ahead.")
     log_every: int = _opt(0, "Log the loss every N steps (0: about 20 lines per epoch).")
 
@@ -684,7 +685,7 @@ class _Run:
             epoch_losses = []
             t_epoch = time.perf_counter()
             batches = iter_batches(self.source, epoch_windows, self.norm, bs, cfg.workers,
-                                   cfg.prefetch)
+                                   cfg.prefetch, pin=self.device.type == "cuda")
             for step, (_, batch, _) in enumerate(batches):
                 it = epoch * niter + step
                 loss, cancel = self._step(batch, epoch, it, stats)
@@ -721,7 +722,7 @@ class _Run:
                 group["weight_decay"] = float(self.wd_schedule[it])
         x = torch.from_numpy(batch)
         if self.device.type == "cuda":
-            x = x.pin_memory().to(self.device, non_blocking=True)
+            x = (x if x.is_pinned() else x.pin_memory()).to(self.device, non_blocking=True)
         crops = self.aug(x, self.generator)
         with autocast(self.device, self.amp):
             with torch.no_grad():

@@ -489,19 +489,37 @@ class _CappedBlockCache:
         return False
 
 
+def reader_threads(workers: Optional[int] = None, gpu: bool = False) -> int:
+    """Tile-reading threads: ``workers`` when given (0: read in the calling thread), else
+    2 on the CPU, where the model needs the cores, and up to 8 when a GPU runs the model:
+    there the readers are the limit (ViT-S fp16 on an H100, 16 cores: extraction at 0.70
+    of the model-only rate with 2 readers, 0.91-0.97 with 6)."""
+    if workers is not None:
+        return max(0, int(workers))
+    if not gpu:
+        return 2
+    return int(min(8, max(2, (os.cpu_count() or 2) - 2)))
+
+
 def iter_batches(source: TileSource, windows: Sequence[Window], norm: Normalization,
-                 batch_size: int = 32, workers: int = 2, prefetch: int = 2,
-                 progress: Optional[Progress] = None) -> Iterator[tuple]:
+                 batch_size: int = 32, workers: Optional[int] = 2, prefetch: int = 2,
+                 progress: Optional[Progress] = None, pin: bool = False) -> Iterator[tuple]:
     """Yield ``(start, batch (B,C,T,T) float32, valid_fraction (B,))`` in order.
 
-    Tiles are read and normalised by ``workers`` threads; at most ``prefetch``
+    Tiles are read and normalised by ``workers`` threads (None: :func:`reader_threads`);
+    at most ``prefetch``
     batches are in flight beyond the one being consumed, so memory is bounded.
     GDAL's block cache is capped meanwhile (see ``_CappedBlockCache``), so it
-    stays bounded whatever the raster size.  The reading threads open their own
+    stays bounded whatever the raster size.  With ``pin`` (a CUDA run) each batch is
+    written straight into page-locked memory (torch's caching host allocator), so the
+    copy to the GPU needs no extra pinning pass in the thread that drives the GPU.
+    The reading threads open their own
     dataset handles, closed when the iteration ends (exhausted, closed, or left on
     an error), so repeated calls hold no files.  Cancel is checked before each batch.
     """
     progress = ensure(progress)
+    workers = reader_threads(workers, pin)
+    prefetch = max(prefetch, workers)  # every reader busy
     n = len(windows)
     starts = list(range(0, n, max(1, batch_size)))
 
@@ -511,7 +529,12 @@ def iter_batches(source: TileSource, windows: Sequence[Window], norm: Normalizat
         wins = windows[start:start + batch_size]
         h = int(wins[0].height)
         w = int(wins[0].width)
-        batch = np.empty((len(wins), source.channels, h, w), np.float32)
+        shape = (len(wins), source.channels, h, w)
+        if pin:
+            import torch  # only on the GPU path: the reader itself needs no torch
+            batch = torch.empty(shape, dtype=torch.float32, pin_memory=True).numpy()
+        else:
+            batch = np.empty(shape, np.float32)
         frac = np.empty(len(wins), np.float32)
         for i, win in enumerate(wins):
             arr, valid = source.read(win, handles)

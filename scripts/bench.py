@@ -681,7 +681,8 @@ def bench_e2e(args, device, data: Path, out: Path, model_fps=None) -> dict:
     output = out / "e2e_features.tif"
     qgis = [str(ROOT / "scripts" / "qgis_process"), "run", "soilssl:extractfeatures", "--",
             f"INPUT={scene}", f"BACKBONE={ckpt}", f"OUTPUT={output}", f"BATCH_SIZE={batch}",
-            f"DEVICE={device.type}", f"AMP={dt_amp(dt)}", f"WORKERS={args.workers}"]
+            f"DEVICE={device.type}", f"AMP={dt_amp(dt)}"] + \
+        ([f"WORKERS={args.workers}"] if args.workers is not None else [])
     child = {"backbone": ckpt, "tiles": cols * rows, "batch": batch, "device": str(device),
              "amp": dt_amp(dt)}
     model_cmd = [sys.executable, str(Path(__file__).resolve()), "--model-child",
@@ -1087,7 +1088,9 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--threads", type=int, default=0,
                    help="torch intra-op threads (0: torch's default, the physical cores)")
-    p.add_argument("--workers", type=int, default=2, help="tile-reading threads")
+    p.add_argument("--workers", type=int, default=None,
+                   help="tile-reading threads (default: SoilSSL's automatic choice, 2 on the CPU, "
+                        "up to 8 with a GPU)")
     p.add_argument("--omp-wait-policy", default="PASSIVE", choices=("PASSIVE", "ACTIVE", "default"),
                    help="OMP_WAIT_POLICY of this process and its children (an environment "
                         "value wins; default: libgomp's own, spinning)")

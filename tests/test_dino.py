@@ -246,3 +246,74 @@ def test_head_state_reads_facebookresearch_dino_heads():
                               "dino_loss": {"center": torch.ones(1, 20)}})
     assert heads["student"] is heads["teacher"] and heads["center"].shape == (1, 20)
     assert checkpoint_heads({"state_dict": {"cls_token": torch.zeros(1)}}) is None
+
+
+# -- the batched (GPU) augmentation path, checked on the CPU -------------------------
+
+def test_batched_views_full_tile_are_exact_dihedral_copies():
+    """Scale 1, no colour: each batched view is one of the 8 turns/flips of its tile,
+    exactly (bicubic sampling at pixel centres), and the turns vary between tiles."""
+    torch.manual_seed(0)
+    x = torch.randn(24, 4, 16, 16)
+    aug = MultiCropAugmentation(16, 3, global_crops_scale=(1.0, 1.0), jitter_p=0.0,
+                                grayscale_p=0.0, batched=True)
+    v = aug.batch_view(x, torch.Generator().manual_seed(3), 16, (1.0, 1.0), 0.0, 0.0)
+    assert v.shape == x.shape
+    seen = set()
+    for i in range(len(x)):
+        hits = [j for j, d in enumerate(_dihedral(x[i])) if torch.allclose(v[i], d, atol=1e-5)]
+        assert len(hits) == 1, i
+        seen.add(hits[0])
+    assert len(seen) >= 4
+
+
+def test_batched_crop_matches_slicing(monkeypatch):
+    x = torch.randn(2, 3, 32, 32)
+    aug = MultiCropAugmentation(32, 3, batched=True)
+    monkeypatch.setattr(aug, "crop_params", lambda g, h, w, scale: (4, 8, 16, 16))
+    theta = aug.crop_grid(torch.Generator().manual_seed(0), 2, 32, 32, 16, (0.1, 0.5))
+    # undo the random turn/flip that crop_grid drew, then compare with the slice
+    v = torch.nn.functional.grid_sample(
+        x, torch.nn.functional.affine_grid(theta.float(), [2, 3, 16, 16], align_corners=False),
+        mode="bicubic", padding_mode="border", align_corners=False)
+    for i in range(2):
+        assert any(torch.allclose(v[i], d, atol=1e-5) for d in _dihedral(x[i, :, 4:20, 8:24]))
+
+
+def test_batched_brightness_is_per_tile_affine_and_dem_untouched():
+    torch.manual_seed(1)
+    x = torch.randn(16, 4, 16, 16)
+    x[:, 3] = 5.0  # a constant DEM channel
+    aug = MultiCropAugmentation(16, 3, jitter=(0.4, 0.0, 0.0, 0.0), jitter_p=1.0,
+                                grayscale_p=0.0, batched=True)
+    z = aug.color_jitter_batch(x[:, :3].clone(), torch.Generator().manual_seed(2))
+    f = []
+    for i in range(16):  # z = f x + 2 (f - 1) with one f per tile in [0.6, 1.4]
+        fi = float(((z[i] + 2) * (x[i, :3] + 2)).sum() / ((x[i, :3] + 2) ** 2).sum())
+        torch.testing.assert_close(z[i], fi * x[i, :3] + 2 * (fi - 1), rtol=1e-4, atol=1e-4)
+        assert 0.6 - 1e-6 <= fi <= 1.4 + 1e-6
+        f.append(fi)
+    assert np.std(f) > 0.05  # not one factor for the whole batch
+    views = aug(x, torch.Generator().manual_seed(4))
+    for v in views:
+        torch.testing.assert_close(v[:, 3], torch.full_like(v[:, 3], 5.0))
+
+
+def test_batched_blur_matrices_match_the_single_ones():
+    aug = MultiCropAugmentation(32, 3)
+    sig = torch.tensor([0.3, 1.0, 2.5], dtype=torch.float64)
+    m = aug.blur_matrices(12, sig)
+    for i, s in enumerate(sig.tolist()):
+        torch.testing.assert_close(m[i], aug.blur_matrix(12, s, torch.float64))
+
+
+def test_batched_views_seeded_and_shaped():
+    x = torch.randn(3, 3, 32, 32)
+    aug = MultiCropAugmentation(32, 3, local_crops_number=2, batched=True)
+    a = aug(x, torch.Generator().manual_seed(5))
+    b = aug(x, torch.Generator().manual_seed(5))
+    c = aug(x, torch.Generator().manual_seed(6))
+    assert [tuple(v.shape) for v in a] == [(3, 3, 32, 32)] * 2 + [(3, 3, 16, 16)] * 2
+    assert all(torch.equal(u, v) for u, v in zip(a, b))
+    assert not all(torch.equal(u, v) for u, v in zip(a, c))
+    assert all(torch.isfinite(v).all() for v in a)

@@ -330,3 +330,16 @@ def test_pretraining_keeps_open_files_and_memory_flat(image_and_dem, tmp_path, m
     assert files[-1] == files[0], files
     rss = [r for _, r in seen]
     assert rss[-1] - rss[9] < 4 << 20, [round(r / 2 ** 20, 1) for r in rss]
+
+
+def test_reader_threads_given_or_automatic(monkeypatch):
+    """WORKERS left empty: 2 readers on the CPU, up to 8 when a GPU runs the model (there
+    the readers are the limit); a given count is kept, 0 reads in the calling thread."""
+    import os as _os
+    from soilssl.core.raster import reader_threads
+    assert reader_threads(3) == 3 and reader_threads(0) == 0 and reader_threads(3, gpu=True) == 3
+    assert reader_threads(None) == 2
+    monkeypatch.setattr(_os, "cpu_count", lambda: 16)
+    assert reader_threads(None, gpu=True) == 8 and reader_threads(None) == 2
+    monkeypatch.setattr(_os, "cpu_count", lambda: 4)
+    assert reader_threads(None, gpu=True) == 2
