@@ -493,23 +493,60 @@ class MultiCropAugmentation:
         return v.contiguous()
 
     # -- a whole batch at once (the GPU path) -------------------------------------
-    def crop_grid(self, g, n: int, height: int, width: int, size: int, scale) -> torch.Tensor:
-        """(n, 2, 3) ``affine_grid`` matrices: per tile a random resized crop
-        (:meth:`crop_params`), a random quarter turn and a random horizontal flip, the
-        same geometry :meth:`view` makes one tile at a time."""
-        theta = torch.zeros(n, 2, 3, dtype=torch.float64)
-        turn = torch.tensor([[0.0, -1.0], [1.0, 0.0]], dtype=torch.float64)  # rot90 k=1
-        for i in range(n):
-            top, left, h, w = self.crop_params(g, height, width, scale)
-            k = self._randint(g, 0, 4)
-            flip = self._rand(g) < 0.5
-            a = torch.diag(torch.tensor([w / width, h / height], dtype=torch.float64))
-            a = a @ torch.linalg.matrix_power(turn, k)
-            if flip:
-                a = a @ torch.diag(torch.tensor([-1.0, 1.0], dtype=torch.float64))
-            theta[i, :, :2] = a
-            theta[i, 0, 2] = (2 * left + w) / width - 1
-            theta[i, 1, 2] = (2 * top + h) / height - 1
+    def crop_grid(self, g, n: int, height: int, width: int, size: int, scale,
+                  ratio=(3 / 4, 4 / 3)) -> torch.Tensor:
+        """(n, 2, 3) ``affine_grid`` matrices: per tile a random resized crop, a random
+        quarter turn and a random horizontal flip, the geometry :meth:`view` makes one tile
+        at a time, drawn for all tiles at once (:meth:`crop_params`' 10 attempts, then its
+        fallback)."""
+        f64 = torch.float64
+        area = height * width
+        target = area * (scale[0] + (scale[1] - scale[0]) * torch.rand(n, 10, generator=g,
+                                                                         dtype=f64))
+        lo, hi = math.log(ratio[0]), math.log(ratio[1])
+        aspect = torch.exp(lo + (hi - lo) * torch.rand(n, 10, generator=g, dtype=f64))
+        w = torch.round(torch.sqrt(target * aspect))
+        h = torch.round(torch.sqrt(target / aspect))
+        ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+        first = torch.argmax(ok.to(torch.int8), dim=1)
+        found = ok.any(dim=1)
+        w = w.gather(1, first[:, None])[:, 0]
+        h = h.gather(1, first[:, None])[:, 0]
+        in_ratio = width / height  # crop_params' fallback: the whole tile, clipped to ratio
+        if in_ratio < min(ratio):
+            fw, fh = width, int(round(width / min(ratio)))
+        elif in_ratio > max(ratio):
+            fw, fh = int(round(height * max(ratio))), height
+        else:
+            fw, fh = width, height
+        w = torch.where(found, w, float(fw))
+        h = torch.where(found, h, float(fh))
+        top = torch.floor(torch.rand(n, generator=g, dtype=f64) * (height - h + 1))
+        left = torch.floor(torch.rand(n, generator=g, dtype=f64) * (width - w + 1))
+        top = torch.where(found, top, torch.floor((height - h) / 2))
+        left = torch.where(found, left, torch.floor((width - w) / 2))
+        k = torch.randint(0, 4, (n,), generator=g)
+        flip = torch.rand(n, generator=g) < 0.5
+        return self.crop_theta(top, left, h, w, k, flip, height, width)
+
+    @staticmethod
+    def crop_theta(top, left, h, w, k, flip, height: int, width: int) -> torch.Tensor:
+        """(n, 2, 3) ``affine_grid`` matrices of crops (top, left, h, w: (n,) tensors, pixels),
+        each turned ``k`` quarter turns (as ``torch.rot90``) then flipped left-right where
+        ``flip`` (as ``torch.flip(dims=(-1,))``)."""
+        f64 = torch.float64
+        top, left, h, w = (torch.as_tensor(v, dtype=f64) for v in (top, left, h, w))
+        k, flip = torch.as_tensor(k), torch.as_tensor(flip, dtype=torch.bool)
+        n = k.shape[0]
+        turn = torch.tensor([[0.0, -1.0], [1.0, 0.0]], dtype=f64)  # rot90 with k=1
+        turns = torch.stack([torch.linalg.matrix_power(turn, q) for q in range(4)])[k]
+        mirror = torch.ones(n, 2, dtype=f64)
+        mirror[flip, 0] = -1.0
+        theta = torch.zeros(n, 2, 3, dtype=f64)
+        theta[:, :, :2] = torch.stack([w / width, h / height], 1)[:, :, None] * turns \
+            * mirror[:, None, :]
+        theta[:, 0, 2] = (2 * left + w) / width - 1
+        theta[:, 1, 2] = (2 * top + h) / height - 1
         return theta
 
     def blur_matrices(self, n: int, sigma: torch.Tensor) -> torch.Tensor:

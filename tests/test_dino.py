@@ -267,17 +267,33 @@ def test_batched_views_full_tile_are_exact_dihedral_copies():
     assert len(seen) >= 4
 
 
-def test_batched_crop_matches_slicing(monkeypatch):
-    x = torch.randn(2, 3, 32, 32)
-    aug = MultiCropAugmentation(32, 3, batched=True)
-    monkeypatch.setattr(aug, "crop_params", lambda g, h, w, scale: (4, 8, 16, 16))
-    theta = aug.crop_grid(torch.Generator().manual_seed(0), 2, 32, 32, 16, (0.1, 0.5))
-    # undo the random turn/flip that crop_grid drew, then compare with the slice
-    v = torch.nn.functional.grid_sample(
-        x, torch.nn.functional.affine_grid(theta.float(), [2, 3, 16, 16], align_corners=False),
-        mode="bicubic", padding_mode="border", align_corners=False)
-    for i in range(2):
-        assert any(torch.allclose(v[i], d, atol=1e-5) for d in _dihedral(x[i, :, 4:20, 8:24]))
+def test_batched_crop_theta_matches_slicing_turns_and_flips():
+    """crop_theta + grid_sample = the slice, turned by torch.rot90 and flipped by
+    torch.flip, for every turn and flip (no resizing: exact at pixel centres)."""
+    x = torch.randn(8, 3, 32, 24)
+    k = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    flip = torch.tensor([False] * 4 + [True] * 4)
+    theta = MultiCropAugmentation.crop_theta(torch.full((8,), 4), torch.full((8,), 6),
+                                             torch.full((8,), 16), torch.full((8,), 16), k, flip,
+                                             32, 24)
+    grid = torch.nn.functional.affine_grid(theta.float(), [8, 3, 16, 16], align_corners=False)
+    v = torch.nn.functional.grid_sample(x, grid, mode="bicubic", padding_mode="border",
+                                        align_corners=False)
+    for i in range(8):
+        want = torch.rot90(x[i, :, 4:20, 6:22], int(k[i]), dims=(-2, -1))
+        if flip[i]:
+            want = torch.flip(want, dims=(-1,))
+        torch.testing.assert_close(v[i], want, atol=1e-5, rtol=1e-5)
+
+
+def test_batched_crop_sizes_follow_the_scale_range():
+    aug = MultiCropAugmentation(64, 3)
+    theta = aug.crop_grid(torch.Generator().manual_seed(0), 4000, 64, 64, 32, (0.05, 0.4))
+    share = theta[:, 0, :2].abs().sum(1) * theta[:, 1, :2].abs().sum(1)  # crop area / tile
+    assert share.min() >= 0.04 and share.max() <= 0.42  # rounding to whole pixels
+    assert abs(float(share.mean()) - 0.225) < 0.01
+    centre = theta[:, :, 2]  # crops lie inside the tile
+    assert (centre.abs() + theta[:, :, :2].abs().sum(2) <= 1 + 1e-9).all()
 
 
 def test_batched_brightness_is_per_tile_affine_and_dem_untouched():
