@@ -439,8 +439,10 @@ def model_rows(source: TileSource, model: dict, backbone: Backbone, stride: Opti
 
 class MapHeads:
     """A model's heads applied to feature rows: prediction, and optionally the uncertainty
-    (std of the fold models) and the area of applicability.  ``products`` maps each asked
-    product ("prediction", "uncertainty", "aoa") to its raster's count, band names and tags;
+    (std of the fold models), the area of applicability and (``trust``: error, lower, upper,
+    level; see :class:`~.intervals.TrustMaps`) the expected error and interval bounds.
+    ``products`` maps each asked product ("prediction", "uncertainty", "aoa", "error",
+    "lower", "upper") to its raster's count, band names and tags;
     calling it on feats (n, D) gives {product: (count, n) float32 block} for the same
     products (PRED_NODATA where a feature is NaN), so blocks meet writers by name."""
 

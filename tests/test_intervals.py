@@ -155,6 +155,13 @@ def test_predictmap_error_and_interval_outputs(demo_model):
     assert (err > 0).all()
     with rasterio.open(res["OUTPUT_LOWER"]) as ds:
         assert ds.descriptions == ("ph_h2o lower 90%",)
+    # both bounds share one colour scale: lower's minimum .. upper's maximum
+    from qgis.core import QgsRasterLayer
+    for key in ("OUTPUT_LOWER", "OUTPUT_UPPER"):
+        layer = QgsRasterLayer(res[key], key)
+        layer.loadNamedStyle(os.path.splitext(res[key])[0] + ".qml")
+        assert layer.renderer().classificationMin() == pytest.approx(float(lo.min()), rel=1e-4)
+        assert layer.renderer().classificationMax() == pytest.approx(float(hi.max()), rel=1e-4)
     # a higher LEVEL widens the interval
     res95 = processing.run("soilssl:predictmap", {
         "INPUT": os.path.join(DEMO, "rgb.tif"), "MODEL": fit["OUTPUT_MODEL"], "STRIDE": 32,
