@@ -45,6 +45,7 @@ class PredictMap(SoilSSLAlgorithm):
         outputs = {k: self.parameterAsOutputLayer(parameters, k, context) or None
                    for k in ("OUTPUT", "OUTPUT_UNCERTAINTY", "OUTPUT_AOA",
                              *(key for key, _ in TRUST_OUTPUTS))}
+        level = self.parameterAsDouble(parameters, "LEVEL", context)
         with self.source(parameters, context, model_inputs(model), progress) as src:
             s = predict_map(src, model, outputs["OUTPUT"], outputs["OUTPUT_UNCERTAINTY"],
                             outputs["OUTPUT_AOA"],
@@ -52,7 +53,7 @@ class PredictMap(SoilSSLAlgorithm):
                             backbone=backbone, progress=progress, **compute,
                             error=outputs["OUTPUT_ERROR"], lower=outputs["OUTPUT_LOWER"],
                             upper=outputs["OUTPUT_UPPER"],
-                            level=self.parameterAsDouble(parameters, "LEVEL", context))
+                            level=level)
         for key, qml in (("OUTPUT", "prediction.qml"), ("OUTPUT_UNCERTAINTY", "uncertainty.qml"),
                          ("OUTPUT_AOA", "aoa.qml"), ("OUTPUT_ERROR", "uncertainty.qml")):
             if outputs[key]:
@@ -62,6 +63,10 @@ class PredictMap(SoilSSLAlgorithm):
         for path in bounds:  # one colour scale for both bounds
             style_output(context, path, "prediction.qml", stretch_to_range(
                 min(r[0] for r in ranges), max(r[1] for r in ranges)) if ranges else None)
+        for target, q in s["interval_factor"].items():
+            scaled = target in (model.get("error_profile") or {})
+            feedback.pushInfo(f"{target}: {level:.0%} prediction interval = prediction ± "
+                              f"{q:.3f}{' × expected error' if scaled else ''}.")
         feedback.pushInfo(f"{s['inside_aoa']} of {s['width'] * s['height']} tiles inside the "
                           f"area of applicability.")
         return {k: v for k, v in outputs.items() if v}

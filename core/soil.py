@@ -409,6 +409,7 @@ def predict_map(source: TileSource, model: dict, output: str,
                 wr.abort()
     return {"output": output, "uncertainty": uncertainty, "aoa": aoa if model.get("aoa") else None,
             "error": error, "lower": lower, "upper": upper,
+            "interval_factor": dict(getattr(mapper.trust, "q", {})),
             "width": w, "height": h, "inside_aoa": mapper.inside_count}
 
 

@@ -7,6 +7,7 @@ import pytest
 import rasterio
 import torch
 
+from conftest import feedback
 from soilssl.core.aoa import fit_aoa
 from soilssl.core.cv import cross_validate, spatial_folds
 from soilssl.core.errorprofile import expected_error, fit_error_profile, window_rmse
@@ -135,9 +136,12 @@ def test_predictmap_error_and_interval_outputs(demo_model):
     assert "Expected error and prediction intervals" in html and "held-out" in html
     out = {k: str(tmp / f"{k}.tif") for k in ("OUTPUT", "OUTPUT_ERROR", "OUTPUT_LOWER",
                                               "OUTPUT_UPPER")}
+    log = feedback()
     res = processing.run("soilssl:predictmap", {
         "INPUT": os.path.join(DEMO, "rgb.tif"), "MODEL": fit["OUTPUT_MODEL"], "STRIDE": 32,
-        "DEVICE": "cpu", "LEVEL": 0.9, **out})
+        "DEVICE": "cpu", "LEVEL": 0.9, **out}, feedback=log)
+    assert any(m.startswith("ph_h2o: 90% prediction interval = prediction ± ") and
+               m.endswith("× expected error.") for m in log.infos), log.infos
     arrays = {}
     for key in out:
         with rasterio.open(res[key]) as ds:
