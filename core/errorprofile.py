@@ -45,6 +45,22 @@ def train_di(state: Optional[dict]) -> Optional[np.ndarray]:
     return np.asarray(to_numpy(state["train_di"]), dtype=np.float64).reshape(-1)
 
 
+def point_di(state: Optional[dict], residuals) -> Optional[np.ndarray]:
+    """:func:`train_di` aligned with a target's (N,) residuals: as is when it has N values,
+    spread over the points with a residual when it has one per such point (a per-target
+    AOA fitted on those points only); None when there is none or it does not fit."""
+    di = train_di(state)
+    res = np.asarray(residuals, np.float64).reshape(-1)
+    if di is None or di.shape == res.shape:
+        return di
+    has = np.isfinite(res)
+    if di.shape[0] != int(has.sum()):
+        return None
+    full = np.full(res.shape, np.nan)
+    full[has] = di
+    return full
+
+
 def window_rmse(di, abs_error, window: int = WINDOW):
     """(di, rmse) of the centred moving windows of ``window`` points ordered by DI (as
     zoo::rollapply(align="center") in CAST): one value per complete window, at the DI of

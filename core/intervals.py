@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .aoa import aoa_predict
-from .errorprofile import (WINDOW, aoa_state, expected_error, fit_error_profile, train_di)
+from .errorprofile import WINDOW, aoa_state, expected_error, fit_error_profile, point_di
 from .errors import InputError
 from .heads import to_numpy
 from .progress import Progress, ensure
@@ -137,9 +137,7 @@ def fit_trust(model: dict, cv, progress: Optional[Progress] = None,
         label = model["methods"][target]
         res = cv.residuals(target, label)
         state = aoa_state(model, target)
-        di = train_di(state)
-        if di is not None and di.shape != res.shape:
-            di = None  # a DI reference of other points: no profile rather than a wrong one
+        di = point_di(state, res)  # None: no DI reference for these points, no profile
         threshold = None if state is None else float(state["threshold"])
         profile = None
         if di is not None:

@@ -161,7 +161,7 @@ TRUST_NOTE = ("Each point's dissimilarity index (DI) is measured against the poi
 def _trust_section(cv, model: dict) -> str:
     """Expected error (DI vs |CV residual| with the fitted curve) and the held-out coverage
     of the prediction intervals, per target with a calibration in ``model``."""
-    from .errorprofile import aoa_state, expected_error, train_di
+    from .errorprofile import aoa_state, expected_error, point_di
     conformal = model.get("conformal") or {}
     if not conformal:
         return ""
@@ -175,8 +175,9 @@ def _trust_section(cv, model: dict) -> str:
                         f"<td>{h['mean_width']:.3f}</td><td>{folds}</td></tr>")
         profile = (model.get("error_profile") or {}).get(target)
         state = aoa_state(model, target)
-        di, res = train_di(state), cv.residuals(target, label)
-        if profile is None or di is None or di.shape != res.shape:
+        res = cv.residuals(target, label)
+        di = point_di(state, res)
+        if profile is None or di is None:
             continue
         ok = np.isfinite(di) & np.isfinite(res)
         fig = _figure(6.5, 4.2)

@@ -101,6 +101,20 @@ def test_fit_trust_states_round_trip_weights_only(tmp_path):
     assert np.array_equal(s, cal["scores"].numpy())
     assert np.allclose(expected_error(back["error_profile"]["ph"], [0.0, 10.0]),
                        expected_error(states["error_profile"]["ph"], [0.0, 10.0]))
+    # a per-target AOA (aoa_targets) whose train_di covers only the points with a value
+    res = cv.residuals("ph", "ridge")
+    res[:7] = np.nan
+    cv.predictions[0, 0, :7] = np.nan
+    cv.y[:7, 0] = np.nan
+    Xt = X[7:]
+    per_target = dict(model, aoa_targets={"ph": fit_aoa(Xt, folds[7:])})
+    states = fit_trust(per_target, cv)
+    assert states["conformal"]["ph"]["scale"] == "error_profile"
+    assert states["conformal"]["ph"]["n"] == 113
+    # a DI reference of other points: constant-scale intervals, no profile
+    other = dict(model, aoa_targets={"ph": fit_aoa(X[:50], folds[:50])})
+    states = fit_trust(other, cv)
+    assert states["conformal"]["ph"]["scale"] == "constant" and not states["error_profile"]
     # a classification target (branch classes) gets neither
     model["kinds"] = {"ph": "classification"}
     assert fit_trust(model, cv) == {"error_profile": {}, "conformal": {}}
