@@ -1,5 +1,5 @@
 """soilssl:predictmap: maps a fitted soil model over a raster with uncertainty and AOA."""
-from qgis.core import QgsProcessingParameterFile, \
+from qgis.core import QgsProcessingParameterFile, QgsProcessingParameterNumber, \
     QgsProcessingParameterRasterDestination
 
 from .base import SoilSSLAlgorithm
@@ -30,7 +30,10 @@ class PredictMap(SoilSSLAlgorithm):
             "OUTPUT_UNCERTAINTY", "Uncertainty (std of fold models)", optional=True))
         self.addParameter(QgsProcessingParameterRasterDestination(
             "OUTPUT_AOA", "Area of applicability", optional=True))
-        self.add_number("LEVEL", "Prediction interval level", 0.9, minimum=0.5, maximum=0.99)
+        # optional (with its default): models saved before LEVEL existed stay valid
+        self.add(QgsProcessingParameterNumber("LEVEL", "Prediction interval level",
+                                              QgsProcessingParameterNumber.Double, 0.9,
+                                              optional=True, minValue=0.5, maxValue=0.99))
         for key, label in TRUST_OUTPUTS:
             self.addParameter(QgsProcessingParameterRasterDestination(key, label, optional=True,
                                                                       createByDefault=False))
