@@ -118,7 +118,7 @@ class FitPoints(SoilSSLAlgorithm):
             if report_path:
                 outputs.write(report_path, lambda tmp: write_report(
                     tmp, fit.cv, fit.coords, fit.chosen, title="SoilSSL spatial cross-validation",
-                    ranking=fit.ranking))
+                    ranking=fit.ranking, model=fit.model))
             outputs.commit()
         sink_id = sink.published()
         target = fit.cv.target_names[0]  # points coloured by the first target's residual

@@ -110,6 +110,21 @@ PARAMS = {
           "otherwise 10 % of EPOCHS.",
     "OUTPUT_AOA": "Area of applicability (Meyer & Pebesma 2021): band 1 is 1 inside, 0 outside "
                   "(dissimilarity index above the CV threshold); band 2 the index itself.",
+    "OUTPUT_ERROR": "Expected error (RMSE) per pixel and property, as CAST's errorProfiles: "
+                    "fitting related each point's dissimilarity index (against the other CV "
+                    "folds) to its cross-validated error by a monotone (isotonic) curve; the map "
+                    "reads that curve at each pixel's index. Beyond the largest index seen in "
+                    "the cross-validation the curve stays flat, so outside the area of "
+                    "applicability it is a lower bound.",
+    "OUTPUT_LOWER": "Lower bound of the prediction interval at LEVEL, per property: "
+                    "prediction − q·s, a conformal interval calibrated on the spatial-CV "
+                    "residuals and scaled locally by the expected error s of the pixel's "
+                    "dissimilarity index (wider where the map extrapolates).",
+    "OUTPUT_UPPER": "Upper bound of the prediction interval at LEVEL (prediction + q·s).",
+    "LEVEL": "Share of true values the interval should hold (0.9: 9 in 10). q is the "
+             "⌈(n+1)·LEVEL⌉-th smallest CV conformity score |residual| / s of the n points; "
+             "every score is kept in the model, so any LEVEL works without fitting again. The "
+             "report of Fit soil heads gives the coverage measured on held-out folds.",
 }
 
 ALGS = {
@@ -171,10 +186,13 @@ ALGS = {
         "Predict soil map",
         "Maps a model from Fit soil heads over a raster, tile by tile: one float32 band per "
         "soil property, aligned like the feature rasters, with the uncertainty (spread of the "
-        "fold models) and the area of applicability where the model can be trusted.",
-        ["INPUT_RASTER", "BANDS", "DEM", "MODEL", "BACKBONE_MOVED", "STRIDE_PRED", "DEVICE",
-         "BATCH_SIZE", "AMP", "WORKERS", "OUTPUT_PREDICTION", "OUTPUT_UNCERTAINTY",
-         "OUTPUT_AOA"],
+        "fold models) and the area of applicability where the model can be trusted; "
+        "optionally the expected error and a prediction interval at LEVEL from the "
+        "cross-validation residuals (models fitted before these existed must be fitted "
+        "again for them).",
+        ["INPUT_RASTER", "BANDS", "DEM", "MODEL", "BACKBONE_MOVED", "STRIDE_PRED", "LEVEL",
+         "DEVICE", "BATCH_SIZE", "AMP", "WORKERS", "OUTPUT_PREDICTION", "OUTPUT_UNCERTAINTY",
+         "OUTPUT_AOA", "OUTPUT_ERROR", "OUTPUT_LOWER", "OUTPUT_UPPER"],
     ),
     "clearcache": (
         "Clear feature cache",

@@ -1,9 +1,13 @@
 """soilssl:predictmap: maps a fitted soil model over a raster with uncertainty and AOA."""
-from qgis.core import QgsProcessingParameterFile, \
+from qgis.core import QgsProcessingParameterFile, QgsProcessingParameterNumber, \
     QgsProcessingParameterRasterDestination
 
 from .base import SoilSSLAlgorithm
-from .styles import style_output
+from .styles import band_range, stretch_to_range, style_output
+
+TRUST_OUTPUTS = (("OUTPUT_ERROR", "Expected error (RMSE, from the DI error profile)"),
+                 ("OUTPUT_LOWER", "Prediction interval: lower bound"),
+                 ("OUTPUT_UPPER", "Prediction interval: upper bound"))
 
 
 class PredictMap(SoilSSLAlgorithm):
@@ -26,6 +30,13 @@ class PredictMap(SoilSSLAlgorithm):
             "OUTPUT_UNCERTAINTY", "Uncertainty (std of fold models)", optional=True))
         self.addParameter(QgsProcessingParameterRasterDestination(
             "OUTPUT_AOA", "Area of applicability", optional=True))
+        # optional (with its default): models saved before LEVEL existed stay valid
+        self.add(QgsProcessingParameterNumber("LEVEL", "Prediction interval level",
+                                              QgsProcessingParameterNumber.Double, 0.9,
+                                              optional=True, minValue=0.5, maxValue=0.99))
+        for key, label in TRUST_OUTPUTS:
+            self.addParameter(QgsProcessingParameterRasterDestination(key, label, optional=True,
+                                                                      createByDefault=False))
 
     def execute(self, parameters, context, feedback, progress):
         from ..core.inputs import model_inputs
@@ -35,16 +46,30 @@ class PredictMap(SoilSSLAlgorithm):
         backbone = model_backbone(model, self.parameterAsFile(parameters, "BACKBONE", context)
                                   or None, compute["device"])
         outputs = {k: self.parameterAsOutputLayer(parameters, k, context) or None
-                   for k in ("OUTPUT", "OUTPUT_UNCERTAINTY", "OUTPUT_AOA")}
+                   for k in ("OUTPUT", "OUTPUT_UNCERTAINTY", "OUTPUT_AOA",
+                             *(key for key, _ in TRUST_OUTPUTS))}
+        level = self.parameterAsDouble(parameters, "LEVEL", context)
         with self.source(parameters, context, model_inputs(model), progress) as src:
             s = predict_map(src, model, outputs["OUTPUT"], outputs["OUTPUT_UNCERTAINTY"],
                             outputs["OUTPUT_AOA"],
                             stride=self.parameterAsInt(parameters, "STRIDE", context),
-                            backbone=backbone, progress=progress, **compute)
+                            backbone=backbone, progress=progress, **compute,
+                            error=outputs["OUTPUT_ERROR"], lower=outputs["OUTPUT_LOWER"],
+                            upper=outputs["OUTPUT_UPPER"],
+                            level=level)
         for key, qml in (("OUTPUT", "prediction.qml"), ("OUTPUT_UNCERTAINTY", "uncertainty.qml"),
-                         ("OUTPUT_AOA", "aoa.qml")):
+                         ("OUTPUT_AOA", "aoa.qml"), ("OUTPUT_ERROR", "uncertainty.qml")):
             if outputs[key]:
                 style_output(context, outputs[key], qml)
+        bounds = [outputs[k] for k in ("OUTPUT_LOWER", "OUTPUT_UPPER") if outputs[k]]
+        ranges = [r for r in map(band_range, bounds) if r]
+        for path in bounds:  # one colour scale for both bounds
+            style_output(context, path, "prediction.qml", stretch_to_range(
+                min(r[0] for r in ranges), max(r[1] for r in ranges)) if ranges else None)
+        for target, q in s["interval_factor"].items():
+            scaled = target in (model.get("error_profile") or {})
+            feedback.pushInfo(f"{target}: {level:.0%} prediction interval = prediction ± "
+                              f"{q:.3f}{' × expected error' if scaled else ''}.")
         feedback.pushInfo(f"{s['inside_aoa']} of {s['width'] * s['height']} tiles inside the "
                           f"area of applicability.")
         return {k: v for k, v in outputs.items() if v}

@@ -59,7 +59,11 @@ def stretch_to_data(layer, renderer):
     if renderer.type() != "singlebandpseudocolor":
         return renderer
     stats = layer.dataProvider().bandStatistics(1, QgsRasterBandStats.Min | QgsRasterBandStats.Max)
-    lo, hi = stats.minimumValue, stats.maximumValue
+    return _spread(renderer, stats.minimumValue, stats.maximumValue)
+
+
+def _spread(renderer, lo, hi):
+    """A pseudocolour renderer's ramp spread over lo..hi."""
     fn = renderer.shader().rasterShaderFunction()
     items = fn.colorRampItemList()
     old_lo, old_hi = items[0].value, items[-1].value
@@ -72,6 +76,32 @@ def stretch_to_data(layer, renderer):
     renderer.setClassificationMin(lo)
     renderer.setClassificationMax(hi)
     return renderer
+
+
+def band_range(path, band=1):
+    """(min, max) of a raster band, or None if it cannot be read (leaves no .aux.xml)."""
+    aux = path + ".aux.xml"
+    had_aux = os.path.exists(aux)
+    layer = QgsRasterLayer(path, "range")
+    out = None
+    if layer.isValid():
+        stats = layer.dataProvider().bandStatistics(band, QgsRasterBandStats.Min |
+                                                    QgsRasterBandStats.Max)
+        out = stats.minimumValue, stats.maximumValue
+    del layer
+    if not had_aux and os.path.exists(aux):
+        os.remove(aux)
+    return out
+
+
+def stretch_to_range(lo, hi):
+    """A fit spreading a pseudocolour ramp over lo..hi: the interval bounds share one
+    colour scale (each stretched to its own range, lower and upper would look alike)."""
+    def fit(layer, renderer):
+        if renderer.type() != "singlebandpseudocolor":
+            return renderer
+        return _spread(renderer, lo, hi)
+    return fit
 
 
 def first_classes(k):

@@ -148,10 +148,67 @@ def _ranking(rows: list) -> str:
             head + body + "</table>")
 
 
+TRUST_NOTE = ("Each point's dissimilarity index (DI) is measured against the points of the "
+              "other folds, so it says how far the point was from what its fold model saw. "
+              "The curve is the expected error map's: a monotone (isotonic) fit of the "
+              "moving-window RMSE (5 points) against DI, on the points inside the area of "
+              "applicability (as CAST's errorProfiles). Intervals are conformal: "
+              "|residual| / expected error, quantile ⌈(n+1)·level⌉ of n. Coverage is "
+              "honest: for each fold, the curve and the quantile come from the other folds "
+              "only and the fold's points are tested.")
+
+
+def _trust_section(cv, model: dict) -> str:
+    """Expected error (DI vs |CV residual| with the fitted curve) and the held-out coverage
+    of the prediction intervals, per target with a calibration in ``model``."""
+    from .errorprofile import aoa_state, expected_error, point_di
+    conformal = model.get("conformal") or {}
+    if not conformal:
+        return ""
+    rows, plots = [], []
+    for target, cal in conformal.items():
+        label = model["methods"][target]
+        for h in cal.get("heldout", []):
+            folds = ", ".join(f"{v:.0%}" for v in h["per_fold"].values())
+            rows.append(f"<tr><td>{html.escape(target)}</td><td>{html.escape(label)}</td>"
+                        f"<td>{h['level']:.0%}</td><td>{h['coverage']:.1%}</td>"
+                        f"<td>{h['mean_width']:.3f}</td><td>{folds}</td></tr>")
+        profile = (model.get("error_profile") or {}).get(target)
+        state = aoa_state(model, target)
+        res = cv.residuals(target, label)
+        di = point_di(state, res)
+        if profile is None or di is None:
+            continue
+        ok = np.isfinite(di) & np.isfinite(res)
+        fig = _figure(6.5, 4.2)
+        ax = fig.subplots()
+        colours = _fold_colours(list(cv.fold_ids))
+        for k in cv.fold_ids:
+            sel = ok & (cv.folds == k)
+            ax.scatter(di[sel], np.abs(res[sel]), s=9, color=colours[k], label=f"fold {k}")
+        grid = np.linspace(0, float(np.nanmax(di[ok])) * 1.02, 200)
+        ax.plot(grid, expected_error(profile, grid), "k-", lw=1.5, label="expected RMSE")
+        if state is not None and state.get("threshold") is not None:
+            ax.axvline(float(state["threshold"]), color="grey", ls="--", lw=0.8,
+                       label="AOA threshold")
+        ax.set_xlabel("DI against the other folds", fontsize=8)
+        ax.set_ylabel(f"|CV residual| of {label}", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=7, loc="upper left", frameon=False)
+        plots.append(f"<h3>{html.escape(target)}: DI vs cross-validated error</h3>" + _png(fig))
+    head = ("<tr><th>target</th><th>method</th><th>level</th><th>held-out coverage</th>"
+            "<th>mean width</th><th>per fold</th></tr>")
+    return ("<h2>Expected error and prediction intervals</h2>"
+            f"<p class='note'>{TRUST_NOTE}</p><table>" + head + "".join(rows) + "</table>" +
+            "".join(plots))
+
+
 def write_report(path: str, cv, coords: np.ndarray, chosen: dict, title: str = "SoilSSL",
-                 notes: Optional[list] = None, ranking: Optional[list] = None) -> str:
+                 notes: Optional[list] = None, ranking: Optional[list] = None,
+                 model: Optional[dict] = None) -> str:
     """Write the report of ``cv`` (a cv.CVResult) for points at ``coords`` (N, 2);
-    ``ranking``: soil.rank_backbones rows, shown when several backbones were compared."""
+    ``ranking``: soil.rank_backbones rows, shown when several backbones were compared;
+    ``model``: the model dict, for its error profile and interval coverage."""
     parts = [f"<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
              f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
     sizes = [int((cv.folds == k).sum()) for k in cv.fold_ids]
@@ -167,6 +224,8 @@ def write_report(path: str, cv, coords: np.ndarray, chosen: dict, title: str = "
         parts.append(f"<p class='note'>{R2_NOTE}</p>")
     for heading, fig in figures(cv, coords, chosen):
         parts.append(f"<h2>{html.escape(heading)}</h2>" + _png(fig))
+    if model:
+        parts.append(_trust_section(cv, model))
     parts.append("<p><i>Method: Tresson P. et al. (2024), Self-supervised learning of Vision "
                  "Transformers for digital soil mapping using visual data, Geoderma.</i></p>"
                  "</body></html>")

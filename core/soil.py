@@ -26,6 +26,7 @@ from .errors import BackboneError, InputError
 from .features import PATCH, pixel_values, point_features, prepare
 from .files import atomic_save
 from .heads import load_regressor, make_regressor
+from .intervals import TrustMaps, fit_trust
 from .progress import Progress, ensure
 from .patches import FeatureRows, PatchGrid, patch_point_features
 from .raster import RasterWriter, TileSource, commit_all
@@ -327,7 +328,7 @@ def _model_dict(source, backbone, cv, sets, y, weights, folds, chosen, loss, see
         fold_heads[target] = [h.state_dict() for h in cv.fold_models[(target, label)]]
     uses_features = any(cv.methods[cv.labels.index(chosen[t])].features == scale
                         for t in cv.target_names)
-    return {
+    model = {
         "soilssl": {"format": MODEL_FORMAT, "version": 1},
         "targets": list(cv.target_names), "methods": dict(chosen), "loss": loss, "seed": seed,
         "backbone": backbone.reference, "bands": list(source.bands), "dem": bool(source.dem),
@@ -338,6 +339,8 @@ def _model_dict(source, backbone, cv, sets, y, weights, folds, chosen, loss, see
         "aoa": fit_aoa(sets[scale], folds) if uses_features else None,
         "cv_table": cv.table(), "n_points": int(len(folds)),
     }
+    model.update(fit_trust(model, cv, progress))  # error_profile, conformal (issue 13)
+    return model
 
 
 def load_model(path: str) -> dict:
@@ -372,17 +375,24 @@ def predict_map(source: TileSource, model: dict, output: str,
                 uncertainty: Optional[str] = None, aoa: Optional[str] = None,
                 stride: Optional[int] = None, backbone: Optional[Backbone] = None,
                 batch_size: int = 32, device: str = "auto", amp: str = "auto", workers: int = 2,
-                progress: Optional[Progress] = None) -> dict:
-    """Prediction (one band per target), uncertainty and AOA rasters, window by window."""
+                progress: Optional[Progress] = None, error: Optional[str] = None,
+                lower: Optional[str] = None, upper: Optional[str] = None,
+                level: float = 0.9) -> dict:
+    """Prediction (one band per target), uncertainty and AOA rasters, window by window;
+    ``error``: expected RMSE from the DI error profile, ``lower``/``upper``: conformal
+    prediction interval bounds at ``level`` (:mod:`.intervals`)."""
     progress = ensure(progress)
     check_model_input(source, model)
+    trust = dict(error=bool(error), lower=bool(lower), upper=bool(upper), level=level)
+    TrustMaps(model, **trust)  # a model without CV residuals fails before any feature
     dev = resolve_device(device)
     backbone = backbone or model_backbone(model, device=str(dev))
     fr = model_rows(source, model, backbone, stride, dev, progress, batch_size=batch_size,
                     amp=amp, workers=workers)
-    mapper = MapHeads(model, bool(uncertainty), bool(aoa))
+    mapper = MapHeads(model, bool(uncertainty), bool(aoa), **trust)
     w, h = fr.width, fr.height
-    paths = {"prediction": output, "uncertainty": uncertainty, "aoa": aoa}
+    paths = {"prediction": output, "uncertainty": uncertainty, "aoa": aoa,
+             "error": error, "lower": lower, "upper": upper}
     writers = {}  # product name -> writer; blocks are paired with writers by that name
     try:
         for name, p in mapper.products.items():
@@ -398,6 +408,8 @@ def predict_map(source: TileSource, model: dict, output: str,
             if not wr.done:
                 wr.abort()
     return {"output": output, "uncertainty": uncertainty, "aoa": aoa if model.get("aoa") else None,
+            "error": error, "lower": lower, "upper": upper,
+            "interval_factor": dict(getattr(mapper.trust, "q", {})),
             "width": w, "height": h, "inside_aoa": mapper.inside_count}
 
 
@@ -428,12 +440,14 @@ def model_rows(source: TileSource, model: dict, backbone: Backbone, stride: Opti
 
 class MapHeads:
     """A model's heads applied to feature rows: prediction, and optionally the uncertainty
-    (std of the fold models) and the area of applicability.  ``products`` maps each asked
-    product ("prediction", "uncertainty", "aoa") to its raster's count, band names and tags;
+    (std of the fold models), the area of applicability and (``trust``: error, lower, upper,
+    level; see :class:`~.intervals.TrustMaps`) the expected error and interval bounds.
+    ``products`` maps each asked product ("prediction", "uncertainty", "aoa", "error",
+    "lower", "upper") to its raster's count, band names and tags;
     calling it on feats (n, D) gives {product: (count, n) float32 block} for the same
     products (PRED_NODATA where a feature is NaN), so blocks meet writers by name."""
 
-    def __init__(self, model: dict, uncertainty: bool = False, aoa: bool = False):
+    def __init__(self, model: dict, uncertainty: bool = False, aoa: bool = False, **trust):
         if aoa and model.get("aoa") is None:
             raise InputError("This model has no area-of-applicability state.")
         self.model = model
@@ -453,6 +467,8 @@ class MapHeads:
             self.products["aoa"] = {
                 "count": 2, "band_names": ["inside AOA (1/0)", "dissimilarity index"],
                 "tags": dict(tags, soilssl_product="aoa", threshold=model["aoa"]["threshold"])}
+        self.trust = TrustMaps(model, tags=tags, **trust)  # error, lower, upper (as asked)
+        self.products.update(self.trust.products)
         self.inside_count = 0
 
     def __call__(self, feats: np.ndarray) -> dict:
@@ -467,6 +483,7 @@ class MapHeads:
             if "uncertainty" in blocks:
                 blocks["uncertainty"][t, ok] = np.stack(
                     [f.predict(x) for f in self.folds[t]]).std(axis=0)
+        self.trust.fill(blocks, x, ok)
         if "aoa" in blocks:
             di, inside = aoa_predict(self.model["aoa"], x)
             blocks["aoa"][0, ok] = inside
