@@ -3,7 +3,7 @@ from qgis.core import QgsProcessingParameterFile, \
     QgsProcessingParameterRasterDestination
 
 from .base import SoilSSLAlgorithm
-from .styles import style_output
+from .styles import class_style, style_output, write_categories
 
 
 class PredictMap(SoilSSLAlgorithm):
@@ -26,6 +26,9 @@ class PredictMap(SoilSSLAlgorithm):
             "OUTPUT_UNCERTAINTY", "Uncertainty (std of fold models)", optional=True))
         self.addParameter(QgsProcessingParameterRasterDestination(
             "OUTPUT_AOA", "Area of applicability", optional=True))
+        self.addParameter(QgsProcessingParameterRasterDestination(
+            "OUTPUT_PROBABILITY", "Class probability and entropy (class targets)",
+            optional=True))
 
     def execute(self, parameters, context, feedback, progress):
         from ..core.inputs import model_inputs
@@ -35,15 +38,22 @@ class PredictMap(SoilSSLAlgorithm):
         backbone = model_backbone(model, self.parameterAsFile(parameters, "BACKBONE", context)
                                   or None, compute["device"])
         outputs = {k: self.parameterAsOutputLayer(parameters, k, context) or None
-                   for k in ("OUTPUT", "OUTPUT_UNCERTAINTY", "OUTPUT_AOA")}
+                   for k in ("OUTPUT", "OUTPUT_UNCERTAINTY", "OUTPUT_AOA",
+                             "OUTPUT_PROBABILITY")}
         with self.source(parameters, context, model_inputs(model), progress) as src:
             s = predict_map(src, model, outputs["OUTPUT"], outputs["OUTPUT_UNCERTAINTY"],
                             outputs["OUTPUT_AOA"],
                             stride=self.parameterAsInt(parameters, "STRIDE", context),
-                            backbone=backbone, progress=progress, **compute)
+                            backbone=backbone, progress=progress, **compute,
+                            probability=outputs["OUTPUT_PROBABILITY"])
+        for t, names in s["classes"].items():  # class names as the bands' GDAL categories
+            write_categories(outputs["OUTPUT"], names, model["targets"].index(t) + 1)
+        first = s["classes"].get(model["targets"][0])
         for key, qml in (("OUTPUT", "prediction.qml"), ("OUTPUT_UNCERTAINTY", "uncertainty.qml"),
-                         ("OUTPUT_AOA", "aoa.qml")):
-            if outputs[key]:
+                         ("OUTPUT_AOA", "aoa.qml"), ("OUTPUT_PROBABILITY", "uncertainty.qml")):
+            if key == "OUTPUT" and first:  # a class raster: paletted, labelled by class name
+                style_output(context, outputs[key], style=class_style(first))
+            elif outputs[key]:
                 style_output(context, outputs[key], qml)
         feedback.pushInfo(f"{s['inside_aoa']} of {s['width'] * s['height']} tiles inside the "
                           f"area of applicability.")

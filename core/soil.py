@@ -20,12 +20,13 @@ import numpy as np
 from .aoa import aoa_predict, fit_aoa
 from .backbone import Backbone, backbone_name, load_backbone, load_file, resolve_device
 from .cache import FeatureCache, cache_dir, digest  # noqa: F401 (cache_dir: public here too)
+from .classes import CLASSIFICATION, REGRESSION, choose_class_method, class_block, \
+    class_products, class_targets, load_head, make_head
 from .cv import (COMPARE, FEATURE_METHODS, FEATURES, PIXELS, MethodSpec, cross_validate,
                  method_specs, spatial_folds)
 from .errors import BackboneError, InputError
 from .features import PATCH, pixel_values, point_features, prepare
 from .files import atomic_save
-from .heads import load_regressor, make_regressor
 from .progress import Progress, ensure
 from .patches import FeatureRows, PatchGrid, patch_point_features
 from .raster import RasterWriter, TileSource, commit_all
@@ -47,6 +48,7 @@ class Points:
     names: List[str]
     weights: Optional[np.ndarray] = None
     ids: Optional[np.ndarray] = None
+    classes: Optional[dict] = None   # target -> class names; its values are class indices
 
     def __post_init__(self):
         self.xs = np.asarray(self.xs, float)
@@ -149,6 +151,7 @@ def _choose(cv, method: str, features: str = FEATURES) -> dict:
     rows = [m for m, s in enumerate(cv.methods) if s.features == features
             and s.method in FEATURE_METHODS]
     return {t: cv.methods[min(rows, key=lambda m: mean[i, m, 0])].label
+            if cv.kind(t) == REGRESSION else choose_class_method(cv, i, rows)
             for i, t in enumerate(cv.target_names)}
 
 
@@ -171,7 +174,7 @@ def fit_points(source: TileSource, points: Points, backbone: Backbone,
                pool: str = "cls", tile: Optional[int] = None, cache: Optional[str] = None,
                model_path: Optional[str] = None, progress: Optional[Progress] = None,
                point_feature: str = "tile", margin: Optional[int] = None,
-               **compute) -> FitResult:
+               class_weight: Optional[str] = None, **compute) -> FitResult:
     """Spatial CV of METHOD(s) on the points, then the model file for mapping.
 
     ``compare``: backbones whose feature methods join the same CV (same folds, same
@@ -180,7 +183,9 @@ def fit_points(source: TileSource, points: Points, backbone: Backbone,
     ``point_feature``: ``tile`` (``pool`` of the tile centred on each point), ``patch`` (the
     feature of the patch under each point, as the POOL=patch map computes it; ``margin`` in
     patches) or ``both``: both sets on the same folds (rows "mlp" and "mlp [patch]"...), and
-    the model maps with the one the CV favours (:func:`_choose_scale`)."""
+    the model maps with the one the CV favours (:func:`_choose_scale`).
+    Targets named in ``points.classes`` are class targets (:mod:`.classes`), with
+    ``class_weight`` (None | "balanced") in their heads."""
     progress = ensure(progress)
     if method not in METHODS:
         raise InputError(f"Unknown METHOD '{method}': use one of {', '.join(METHODS)}.")
@@ -233,9 +238,12 @@ def fit_points(source: TileSource, points: Points, backbone: Backbone,
                                             margin=margin, **compute)
         specs += [MethodSpec(s.method, PATCH) for s in specs
                   if s.features == FEATURES and s.method in FEATURE_METHODS]
+    kinds = [CLASSIFICATION if t in (points.classes or {}) else REGRESSION
+             for t in points.names]
     cv = cross_validate(sets, y, folds, specs, target_names=points.names, loss=loss,
                         weights=weights, seed=seed, progress=progress.sub(0.4, 0.9),
-                        keep_models=True)
+                        keep_models=True, kinds=kinds, classes=points.classes,
+                        class_weight=class_weight)
     progress.info(cv.format_table())
     scale = _choose_scale(cv, method) if point_feature == "both" and method != "rf_pixels" \
         else FEATURES
@@ -248,7 +256,7 @@ def fit_points(source: TileSource, points: Points, backbone: Backbone,
         progress.info(format_ranking(ranking))
     model = _model_dict(source, backbone, cv, sets, y, weights, folds, chosen, loss, seed,
                         PATCH if scale == PATCH else pool, tile, norm.to_dict(),
-                        progress.sub(0.9, 1.0), scale, margin)
+                        progress.sub(0.9, 1.0), scale, margin, class_weight)
     if model_path:
         atomic_save(model, model_path)
     return FitResult(cv, keep, folds, chosen, coords, model,
@@ -313,14 +321,16 @@ def format_ranking(rows: list) -> str:
 
 
 def _model_dict(source, backbone, cv, sets, y, weights, folds, chosen, loss, seed, pool, tile,
-                normalization, progress, scale=FEATURES, margin=None) -> dict:
+                normalization, progress, scale=FEATURES, margin=None, class_weight=None) -> dict:
     heads, fold_heads = {}, {}
     for t, target in enumerate(cv.target_names):
         label = chosen[target]
         spec = cv.methods[cv.labels.index(label)]
         ok = np.isfinite(y[:, t])
         progress.info(f"{target}: refitting {label} on all {int(ok.sum())} points for mapping.")
-        head = make_regressor(spec.method, loss=loss, seed=seed)
+        head = make_head(spec.method, cv.kind(target), loss=loss, seed=seed,
+                         n_classes=len((cv.classes or {}).get(target, ())),
+                         class_weight=class_weight)
         head.fit(sets[spec.features][ok], y[ok, t],
                  sample_weight=None if weights is None else weights[ok])
         heads[target] = head.state_dict()
@@ -337,6 +347,8 @@ def _model_dict(source, backbone, cv, sets, y, weights, folds, chosen, loss, see
         "heads": heads, "fold_heads": fold_heads,
         "aoa": fit_aoa(sets[scale], folds) if uses_features else None,
         "cv_table": cv.table(), "n_points": int(len(folds)),
+        "kinds": {t: cv.kind(t) for t in cv.target_names},
+        "classes": {t: list(names) for t, names in (cv.classes or {}).items()},
     }
 
 
@@ -372,21 +384,27 @@ def predict_map(source: TileSource, model: dict, output: str,
                 uncertainty: Optional[str] = None, aoa: Optional[str] = None,
                 stride: Optional[int] = None, backbone: Optional[Backbone] = None,
                 batch_size: int = 32, device: str = "auto", amp: str = "auto", workers: int = 2,
-                progress: Optional[Progress] = None) -> dict:
-    """Prediction (one band per target), uncertainty and AOA rasters, window by window."""
+                progress: Optional[Progress] = None, probability: Optional[str] = None) -> dict:
+    """Prediction (one band per target), uncertainty and AOA rasters, window by window.
+    Class targets: the prediction band holds the class index (int16 when every target is a
+    class target; names in the tags "classes"), uncertainty the share of fold models that
+    disagree, and ``probability`` (class targets only) the mapped class's probability and
+    the normalised entropy per class target (:func:`.classes.class_products`)."""
     progress = ensure(progress)
     check_model_input(source, model)
     dev = resolve_device(device)
     backbone = backbone or model_backbone(model, device=str(dev))
     fr = model_rows(source, model, backbone, stride, dev, progress, batch_size=batch_size,
                     amp=amp, workers=workers)
-    mapper = MapHeads(model, bool(uncertainty), bool(aoa))
+    mapper = MapHeads(model, bool(uncertainty), bool(aoa), bool(probability))
     w, h = fr.width, fr.height
-    paths = {"prediction": output, "uncertainty": uncertainty, "aoa": aoa}
+    paths = {"prediction": output, "uncertainty": uncertainty, "aoa": aoa,
+             "probability": probability}
     writers = {}  # product name -> writer; blocks are paired with writers by that name
     try:
         for name, p in mapper.products.items():
-            writers[name] = RasterWriter(paths[name], w, h, p["count"], "float32", source.crs,
+            writers[name] = RasterWriter(paths[name], w, h, p["count"], p.get("dtype", "float32"),
+                                         source.crs,
                                          fr.transform(), nodata=PRED_NODATA, tags=p["tags"],
                                          band_names=p["band_names"])
         for row, feats in fr.rows(progress=progress):
@@ -398,7 +416,8 @@ def predict_map(source: TileSource, model: dict, output: str,
             if not wr.done:
                 wr.abort()
     return {"output": output, "uncertainty": uncertainty, "aoa": aoa if model.get("aoa") else None,
-            "width": w, "height": h, "inside_aoa": mapper.inside_count}
+            "width": w, "height": h, "inside_aoa": mapper.inside_count,
+            "probability": probability, "classes": model.get("classes") or {}}
 
 
 def check_model_input(source: TileSource, model: dict) -> None:
@@ -433,18 +452,24 @@ class MapHeads:
     calling it on feats (n, D) gives {product: (count, n) float32 block} for the same
     products (PRED_NODATA where a feature is NaN), so blocks meet writers by name."""
 
-    def __init__(self, model: dict, uncertainty: bool = False, aoa: bool = False):
+    def __init__(self, model: dict, uncertainty: bool = False, aoa: bool = False,
+                 probability: bool = False):
         if aoa and model.get("aoa") is None:
             raise InputError("This model has no area-of-applicability state.")
         self.model = model
         self.targets = targets = model["targets"]
-        self.heads = [load_regressor(model["heads"][t]) for t in targets]
-        self.folds = [[load_regressor(s) for s in model["fold_heads"][t]] for t in targets] \
+        self.heads = [load_head(model["heads"][t]) for t in targets]
+        self.folds = [[load_head(s) for s in model["fold_heads"][t]] for t in targets] \
             if uncertainty else None
+        self.class_targets = class_targets(model)
         tags = {"soilssl_product": "prediction", "targets": targets, "methods": model["methods"],
-                "backbone": model["backbone"]}
+                "backbone": model["backbone"],
+                **({"classes": model["classes"]} if self.class_targets else {})}
         self.products = {"prediction": {"count": len(targets), "band_names": list(targets),
                                         "tags": tags}}
+        if len(self.class_targets) == len(targets):  # a class raster: integer class indices
+            self.products["prediction"]["dtype"] = "int16"
+        self.products.update(class_products(model, tags, probability))
         if uncertainty:
             self.products["uncertainty"] = {
                 "count": len(targets), "band_names": [f"{t} std" for t in targets],
@@ -463,6 +488,16 @@ class MapHeads:
             return blocks
         x = feats[ok]
         for t in range(len(self.targets)):
+            if self.targets[t] in self.class_targets:
+                pred, prob, ent, spread = class_block(
+                    self.heads[t], self.folds[t] if self.folds else None, x)
+                blocks["prediction"][t, ok] = pred
+                if "probability" in blocks:
+                    j = 2 * self.class_targets.index(self.targets[t])
+                    blocks["probability"][j, ok], blocks["probability"][j + 1, ok] = prob, ent
+                if spread is not None:
+                    blocks["uncertainty"][t, ok] = spread
+                continue
             blocks["prediction"][t, ok] = self.heads[t].predict(x)
             if "uncertainty" in blocks:
                 blocks["uncertainty"][t, ok] = np.stack(
