@@ -6,13 +6,14 @@ regression heads of :mod:`.heads` (same interface, same weights_only-safe state 
 always know the full class list: a class missing from a training fold gets probability 0,
 so every fold model's probabilities have the same C columns::
 
-    head = make_head("rf_features", CLASSIFICATION, n_classes=4, class_weight="balanced")
+    head = make_target_head("rf_features", CLASSIFICATION, n_classes=4,
+                            class_weight="balanced")
     head.fit(X, y)                 # y: class indices 0..3 (some may be absent)
     head.predict_proba(X)          # -> (M, 4), rows sum to 1
     head.predict(X)                # -> float64 class index of the most probable class
     same = load_head(head.state_dict())
 
-The registry has a ``kind`` switch: :func:`make_head` gives a regressor of :mod:`.heads`
+The registry has a ``kind`` switch: :func:`make_target_head` gives a regressor of :mod:`.heads`
 for regression and a classifier of :data:`CLASS_HEADS` for classification, under the same
 method labels.  For a class target the ``ridge`` row (the linear probe) is an L2-penalised
 multinomial logistic regression; ``mlp`` is the paper's MLP with a softmax output and
@@ -41,7 +42,7 @@ from torch.nn import functional as F
 
 from .errors import InputError, SoilSSLError, TrainingError
 from .heads import (ForestHead, Regressor, _check_fit_data, _standardisation,
-                    build_head, canonical_method, forest_leaves, load_regressor, make_regressor,
+                    METHOD_ALIASES, build_head, forest_leaves, load_regressor, make_regressor,
                     to_numpy)
 
 REGRESSION, CLASSIFICATION = "regression", "classification"
@@ -477,12 +478,209 @@ class MLPClassifier(Classifier):
         self.epochs_trained, self.best_epoch = int(state["epochs_trained"]), int(state["best_epoch"])
 
 
+# ----------------------------------------------------------------------------- boosting, hybrids
+
+class GBMClassifier(Classifier):
+    """HistGradientBoostingClassifier (log loss) with the fixed, conservative settings of
+    the regression ``gbm`` head; early stopping on a stratified inner split (from 40 points
+    with at least 2 per class).  Trees stored as flat node arrays (one tree per class and
+    round; one per round for two classes) and predicted by a vectorised traversal equal
+    to scikit-learn's ``predict_proba``."""
+
+    method = "gbm"
+    chunk_rows = 8192
+
+    def __init__(self, n_classes: int = 2, class_weight: Optional[str] = None, seed: int = 0,
+                 max_iter: int = 300, learning_rate: float = 0.05, max_leaf_nodes: int = 15,
+                 min_samples_leaf: int = 10, l2_regularization: float = 1.0,
+                 validation_fraction: float = 0.15, n_iter_no_change: int = 20):
+        super().__init__(n_classes, class_weight)
+        self.seed, self.max_iter, self.learning_rate = int(seed), int(max_iter), float(learning_rate)
+        self.max_leaf_nodes, self.min_samples_leaf = int(max_leaf_nodes), int(min_samples_leaf)
+        self.l2_regularization = float(l2_regularization)
+        self.validation_fraction = float(validation_fraction)
+        self.n_iter_no_change = int(n_iter_no_change)
+        self.arrays: Dict[str, np.ndarray] = {}
+        self.model_ = None  # the scikit-learn model (not in the state)
+
+    @classmethod
+    def create(cls, loss: str = "mse", seed: int = 0, **opts) -> "GBMClassifier":
+        return cls(seed=seed, **opts)
+
+    def params(self) -> dict:
+        return {**self.base_params(), "seed": self.seed, "max_iter": self.max_iter,
+                "learning_rate": self.learning_rate, "max_leaf_nodes": self.max_leaf_nodes,
+                "min_samples_leaf": self.min_samples_leaf,
+                "l2_regularization": self.l2_regularization,
+                "validation_fraction": self.validation_fraction,
+                "n_iter_no_change": self.n_iter_no_change}
+
+    def _fit(self, X, y, w) -> None:
+        if len(self.seen) == 1:
+            return
+        from sklearn.ensemble import HistGradientBoostingClassifier
+        n, counts = len(y), np.unique(y, return_counts=True)[1]
+        early = (n >= 40 and self.validation_fraction > 0 and counts.min() >= 2
+                 and self.validation_fraction * n >= len(counts))
+        model = HistGradientBoostingClassifier(
+            learning_rate=self.learning_rate, max_iter=self.max_iter,
+            max_leaf_nodes=self.max_leaf_nodes,
+            min_samples_leaf=max(1, min(self.min_samples_leaf, n // 4)),
+            l2_regularization=self.l2_regularization, early_stopping=early,
+            validation_fraction=self.validation_fraction if early else None,
+            n_iter_no_change=self.n_iter_no_change, random_state=self.seed)
+        model.fit(X, y, sample_weight=w)
+        self.model_ = model
+        parts = {k: [] for k in ("left", "right", "feature", "threshold", "missing_left",
+                                 "is_leaf", "value", "column")}
+        roots, offset = [], 0
+        for iteration in model._predictors:
+            for column, predictor in enumerate(iteration):
+                nodes = predictor.nodes
+                if nodes["is_categorical"].any():
+                    raise InputError("Categorical splits are not supported by the gbm head.")
+                leaf = nodes["is_leaf"].astype(bool)
+                parts["left"].append(np.where(leaf, -1, nodes["left"].astype(np.int64) + offset))
+                parts["right"].append(np.where(leaf, -1,
+                                               nodes["right"].astype(np.int64) + offset))
+                parts["feature"].append(nodes["feature_idx"].astype(np.int64))
+                parts["threshold"].append(nodes["num_threshold"].astype(np.float64))
+                parts["missing_left"].append(nodes["missing_go_to_left"].astype(bool))
+                parts["is_leaf"].append(leaf)
+                parts["value"].append(nodes["value"].astype(np.float64))
+                roots.append(offset)
+                parts["column"].append(np.array([column], np.int64))
+                offset += len(nodes)
+        self.arrays = {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
+        self.arrays["roots"] = np.asarray(roots, dtype=np.int64)
+        self.arrays["baseline"] = np.asarray(model._baseline_prediction,
+                                             np.float64).reshape(-1)
+
+    def raw(self, X: np.ndarray) -> np.ndarray:
+        """(N, columns) raw scores: baseline plus each tree's leaf value, in order."""
+        a = self.arrays
+        out = np.repeat(a["baseline"][None, :], X.shape[0], axis=0)
+        if len(a["roots"]) == 0:
+            return out
+        leaf, feature = a["is_leaf"].astype(bool), np.maximum(a["feature"], 0)
+        nodes = np.repeat(a["roots"][:, None], X.shape[0], axis=1)  # (trees, points)
+        cols = np.arange(X.shape[0])[None, :]
+        while True:
+            inner = ~leaf[nodes]
+            if not inner.any():
+                break
+            x = X[cols, feature[nodes]]
+            go_left = np.where(np.isnan(x), a["missing_left"].astype(bool)[nodes],
+                               x <= a["threshold"][nodes])
+            nodes = np.where(inner, np.where(go_left, a["left"][nodes], a["right"][nodes]),
+                             nodes)
+        for column, tree_values in zip(a["column"], a["value"][nodes]):
+            out[:, column] += tree_values
+        return out
+
+    def _proba_seen(self, X: np.ndarray) -> np.ndarray:
+        z = self.raw(X)
+        if z.shape[1] == 1:  # two classes: one logistic score for the second
+            z = np.hstack([np.zeros_like(z), z])
+        z -= z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=1, keepdims=True)
+
+    def _state(self) -> dict:
+        return {"trees": {k: torch.from_numpy(np.ascontiguousarray(v))
+                          for k, v in self.arrays.items()}}
+
+    def _load(self, state: dict) -> None:
+        self.arrays = {k: to_numpy(v) for k, v in dict(state["trees"]).items()}
+
+
+class ClassHybrid(Classifier):
+    """A class head on ``[covariates | features]``: the first ``n_keep`` columns kept, the
+    features replaced by their first principal components (fitted in ``fit``: training
+    folds only; the fewest reaching ``variance``, at most ``max_components`` and n - 1),
+    then the ``inner_method`` classifier (``inner``: its options).  The classifier variant
+    of the regression hybrids (rf_hybrid, gbm_hybrid) under the same labels."""
+
+    method = ""
+    inner_method = "rf"
+
+    def __init__(self, n_classes: int = 2, class_weight: Optional[str] = None, seed: int = 0,
+                 n_keep: int = 0, variance: float = 0.9, max_components: int = 20,
+                 inner: Optional[dict] = None):
+        super().__init__(n_classes, class_weight)
+        self.seed, self.n_keep = int(seed), int(n_keep)
+        self.variance, self.max_components = float(variance), int(max_components)
+        self.inner = dict(inner or {})
+        self.pca_mean = self.pca_components = None
+        self.head: Optional[Classifier] = None
+
+    @classmethod
+    def create(cls, loss: str = "mse", seed: int = 0, **opts) -> "ClassHybrid":
+        return cls(seed=seed, **opts)
+
+    @classmethod
+    def block_params(cls, widths) -> dict:
+        """Every stacked block but the last (the features) is kept as it is."""
+        return {"n_keep": int(sum(widths[:-1]))}
+
+    def params(self) -> dict:
+        return {**self.base_params(), "seed": self.seed, "n_keep": self.n_keep,
+                "variance": self.variance, "max_components": self.max_components,
+                "inner": dict(self.inner)}
+
+    def reduce(self, X: np.ndarray) -> np.ndarray:
+        scores = (X[:, self.n_keep:] - self.pca_mean) @ self.pca_components.T
+        return np.hstack([X[:, :self.n_keep], scores])
+
+    def _fit(self, X, y, w) -> None:
+        from sklearn.decomposition import PCA
+        if not 0 <= self.n_keep < X.shape[1]:
+            raise InputError(f"The {self.method} head needs feature columns after its "
+                             f"{self.n_keep} covariate column(s), got {X.shape[1]} columns.")
+        F = X[:, self.n_keep:]
+        with warnings.catch_warnings():  # constant features: zero explained variance
+            warnings.simplefilter("ignore", RuntimeWarning)
+            pca = PCA(n_components=max(1, min(self.max_components, F.shape[1], len(y) - 1)),
+                      svd_solver="full").fit(F)
+        ratio = np.cumsum(pca.explained_variance_ratio_)
+        k = int(min(np.searchsorted(ratio, self.variance - 1e-12) + 1, len(ratio))) \
+            if np.isfinite(ratio).all() else 1
+        self.pca_mean = pca.mean_.astype(np.float64)
+        self.pca_components = pca.components_[:k].astype(np.float64)
+        # the class weights are already in w: the inner head takes them as they are
+        self.head = make_classifier(self.inner_method, self.n_classes, None, self.seed,
+                                    **self.inner)
+        self.head.fit(self.reduce(X), y, sample_weight=w)
+
+    def _proba_seen(self, X: np.ndarray) -> np.ndarray:
+        return self.head.predict_proba(self.reduce(X))[:, self.seen]
+
+    def _state(self) -> dict:
+        return {"pca_mean": torch.from_numpy(self.pca_mean),
+                "pca_components": torch.from_numpy(np.ascontiguousarray(self.pca_components)),
+                "head": self.head.state_dict()}
+
+    def _load(self, state: dict) -> None:
+        self.pca_mean = to_numpy(state["pca_mean"]).astype(np.float64)
+        self.pca_components = to_numpy(state["pca_components"]).astype(np.float64)
+        self.head = load_head(dict(state["head"]))
+
+
+class ForestClassHybrid(ClassHybrid):
+    method, inner_method = "rf_hybrid", "rf"
+
+
+class GBMClassHybrid(ClassHybrid):
+    method, inner_method = "gbm_hybrid", "gbm"
+
+
 # ----------------------------------------------------------------------------- registry
 
 # Classifier per canonical head name (heads.canonical_method): the kind switch of the
 # registry.  A branch adding a head adds its classifier variant here.
 CLASS_HEADS: Dict[str, type] = {"mlp": MLPClassifier, "ridge": LogisticHead,
-                                "rf": ForestClassifier}
+                                "rf": ForestClassifier, "gbm": GBMClassifier,
+                                "rf_hybrid": ForestClassHybrid, "gbm_hybrid": GBMClassHybrid}
 
 
 def check_kind(kind: str) -> str:
@@ -491,27 +689,36 @@ def check_kind(kind: str) -> str:
     return kind
 
 
-def make_head(method: str, kind: str = REGRESSION, loss: str = "mse", seed: int = 0,
-              n_classes: int = 2, class_weight: Optional[str] = None, **opts) -> Regressor:
-    """A new head for a target of ``kind``: :func:`~.heads.make_regressor` for regression,
-    the classifier of :data:`CLASS_HEADS` (``n_classes``, ``class_weight``) otherwise."""
-    if check_kind(kind) == REGRESSION:
-        return make_regressor(method, loss=loss, seed=seed, **opts)
-    name = canonical_method(method)
+def class_head_name(method: str) -> str:
+    """The :data:`CLASS_HEADS` key of a method label (rf_features/rf_pixels -> rf)."""
+    name = METHOD_ALIASES.get(method, method)
     if name not in CLASS_HEADS:
         raise InputError(f"Method '{method}' has no classifier: use one of "
                          f"{', '.join(sorted(CLASS_HEADS))} for class targets.")
-    return CLASS_HEADS[name].create(loss=loss, seed=int(seed), n_classes=int(n_classes),
-                                    class_weight=class_weight, **opts)
+    return name
+
+
+def make_classifier(method: str, n_classes: int, class_weight: Optional[str] = None,
+                    seed: int = 0, **opts) -> Classifier:
+    """A new, unfitted class head for ``n_classes`` classes (``opts``: its constructor's)."""
+    return CLASS_HEADS[class_head_name(method)].create(
+        seed=int(seed), n_classes=int(n_classes), class_weight=class_weight, **opts)
+
+
+def make_target_head(method: str, kind: str = REGRESSION, loss: str = "mse", seed: int = 0,
+                     n_classes: int = 2, class_weight: Optional[str] = None,
+                     **opts) -> Regressor:
+    """The registry's kind switch: :func:`~.heads.make_regressor` for a regression target,
+    :func:`make_classifier` (``n_classes``, ``class_weight``) for a class target."""
+    if check_kind(kind) == REGRESSION:
+        return make_regressor(method, loss=loss, seed=seed, **opts)
+    return make_classifier(method, n_classes, class_weight, seed=seed, **opts)
 
 
 def load_head(state: dict) -> Regressor:
     """Rebuild any head (regressor or classifier) from its ``state_dict()``."""
     if state.get("kind") == CLASSIFICATION:
-        name = canonical_method(str(state.get("method")))
-        if name not in CLASS_HEADS:
-            raise InputError(f"Unknown class head '{state.get('method')}' in the model file.")
-        return CLASS_HEADS[name].from_state(state)
+        return CLASS_HEADS[class_head_name(str(state.get("method")))].from_state(state)
     return load_regressor(state)
 
 

@@ -29,9 +29,9 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import mean_absolute_error, r2_score, root_mean_squared_error
 
 from .classes import CLASS_METRICS, CLASSIFICATION, REGRESSION, check_kind, class_metrics, \
-    confusion, make_head
+    confusion, make_classifier
 from .errors import InputError
-from .heads import canonical_method
+from .heads import canonical_method, make_regressor
 from .progress import Progress, ensure
 
 FOLD_MODES = ("kmeans", "random")
@@ -399,9 +399,10 @@ def cross_validate(feature_sets: Mapping[str, np.ndarray], y, folds,
             w_test = w[test] if (w is not None and weighted_metrics) else None
             for m, spec in enumerate(specs):
                 progress.check()
-                head = make_head(spec.method, kinds[t], loss=loss, seed=seed,
-                                 n_classes=len(classes.get(target, ())), class_weight=class_weight,
-                                 **options.get(canonical_method(spec.method), {}))
+                opts = options.get(canonical_method(spec.method), {})
+                head = make_regressor(spec.method, loss=loss, seed=seed, **opts) \
+                    if kinds[t] == REGRESSION else \
+                    make_classifier(spec.method, len(classes[target]), class_weight, seed, **opts)
                 head.fit(X[spec.features][train], y[train, t], sample_weight=w_train)
                 if test.any() and kinds[t] == CLASSIFICATION:
                     proba = head.predict_proba(X[spec.features][test])

@@ -21,7 +21,7 @@ from .aoa import aoa_predict, fit_aoa
 from .backbone import Backbone, backbone_name, load_backbone, load_file, resolve_device
 from .cache import FeatureCache, cache_dir, digest  # noqa: F401 (cache_dir: public here too)
 from .classes import CLASSIFICATION, REGRESSION, choose_class_method, class_block, \
-    class_products, class_targets, load_head, make_head
+    class_products, class_targets, load_head, make_target_head
 from .cv import (COMPARE, FEATURE_METHODS, FEATURES, PIXELS, MethodSpec, cross_validate,
                  method_specs, spatial_folds)
 from .errors import BackboneError, InputError
@@ -328,7 +328,7 @@ def _model_dict(source, backbone, cv, sets, y, weights, folds, chosen, loss, see
         spec = cv.methods[cv.labels.index(label)]
         ok = np.isfinite(y[:, t])
         progress.info(f"{target}: refitting {label} on all {int(ok.sum())} points for mapping.")
-        head = make_head(spec.method, cv.kind(target), loss=loss, seed=seed,
+        head = make_target_head(spec.method, cv.kind(target), loss=loss, seed=seed,
                          n_classes=len((cv.classes or {}).get(target, ())),
                          class_weight=class_weight)
         head.fit(sets[spec.features][ok], y[ok, t],

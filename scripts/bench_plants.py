@@ -169,7 +169,7 @@ def _plant_teacher_twice(pkg, raster, features):
 def _plant_cv_refit(pkg, raster, features):
     import importlib
     cv = importlib.import_module(f"{pkg}.core.cv")
-    make = cv.make_head
+    make = cv.make_regressor
 
     def make_twice(*a, **kw):
         reg = make(*a, **kw)
@@ -182,7 +182,7 @@ def _plant_cv_refit(pkg, raster, features):
         reg.fit = fit_twice
         return reg
 
-    cv.make_head = make_twice
+    cv.make_regressor = make_twice
 
 
 # ---------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from sklearn.metrics import (accuracy_score, balanced_accuracy_score, cohen_kapp
 from conftest import write_raster
 from soilssl.core.classes import (CLASSIFICATION, REGRESSION, class_metrics, confusion,
                                   disagreement, encode_classes, entropy, is_class_field,
-                                  load_head, make_head)
+                                  load_head, make_target_head)
 from soilssl.core.cv import cross_validate
 from soilssl.core.errors import InputError
 from soilssl.core.soil import _choose
@@ -73,12 +73,17 @@ def _blobs(n=90, seed=0):
     return X, y.astype(float)
 
 
-@pytest.mark.parametrize("method", ["rf_features", "mlp", "ridge"])
+RF = {"n_estimators": 20, "n_jobs": 1}
+HEAD_OPTIONS = {"rf_features": RF, "mlp": TINY_MLP, "ridge": {}, "gbm": {"max_iter": 30},
+                "rf_hybrid": {"n_keep": 2, "inner": RF},
+                "gbm_hybrid": {"n_keep": 2, "inner": {"max_iter": 30}}}
+
+
+@pytest.mark.parametrize("method", list(HEAD_OPTIONS))
 def test_class_heads_missing_class_and_weights_only_round_trip(method):
     X, y = _blobs()
-    opts = TINY_MLP if method == "mlp" else {"n_estimators": 20, "n_jobs": 1} \
-        if method == "rf_features" else {}
-    head = make_head(method, CLASSIFICATION, n_classes=4, seed=1, **opts)  # class 3 absent
+    opts = HEAD_OPTIONS[method]
+    head = make_target_head(method, CLASSIFICATION, n_classes=4, seed=1, **opts)  # no class 3
     head.fit(X, y)
     proba = head.predict_proba(X)
     assert proba.shape == (90, 4)
@@ -93,16 +98,21 @@ def test_class_heads_missing_class_and_weights_only_round_trip(method):
     np.testing.assert_array_equal(again.predict(X), head.predict(X))
     if method == "rf_features":  # the stored trees predict exactly as scikit-learn
         np.testing.assert_allclose(proba[:, :3], head.forest_.predict_proba(X), atol=1e-12)
+    if method == "gbm":
+        np.testing.assert_allclose(proba[:, :3], head.model_.predict_proba(X), atol=1e-12)
+    if method.endswith("hybrid"):  # covariates kept, features reduced by PCA in the fit
+        assert head.head.n_features == 2 + head.pca_components.shape[0]
     with pytest.raises(InputError, match="class indices"):
-        make_head(method, CLASSIFICATION, n_classes=2, **opts).fit(X, y)
+        make_target_head(method, CLASSIFICATION, n_classes=2, **opts).fit(X, y)
 
 
 def test_balanced_class_weights_recover_a_rare_class():
     rng = np.random.default_rng(2)
     y = np.r_[np.zeros(190), np.ones(10)]
     X = rng.normal(0, 1, (200, 2)) + y[:, None] * 1.2
-    plain = make_head("ridge", CLASSIFICATION, n_classes=2).fit(X, y)
-    balanced = make_head("ridge", CLASSIFICATION, n_classes=2, class_weight="balanced").fit(X, y)
+    plain = make_target_head("ridge", CLASSIFICATION, n_classes=2).fit(X, y)
+    balanced = make_target_head("ridge", CLASSIFICATION, n_classes=2,
+                                class_weight="balanced").fit(X, y)
     recall = [(h.predict(X)[y == 1] == 1).mean() for h in (plain, balanced)]
     assert recall[1] > recall[0] and recall[1] >= 0.6
 
@@ -136,7 +146,8 @@ def test_cv_with_a_class_missing_from_one_training_fold():
         assert row["macro_f1"] == pytest.approx(f1_score(y, p, average="macro"))
         assert np.sum(row["confusion"]) == 60 and np.array(row["confusion"])[3].sum() == 3
         assert "rmse_mean" not in row
-        assert rows[("ph", label)]["kind"] == "regression" and rows[("ph", label)]["rmse_mean"] < 2
+        assert rows[("ph", label)]["kind"] == "regression"
+        assert rows[("ph", label)]["rmse_mean"] < 2
     assert rows[("soil", "ridge")]["kappa"] > 0.7
     # METHOD=all maps each class target with the highest out-of-fold kappa
     kappas = {label: rows[("soil", label)]["kappa"] for label in res.labels}
