@@ -31,21 +31,24 @@ class PredictMap(SoilSSLAlgorithm):
             optional=True))
 
     def execute(self, parameters, context, feedback, progress):
+        from ..core.classes import class_targets
         from ..core.inputs import model_inputs
         from ..core.soil import load_model, model_backbone, predict_map
         compute = self.compute(parameters, context)
         model = load_model(self.parameterAsFile(parameters, "MODEL", context))
         backbone = model_backbone(model, self.parameterAsFile(parameters, "BACKBONE", context)
                                   or None, compute["device"])
+        # the probability raster exists for class targets only (else it is not made at all,
+        # though the dialog asks for a temporary one by default)
         outputs = {k: self.parameterAsOutputLayer(parameters, k, context) or None
-                   for k in ("OUTPUT", "OUTPUT_UNCERTAINTY", "OUTPUT_AOA",
-                             "OUTPUT_PROBABILITY")}
+                   for k in ("OUTPUT", "OUTPUT_UNCERTAINTY", "OUTPUT_AOA") +
+                   (("OUTPUT_PROBABILITY",) if class_targets(model) else ())}
         with self.source(parameters, context, model_inputs(model), progress) as src:
             s = predict_map(src, model, outputs["OUTPUT"], outputs["OUTPUT_UNCERTAINTY"],
                             outputs["OUTPUT_AOA"],
                             stride=self.parameterAsInt(parameters, "STRIDE", context),
                             backbone=backbone, progress=progress, **compute,
-                            probability=outputs["OUTPUT_PROBABILITY"])
+                            probability=outputs.get("OUTPUT_PROBABILITY"))
         for t, names in s["classes"].items():  # class names as the bands' GDAL categories
             write_categories(outputs["OUTPUT"], names, model["targets"].index(t) + 1)
         first = s["classes"].get(model["targets"][0])
@@ -53,7 +56,7 @@ class PredictMap(SoilSSLAlgorithm):
                          ("OUTPUT_AOA", "aoa.qml"), ("OUTPUT_PROBABILITY", "uncertainty.qml")):
             if key == "OUTPUT" and first:  # a class raster: paletted, labelled by class name
                 style_output(context, outputs[key], style=class_style(first))
-            elif outputs[key]:
+            elif outputs.get(key):
                 style_output(context, outputs[key], qml)
         feedback.pushInfo(f"{s['inside_aoa']} of {s['width'] * s['height']} tiles inside the "
                           f"area of applicability.")

@@ -157,14 +157,18 @@ def _choose(cv, method: str, features: str = FEATURES) -> dict:
 
 def _choose_scale(cv, method: str) -> str:
     """Tile (FEATURES) or patch (PATCH) features, whichever the CV favours: the lower mean,
-    over targets, of the best feature method's mean RMSE divided by the target's std."""
+    over targets, of the best feature method's mean RMSE divided by the target's std
+    (class targets: 1 - the best pooled out-of-fold kappa)."""
     mean, _ = cv.summary()
     scores = {}
     for features in (FEATURES, PATCH):
         rows = [m for m, s in enumerate(cv.methods) if s.features == features]
         scores[features] = np.mean([min(mean[i, m, 0] for m in rows) /
                                     max(np.nanstd(cv.y[:, i]), 1e-12)
-                                    for i in range(len(cv.target_names))])
+                                    if cv.kind(t) == REGRESSION else
+                                    1 - max(np.nan_to_num(cv.pooled_class_metrics(i, m)[2],
+                                                          nan=0.0) for m in rows)
+                                    for i, t in enumerate(cv.target_names)])
     return min(scores, key=scores.get)
 
 
@@ -472,7 +476,9 @@ class MapHeads:
         self.products.update(class_products(model, tags, probability))
         if uncertainty:
             self.products["uncertainty"] = {
-                "count": len(targets), "band_names": [f"{t} std" for t in targets],
+                "count": len(targets),  # class targets: share of fold models disagreeing
+                "band_names": [f"{t} disagreement" if t in self.class_targets else f"{t} std"
+                               for t in targets],
                 "tags": dict(tags, soilssl_product="uncertainty")}
         if aoa:
             self.products["aoa"] = {

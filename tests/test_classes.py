@@ -228,6 +228,7 @@ def test_fitpoints_predictmap_class_field_paletted_with_names(qgis_app, class_sc
     assert prob.min() >= 1 / 3 - 1e-6 and prob.max() <= 1 + 1e-6
     assert 0 <= ent.min() and ent.max() <= 1 + 1e-6
     with rasterio.open(out["OUTPUT_UNCERTAINTY"]) as ds:
+        assert ds.descriptions == ("soil disagreement", "ph std")
         spread = ds.read(1, masked=True)
     assert spread.min() >= 0 and spread.max() <= 1
     info = json.loads(subprocess.run(["gdalinfo", "-json", out["OUTPUT"]], check=True,
