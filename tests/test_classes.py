@@ -18,6 +18,7 @@ from soilssl.core.classes import (CLASSIFICATION, REGRESSION, class_metrics, con
 from soilssl.core.cv import cross_validate
 from soilssl.core.errors import InputError
 from soilssl.core.soil import _choose
+from test_qgis_look import dialogs  # noqa: F401 (fixture: runs as the algorithm dialog)
 
 TINY_MLP = {"hidden": 16, "max_epochs": 60, "lr": 0.01, "batch_size": 32}
 
@@ -180,8 +181,8 @@ def class_scene(tmp_path):
     return raster, str(points), soil
 
 
-def test_fitpoints_predictmap_class_field_paletted_with_names(qgis_app, class_scene, tiny_ckpt,
-                                                              tmp_path):
+def test_fitpoints_predictmap_class_field_paletted_with_names(qgis_app, dialogs, class_scene,
+                                                              tiny_ckpt, tmp_path):
     import processing
     from qgis.core import QgsRasterLayer, QgsVectorLayer
     raster, points, soil = class_scene
@@ -215,8 +216,14 @@ def test_fitpoints_predictmap_class_field_paletted_with_names(qgis_app, class_sc
 
     out = {k: str(tmp_path / f"{k}.tif") for k in ("OUTPUT", "OUTPUT_UNCERTAINTY",
                                                     "OUTPUT_PROBABILITY", "OUTPUT_AOA")}
-    processing.run("soilssl:predictmap", {"INPUT": raster, "MODEL": res["OUTPUT_MODEL"],
-                                          "STRIDE": 16, "DEVICE": "cpu", **out})
+    run = dialogs("soilssl:predictmap", {"INPUT": raster, "MODEL": res["OUTPUT_MODEL"],
+                                         "STRIDE": 16, "DEVICE": 1, **out})
+    loaded = run.layers["Prediction"]  # as Processing loaded it: paletted, legend of names
+    assert loaded.renderer().type() == "paletted"
+    legend = [str(n.data(0)) for n in run.legend(loaded)]
+    assert [t for t in legend if t in ("gley", "luvisol", "podzol")] == \
+        ["gley", "luvisol", "podzol"]
+    assert "Class probability and entropy (class targets)" in run.layers
     with rasterio.open(out["OUTPUT"]) as ds:
         assert ds.count == 2 and ds.descriptions == ("soil", "ph")
         cls = ds.read(1, masked=True)
