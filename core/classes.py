@@ -276,7 +276,7 @@ class ForestClassifier(Classifier, ForestHead):
             return
         ForestHead._fit(self, X, y, w)
 
-    def _set_arrays(self, forest) -> Dict[str, np.ndarray]:
+    def _tree_arrays(self, forest) -> Dict[str, np.ndarray]:
         parts = {k: [] for k in ("children_left", "children_right", "feature", "threshold",
                                  "value")}
         roots, offset = [], 0

@@ -511,9 +511,9 @@ class ForestHead(Regressor):
             if self.n_estimators > n_search:  # warm start: grow the chosen forest
                 forest.set_params(n_estimators=self.n_estimators, oob_score=False).fit(X, y, w)
         self.forest_ = forest
-        self.arrays = self._set_arrays(forest)
+        self.arrays = self._tree_arrays(forest)
 
-    def _set_arrays(self, forest) -> Dict[str, np.ndarray]:
+    def _tree_arrays(self, forest) -> Dict[str, np.ndarray]:
         return forest_arrays(forest)
 
     def _predict_chunk(self, X: np.ndarray) -> np.ndarray:

@@ -333,8 +333,8 @@ def _model_dict(source, backbone, cv, sets, y, weights, folds, chosen, loss, see
         ok = np.isfinite(y[:, t])
         progress.info(f"{target}: refitting {label} on all {int(ok.sum())} points for mapping.")
         head = make_target_head(spec.method, cv.kind(target), loss=loss, seed=seed,
-                         n_classes=len((cv.classes or {}).get(target, ())),
-                         class_weight=class_weight)
+                                n_classes=len((cv.classes or {}).get(target, ())),
+                                class_weight=class_weight)
         head.fit(sets[spec.features][ok], y[ok, t],
                  sample_weight=None if weights is None else weights[ok])
         heads[target] = head.state_dict()

@@ -270,3 +270,38 @@ def test_integer_field_auto_class_gives_an_integer_class_raster(qgis_app, class_
     with rasterio.open(out) as ds:
         assert ds.dtypes == ("int16",) and ds.nodata == -9999
         assert set(np.unique(ds.read(1, masked=True).compressed())) <= {0, 1, 2}
+
+
+def test_read_points_encodes_class_fields_by_target_type(qgis_app):
+    from qgis.core import (QgsFeature, QgsField, QgsGeometry, QgsPointXY,
+                           QgsProcessingException, QgsVectorLayer)
+    from qgis.PyQt.QtCore import QVariant
+    from soilssl.algorithms.points import read_points
+    layer = QgsVectorLayer("Point?crs=EPSG:32637", "pts", "memory")
+    layer.dataProvider().addAttributes([QgsField("soil", QVariant.String),
+                                        QgsField("zone", QVariant.Int),
+                                        QgsField("ph", QVariant.Double),
+                                        QgsField("one", QVariant.String)])
+    layer.updateFields()
+    feats = []
+    for i in range(40):
+        f = QgsFeature(layer.fields())
+        f.setGeometry(QgsGeometry.fromPointXY(QgsPointXY(500000 + i, 2900000)))
+        f.setAttributes([None if i == 5 else ["luvisol", "gley"][i % 2], i % 3 + 1,
+                         6 + i / 40, "x"])
+        feats.append(f)
+    layer.dataProvider().addFeatures(feats)
+    source = layer  # read_points only uses fields(), getFeatures(), wkbType(), sourceCrs()
+    pts, _ = read_points(source, ["soil", "zone", "ph"])
+    assert pts.classes == {"soil": ["gley", "luvisol"], "zone": ["1", "2", "3"]}
+    assert np.isnan(pts.values[5, 0]) and pts.values[:4, 0].tolist() == [1, 0, 1, 0]
+    assert pts.values[:4, 1].tolist() == [0, 1, 2, 0]
+    assert pts.values[:2, 2].tolist() == [6.0, 6.025]
+    pts, _ = read_points(source, ["zone", "ph"], target_type="regression")
+    assert pts.classes is None and pts.values[:3, 0].tolist() == [1, 2, 3]
+    pts, _ = read_points(source, ["ph", "zone"], target_type="classification")
+    assert len(pts.classes["ph"]) == 40 and pts.classes["zone"] == ["1", "2", "3"]
+    with pytest.raises(QgsProcessingException, match="not numeric"):
+        read_points(source, ["soil"], target_type="regression")
+    with pytest.raises(QgsProcessingException, match="single class"):
+        read_points(source, ["one"])
