@@ -128,8 +128,10 @@ def test_cv_with_a_class_missing_from_one_training_fold():
                          ["ridge", "rf_features", "mlp"], target_names=["soil", "ph"],
                          kinds=[CLASSIFICATION, REGRESSION],
                          classes={"soil": ["a", "b", "c", "d"]},
-                         head_options={"rf": {"n_estimators": 15, "n_jobs": 1},
-                                       "mlp": TINY_MLP})
+                         head_options={"rf": {"n_estimators": 10, "n_jobs": 1,
+                                              "max_features": ("sqrt",),
+                                              "min_samples_leaf": (1,)},
+                                       "mlp": dict(TINY_MLP, max_epochs=20, batch_size=64)})
     proba = res.probabilities["soil"]
     assert proba.shape == (3, 60, 4)
     np.testing.assert_allclose(proba.sum(axis=2), 1.0)
