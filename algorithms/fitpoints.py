@@ -1,7 +1,8 @@
 """soilssl:fitpoints: soil heads on sample points under spatial cross-validation."""
 import json
 
-from qgis.core import (QgsProcessingOutputString, QgsProcessingParameterEnum,
+from qgis.core import (QgsProcessingOutputString, QgsProcessingParameterBoolean,
+                       QgsProcessingParameterEnum,
                        QgsProcessingParameterFeatureSink,
                        QgsProcessingParameterFeatureSource, QgsProcessingParameterField,
                        QgsProcessingParameterFileDestination,
@@ -9,11 +10,12 @@ from qgis.core import (QgsProcessingOutputString, QgsProcessingParameterEnum,
 
 from .base import POINT_FEATURES, SoilSSLAlgorithm
 from .points import StagedSink, column, oof_fields, read_points, write_oof
-from .styles import on_load, residual_style
+from .styles import class_points_style, on_load, residual_style
 
 METHODS = ["all", "mlp", "ridge", "rf_features", "rf_pixels"]
 FOLD_MODES = ["kmeans", "random"]
 LOSSES = ["mse", "huber", "l1"]
+TARGET_TYPES = ["auto", "regression", "classification"]
 
 
 def in_dialog(feedback):
@@ -39,7 +41,8 @@ class FitPoints(SoilSSLAlgorithm):
             "random:<arch>)", optional=True))
         self.add(QgsProcessingParameterFeatureSource("POINTS", "Soil sample points",
                                                      [QgsProcessing.TypeVectorPoint]))
-        self.add(QgsProcessingParameterField("FIELDS", "Soil properties (numeric fields)",
+        self.add(QgsProcessingParameterField("FIELDS", "Soil properties (numeric or class "
+                                             "fields)",
                                              parentLayerParameterName="POINTS",
                                              allowMultiple=True))
         self.add(QgsProcessingParameterEnum("METHOD", "Method", METHODS, defaultValue=0))
@@ -49,6 +52,10 @@ class FitPoints(SoilSSLAlgorithm):
         self.add(QgsProcessingParameterEnum("FOLD_MODE", "Folds", FOLD_MODES, defaultValue=0),
                  True)
         self.add(QgsProcessingParameterEnum("LOSS", "MLP loss", LOSSES, defaultValue=0), True)
+        self.add(QgsProcessingParameterEnum("TARGET_TYPE", "Target type", TARGET_TYPES,
+                                            defaultValue=0), True)
+        self.add(QgsProcessingParameterBoolean("CLASS_WEIGHTS", "Balanced class weights "
+                                               "(class targets)", defaultValue=False), True)
         self.add(QgsProcessingParameterField("WEIGHT_FIELD", "Sample weight field",
                                              parentLayerParameterName="POINTS", optional=True,
                                              type=QgsProcessingParameterField.Numeric), True)
@@ -77,7 +84,8 @@ class FitPoints(SoilSSLAlgorithm):
         points_src = self.parameterAsSource(parameters, "POINTS", context)
         fields = self.parameterAsFields(parameters, "FIELDS", context)
         weight = self.parameterAsString(parameters, "WEIGHT_FIELD", context) or None
-        points, feats = read_points(points_src, fields, weight)
+        points, feats = read_points(points_src, fields, weight,
+                                    self.enum(parameters, "TARGET_TYPE", context))
         compute = self.compute(parameters, context)
         tile = self.parameterAsInt(parameters, "TILE_SIZE", context) or None
         model_path = self.parameterAsFileOutput(parameters, "OUTPUT_MODEL", context)
@@ -108,6 +116,8 @@ class FitPoints(SoilSSLAlgorithm):
                              loss=self.enum(parameters, "LOSS", context),
                              seed=self.parameterAsInt(parameters, "SEED", context), tile=tile,
                              point_feature=self.enum(parameters, "POINT_FEATURE", context),
+                             class_weight="balanced" if self.parameterAsBool(
+                                 parameters, "CLASS_WEIGHTS", context) else None,
                              progress=progress, **compute)
             outputs.save(fit.model, model_path)
             out_fields = oof_fields(points_src.fields(), fit)
@@ -122,7 +132,10 @@ class FitPoints(SoilSSLAlgorithm):
             outputs.commit()
         sink_id = sink.published()
         target = fit.cv.target_names[0]  # points coloured by the first target's residual
-        on_load(context, sink_id, residual_style(column(f"res_{target}_{fit.chosen[target]}")))
+        on_load(context, sink_id, residual_style(column(f"res_{target}_{fit.chosen[target]}"))
+                if fit.cv.kind(target) == "regression" else  # or its predicted class
+                class_points_style(column(f"pred_{target}_{fit.chosen[target]}"),
+                                   fit.cv.classes[target]))
         results = {"OUTPUT_POINTS": sink_id, "OUTPUT_MODEL": model_path}
         if not in_dialog(feedback):  # the dialog prints every result raw under "Results"
             results.update(CV_TABLE=json.dumps(fit.cv.table()), METHODS=json.dumps(fit.chosen),

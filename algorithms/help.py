@@ -298,3 +298,34 @@ ALGS["downloadbackbone"] = (
     _recommended_html(),
     ["NAME", "SHA256", "FORCE"],
 )
+
+# ---------------------------------------------------------------------------------------------
+# Class targets (issue 12): TARGET_TYPE, CLASS_WEIGHTS, the class raster and its probability.
+# ---------------------------------------------------------------------------------------------
+PARAMS.update({
+    "FIELDS": "Soil properties to predict: numeric fields, or class fields (a soil type, a "
+              "land cover: see Target type); several as a,b or a;b. NULLs are skipped per "
+              "field.",
+    "TARGET_TYPE": "auto: a text field whose values are not numbers, or an integer field "
+                   "with at most 20 distinct values and fewer than 10 % of the points, is a "
+                   "class target; every other field is a soil property (regression). "
+                   "regression / classification: every field in FIELDS is that type. Class "
+                   "targets get a random forest classifier (rf_*), the MLP with cross-entropy "
+                   "(mlp) and multinomial logistic regression (the ridge row); the CV reports "
+                   "accuracy, balanced accuracy, Cohen's kappa, macro F1 and the confusion "
+                   "matrix, and METHOD=all maps with the highest out-of-fold kappa.",
+    "CLASS_WEIGHTS": "Class targets: weight each training point by the inverse frequency of "
+                     "its class ('balanced'), so that rare classes count as much as common "
+                     "ones (the paper found rare land covers predicted worst).",
+    "OUTPUT_PROBABILITY": "Class targets: two bands per class target, the probability of the "
+                          "mapped class and the entropy of the class probabilities (0 = one "
+                          "class certain, 1 = all classes equally likely). For a class "
+                          "target, Prediction holds the class (paletted, labelled by class "
+                          "name) and Uncertainty the share of fold models that predict "
+                          "another class.",
+})
+ALGS["fitpoints"][2].insert(ALGS["fitpoints"][2].index("LOSS") + 1, "TARGET_TYPE")
+ALGS["fitpoints"][2].insert(ALGS["fitpoints"][2].index("TARGET_TYPE") + 1, "CLASS_WEIGHTS")
+ALGS["predictmap"][2].append("OUTPUT_PROBABILITY")
+PARAMS["OUTPUT_POINTS"] += (" For a class target: the predicted class name and its "
+                            "probability per method.")

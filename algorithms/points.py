@@ -33,8 +33,33 @@ def field_names(fields, layer_names):
     return out
 
 
-def read_points(source, fields, weight_field=None):
-    """-> (core.soil.Points, features list) from a QgsProcessingFeatureSource."""
+def _raw(value):
+    return None if value is None or value == NULL or str(value).strip() == "" else value
+
+
+def class_fields(source, fields, raw, target_type="auto"):
+    """The FIELDS that are class targets (core.classes.is_class_field: TARGET_TYPE, a text
+    field not holding numbers, an integer field with few distinct values)."""
+    from ..core.classes import is_class_field
+    from ..core.errors import InputError
+    out = []
+    for j, f in enumerate(fields):
+        qf = source.fields().field(f)
+        integer = qf.type() in (QVariant.Int, QVariant.LongLong, QVariant.UInt,
+                                QVariant.ULongLong)
+        try:
+            if is_class_field([_raw(v[j]) for v in raw], qf.type() == QVariant.String,
+                              integer, target_type):
+                out.append(f)
+        except InputError as exc:
+            raise QgsProcessingException(str(exc)) from exc
+    return out
+
+
+def read_points(source, fields, weight_field=None, target_type="auto"):
+    """-> (core.soil.Points, features list) from a QgsProcessingFeatureSource.  Class
+    fields (:func:`class_fields`) become class indices with their names in Points.classes."""
+    from ..core.classes import encode_classes
     from ..core.soil import Points
     if source is None:
         raise QgsProcessingException("POINTS is not a vector layer SoilSSL can read.")
@@ -48,7 +73,7 @@ def read_points(source, fields, weight_field=None):
         if f not in names:
             raise QgsProcessingException(f"Field '{f}' is not in the points layer; its fields "
                                          f"are: {', '.join(names)}.")
-    xs, ys, values, weights, feats = [], [], [], [], []
+    xs, ys, raw, weights, feats = [], [], [], [], []
     no_geometry = 0
     for feat in source.getFeatures():
         geom = feat.geometry()
@@ -58,12 +83,25 @@ def read_points(source, fields, weight_field=None):
         pt = geom.centroid().asPoint() if geom.isMultipart() else geom.asPoint()
         xs.append(pt.x())
         ys.append(pt.y())
-        values.append([_number(feat[f], f, feat.id()) for f in fields])
+        raw.append([feat[f] for f in fields])
         if weight_field:
             weights.append(_number(feat[weight_field], weight_field, feat.id()))
         feats.append(feat)
     if not feats:
         raise QgsProcessingException("The points layer has no point with a geometry.")
+    classes = {}
+    for f in class_fields(source, fields, raw, target_type):
+        j = fields.index(f)
+        codes, classes[f] = encode_classes([_raw(v[j]) for v in raw])
+        if 0 < len(classes[f]) < 2:
+            raise QgsProcessingException(f"Class field '{f}' has a single class "
+                                         f"('{classes[f][0]}'): nothing to predict.")
+        for v, code in zip(raw, codes):
+            v[j] = code
+        log.info(f"Field '{f}' is a class target with {len(classes[f])} classes: "
+                 f"{', '.join(classes[f][:20])}{' ...' if len(classes[f]) > 20 else ''}.")
+    values = [[v[j] if f in classes else _number(v[j], f, feat.id())
+               for j, f in enumerate(fields)] for v, feat in zip(raw, feats)]
     if no_geometry:
         log.info(f"{no_geometry} feature(s) without a geometry were skipped.")
     for j, f in enumerate(fields):
@@ -78,7 +116,7 @@ def read_points(source, fields, weight_field=None):
         raise QgsProcessingException(f"Weight field '{weight_field}' must be a non-negative "
                                      f"number at every point.")
     pts = Points(xs, ys, source.sourceCrs().toWkt(), values, list(fields),
-                 weights if weight_field else None)
+                 weights if weight_field else None, classes=classes or None)
     return pts, feats
 
 
@@ -92,6 +130,10 @@ def oof_fields(base_fields, fit):
     out.append(QgsField("cv_fold", QVariant.Int))
     for t in fit.cv.target_names:
         for label in fit.cv.labels:
+            if fit.cv.kind(t) == "classification":  # predicted class name, its probability
+                out.append(QgsField(column(f"pred_{t}_{label}"), QVariant.String))
+                out.append(QgsField(column(f"prob_{t}_{label}"), QVariant.Double))
+                continue
             out.append(QgsField(column(f"pred_{t}_{label}"), QVariant.Double))
             out.append(QgsField(column(f"res_{t}_{label}"), QVariant.Double))
     return out
@@ -106,6 +148,11 @@ def write_oof(sink, feats, fit, fields):
         for t in range(len(cv.target_names)):
             for m in range(len(cv.methods)):
                 p = cv.predictions[t, m, i]
+                if cv.kind(cv.target_names[t]) == "classification":
+                    names = cv.classes[cv.target_names[t]]
+                    attrs += [None, None] if math.isnan(p) else \
+                        [names[int(p)], float(cv.probabilities[cv.target_names[t]][m, i, int(p)])]
+                    continue
                 r = cv.y[i, t] - p
                 attrs += [None if math.isnan(p) else float(p), None if math.isnan(r) else float(r)]
         out = QgsFeature(fields)

@@ -3,7 +3,7 @@ from qgis.core import QgsProcessingParameterFile, QgsProcessingParameterNumber, 
     QgsProcessingParameterRasterDestination
 
 from .base import SoilSSLAlgorithm
-from .styles import band_range, stretch_to_range, style_output
+from .styles import band_range, class_style, stretch_to_range, style_output, write_categories
 
 TRUST_OUTPUTS = (("OUTPUT_ERROR", "Expected error (RMSE, from the DI error profile)"),
                  ("OUTPUT_LOWER", "Prediction interval: lower bound"),
@@ -37,17 +37,24 @@ class PredictMap(SoilSSLAlgorithm):
         for key, label in TRUST_OUTPUTS:
             self.addParameter(QgsProcessingParameterRasterDestination(key, label, optional=True,
                                                                       createByDefault=False))
+        self.addParameter(QgsProcessingParameterRasterDestination(
+            "OUTPUT_PROBABILITY", "Class probability and entropy (class targets)",
+            optional=True))
 
     def execute(self, parameters, context, feedback, progress):
+        from ..core.classes import class_targets
         from ..core.inputs import model_inputs
         from ..core.soil import load_model, model_backbone, predict_map
         compute = self.compute(parameters, context)
         model = load_model(self.parameterAsFile(parameters, "MODEL", context))
         backbone = model_backbone(model, self.parameterAsFile(parameters, "BACKBONE", context)
                                   or None, compute["device"])
+        # the probability raster exists for class targets only (else it is not made at all,
+        # though the dialog asks for a temporary one by default)
         outputs = {k: self.parameterAsOutputLayer(parameters, k, context) or None
                    for k in ("OUTPUT", "OUTPUT_UNCERTAINTY", "OUTPUT_AOA",
-                             *(key for key, _ in TRUST_OUTPUTS))}
+                             *(key for key, _ in TRUST_OUTPUTS)) +
+                   (("OUTPUT_PROBABILITY",) if class_targets(model) else ())}
         level = self.parameterAsDouble(parameters, "LEVEL", context)
         with self.source(parameters, context, model_inputs(model), progress) as src:
             s = predict_map(src, model, outputs["OUTPUT"], outputs["OUTPUT_UNCERTAINTY"],
@@ -56,10 +63,16 @@ class PredictMap(SoilSSLAlgorithm):
                             backbone=backbone, progress=progress, **compute,
                             error=outputs["OUTPUT_ERROR"], lower=outputs["OUTPUT_LOWER"],
                             upper=outputs["OUTPUT_UPPER"],
-                            level=level)
+                            level=level, probability=outputs.get("OUTPUT_PROBABILITY"))
+        for t, names in s["classes"].items():  # class names as the bands' GDAL categories
+            write_categories(outputs["OUTPUT"], names, model["targets"].index(t) + 1)
+        first = s["classes"].get(model["targets"][0])
         for key, qml in (("OUTPUT", "prediction.qml"), ("OUTPUT_UNCERTAINTY", "uncertainty.qml"),
-                         ("OUTPUT_AOA", "aoa.qml"), ("OUTPUT_ERROR", "uncertainty.qml")):
-            if outputs[key]:
+                         ("OUTPUT_AOA", "aoa.qml"), ("OUTPUT_ERROR", "uncertainty.qml"),
+                         ("OUTPUT_PROBABILITY", "uncertainty.qml")):
+            if key == "OUTPUT" and first:  # a class raster: paletted, labelled by class name
+                style_output(context, outputs[key], style=class_style(first))
+            elif outputs.get(key):
                 style_output(context, outputs[key], qml)
         bounds = [outputs[k] for k in ("OUTPUT_LOWER", "OUTPUT_UPPER") if outputs[k]]
         ranges = [r for r in map(band_range, bounds) if r]

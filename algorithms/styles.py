@@ -12,7 +12,8 @@ Layers panel legend on the renderer-changed signal only.  Editing the renderer i
 import math
 import os
 
-from qgis.core import (QgsContrastEnhancement, QgsGraduatedSymbolRenderer,
+from qgis.core import (QgsCategorizedSymbolRenderer, QgsContrastEnhancement,
+                       QgsGraduatedSymbolRenderer, QgsRendererCategory,
                        QgsLimitedRandomColorRamp, QgsPalettedRasterRenderer,
                        QgsProcessingLayerPostProcessorInterface, QgsRasterBandStats,
                        QgsRasterLayer, QgsRendererRange, QgsSingleBandGrayRenderer, QgsStyle,
@@ -133,7 +134,61 @@ def feature_style(layer):
     _install(layer, renderer)
 
 
+def class_colours(n):
+    """``n`` distinct colours for classes: QGIS's 'Set1'/'Paired' palettes, then random."""
+    ramp = QgsStyle.defaultStyle().colorRamp("Paired" if n > 9 else "Set1")
+    if ramp is not None and n <= 12:
+        return [ramp.color(i / max(n - 1, 1)) for i in range(n)]
+    return QgsLimitedRandomColorRamp.randomColors(n)
+
+
+def class_style(names, band=1):
+    """A class raster (class indices 0..C-1 in ``band``): a paletted renderer whose classes
+    are labelled with the class names."""
+    def style(layer):
+        classes = [QgsPalettedRasterRenderer.Class(i, colour, str(name))
+                   for i, (name, colour) in enumerate(zip(names, class_colours(len(names))))]
+        _install(layer, QgsPalettedRasterRenderer(layer.dataProvider(), band, classes))
+    return style
+
+
+def write_categories(path, names, band=1):
+    """Class names as the GDAL category names of ``band``, in the GDAL PAM sidecar
+    ``<file>.aux.xml`` (where GDAL keeps a GeoTIFF's category names), so that gdalinfo and
+    other GDAL tools list the names, not only the indices.  Written as XML here: the GDAL
+    Python bindings beside rasterio's own GDAL are not safe in one process."""
+    import xml.etree.ElementTree as ET
+    aux = path + ".aux.xml"
+    root = ET.parse(aux).getroot() if os.path.exists(aux) else ET.Element("PAMDataset")
+    node = next((b for b in root.findall("PAMRasterBand") if b.get("band") == str(band)), None)
+    if node is None:
+        node = ET.SubElement(root, "PAMRasterBand", band=str(band))
+    for old in node.findall("CategoryNames"):
+        node.remove(old)
+    cats = ET.SubElement(node, "CategoryNames")
+    for name in names:
+        ET.SubElement(cats, "Category").text = str(name)
+    tmp = aux + ".tmp"
+    ET.ElementTree(root).write(tmp, encoding="UTF-8")
+    os.replace(tmp, aux)
+
+
 # -- vector renderers -------------------------------------------------------------
+def class_points_style(field, names):
+    """Points coloured by a class field (e.g. the predicted class), one colour per name."""
+    def style(layer):
+        if layer.fields().indexOf(field) < 0:
+            return
+        categories = []
+        for name, colour in zip(names, class_colours(len(names))):
+            symbol = QgsSymbol.defaultSymbol(layer.geometryType())
+            symbol.setColor(colour)
+            categories.append(QgsRendererCategory(str(name), symbol, str(name)))
+        _install(layer, QgsCategorizedSymbolRenderer(field, categories))
+    return style
+
+
+
 def residual_style(field):
     """Points coloured by ``field`` (observed - predicted): a diverging red-blue ramp over
     classes symmetric about 0 (to the largest |residual|), the middle one straddling 0 in

@@ -28,6 +28,8 @@ import numpy as np
 from sklearn.cluster import KMeans
 from sklearn.metrics import mean_absolute_error, r2_score, root_mean_squared_error
 
+from .classes import CLASS_METRICS, CLASSIFICATION, REGRESSION, check_kind, class_metrics, \
+    confusion, make_classifier
 from .errors import InputError
 from .heads import canonical_method, make_regressor
 from .progress import Progress, ensure
@@ -166,6 +168,27 @@ class CVResult:
     fold_metrics: np.ndarray  # (T, M, K, 3)
     r2_pooled: np.ndarray     # (T, M) R² of all out-of-fold predictions together
     fold_models: Optional[Dict[Tuple[str, str], list]] = None
+    # class targets (core/classes.py): kind per target, class names, out-of-fold
+    # probabilities target -> (M, N, C) and (T, M, K, 4) fold CLASS_METRICS (NaN elsewhere)
+    kinds: Optional[List[str]] = None
+    classes: Optional[Dict[str, List[str]]] = None
+    probabilities: Optional[Dict[str, np.ndarray]] = None
+    class_fold_metrics: Optional[np.ndarray] = None
+
+    def kind(self, target: str) -> str:
+        """"regression" or "classification"."""
+        return (self.kinds or [REGRESSION] * len(self.target_names))[
+            self.target_names.index(target)]
+
+    def pooled_class_metrics(self, t: int, m: int) -> np.ndarray:
+        """CLASS_METRICS of all out-of-fold predictions of target t by row m together."""
+        ok = np.isfinite(self.y[:, t])
+        return class_metrics(self.y[ok, t], self.predictions[t, m, ok])
+
+    def confusion(self, target: str, label: str) -> np.ndarray:
+        """(C, C) out-of-fold confusion matrix (rows observed, columns predicted)."""
+        t, m = self.index(target, label)
+        return confusion(self.y[:, t], self.predictions[t, m], len(self.classes[target]))
 
     @property
     def labels(self) -> List[str]:
@@ -212,13 +235,28 @@ class CVResult:
         for t, target in enumerate(self.target_names):
             for m, spec in enumerate(self.methods):
                 row = {"target": target, "method": spec.label, "features": spec.features,
-                       "n": int(self.n_used[t])}
+                       "n": int(self.n_used[t]), "kind": self.kind(target)}
+                if row["kind"] == CLASSIFICATION:  # pooled out-of-fold metrics, fold mean/std
+                    rows.append(self._class_row(row, t, m))
+                    continue
                 for j, name in enumerate(METRICS):
                     row[f"{name}_mean"] = float(mean[t, m, j])
                     row[f"{name}_std"] = float(std[t, m, j])
                 row["r2_pooled"] = float(self.r2_pooled[t, m])
                 rows.append(row)
         return rows
+
+    def _class_row(self, row: dict, t: int, m: int) -> dict:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = np.nanmean(self.class_fold_metrics[t, m], axis=0)
+            std = np.nanstd(self.class_fold_metrics[t, m], axis=0)
+        for j, name in enumerate(CLASS_METRICS):
+            row[name] = float(self.pooled_class_metrics(t, m)[j])
+            row[f"{name}_mean"], row[f"{name}_std"] = float(mean[j]), float(std[j])
+        row["classes"] = list(self.classes[row["target"]])
+        row["confusion"] = self.confusion(row["target"], row["method"]).tolist()
+        return row
 
     def format_table(self, digits: int = 3) -> str:
         """Plain-text table of :meth:`table` (mean ± std over folds) for the log."""
@@ -227,7 +265,11 @@ class CVResult:
 
         header = ["target", "method", "n", "RMSE", "MAE", "R²", "R² pooled"]
         body = [[r["target"], r["method"], str(r["n"]), pm(r, "rmse"), pm(r, "mae"),
-                 pm(r, "r2"), f"{r['r2_pooled']:.{digits}f}"] for r in self.table()]
+                 pm(r, "r2"), f"{r['r2_pooled']:.{digits}f}"] if r["kind"] == REGRESSION else
+                [r["target"], r["method"], str(r["n"]), f"accuracy {r['accuracy']:.{digits}f}",
+                 f"balanced {r['balanced_accuracy']:.{digits}f}",
+                 f"kappa {r['kappa']:.{digits}f}", f"macro F1 {r['macro_f1']:.{digits}f}"]
+                for r in self.table()]
         widths = [max(len(line[i]) for line in [header] + body) for i in range(len(header))]
         sizes = [int((self.folds == k).sum()) for k in self.fold_ids]
         lines = [f"Cross-validation: {len(self.fold_ids)} folds of {sizes} points; "
@@ -299,7 +341,10 @@ def cross_validate(feature_sets: Mapping[str, np.ndarray], y, folds,
                    loss: str = "mse", weights=None, seed: int = 0,
                    progress: Optional[Progress] = None, weighted_metrics: bool = False,
                    keep_models: bool = False,
-                   head_options: Optional[Mapping[str, dict]] = None) -> CVResult:
+                   head_options: Optional[Mapping[str, dict]] = None,
+                   kinds: Optional[Sequence[str]] = None,
+                   classes: Optional[Mapping[str, Sequence[str]]] = None,
+                   class_weight: Optional[str] = None) -> CVResult:
     """Out-of-fold predictions and fold metrics of every method row for every target.
 
     feature_sets: name -> (N, D) array; y: (N,) or (N, T), NaN = no value (that point is
@@ -308,7 +353,11 @@ def cross_validate(feature_sets: Mapping[str, np.ndarray], y, folds,
     training (and in the metrics with ``weighted_metrics``); head_options: constructor
     options per head ("mlp", "ridge", "rf"); keep_models: keep each fold's fitted heads.
     Every row uses the same folds; progress is reported and cancel checked before each
-    fit.
+    fit.  kinds: "regression" | "classification" per target (default all regression); a
+    class target's y holds class indices, ``classes`` its names (default "0".."C-1");
+    class_weight (None | "balanced") goes to the class heads.  Class targets get
+    out-of-fold probabilities over all their classes (a class absent from a training fold
+    gets 0) and fold CLASS_METRICS instead of RMSE/MAE/R².
     """
     progress = ensure(progress)
     specs = [as_spec(m) for m in methods]
@@ -324,11 +373,17 @@ def cross_validate(feature_sets: Mapping[str, np.ndarray], y, folds,
     w = _weights(weights, n)
     fold_ids = np.unique(folds)
     options = dict(head_options or {})
+    kinds = [check_kind(k) for k in (kinds or [REGRESSION] * len(names))]
+    classes = {t: [str(c) for c in (classes or {}).get(t) or
+                   range(int(np.nanmax(y[:, i])) + 1)]
+               for i, t in enumerate(names) if kinds[i] == CLASSIFICATION}
 
     T, M, K = y.shape[1], len(specs), len(fold_ids)
     predictions = np.full((T, M, n), np.nan)
     fold_metrics = np.full((T, M, K, len(METRICS)), np.nan)
     models: Optional[dict] = {} if keep_models else None
+    class_fold = np.full((T, M, K, len(CLASS_METRICS)), np.nan)
+    probabilities = {t: np.full((M, n, len(classes[t])), np.nan) for t in classes}
     done, total = 0, T * K * M
     for t, target in enumerate(names):
         valid = np.isfinite(y[:, t])
@@ -344,10 +399,18 @@ def cross_validate(feature_sets: Mapping[str, np.ndarray], y, folds,
             w_test = w[test] if (w is not None and weighted_metrics) else None
             for m, spec in enumerate(specs):
                 progress.check()
-                head = make_regressor(spec.method, loss=loss, seed=seed,
-                                      **options.get(canonical_method(spec.method), {}))
+                opts = options.get(canonical_method(spec.method), {})
+                head = make_regressor(spec.method, loss=loss, seed=seed, **opts) \
+                    if kinds[t] == REGRESSION else \
+                    make_classifier(spec.method, len(classes[target]), class_weight, seed, **opts)
                 head.fit(X[spec.features][train], y[train, t], sample_weight=w_train)
-                if test.any():
+                if test.any() and kinds[t] == CLASSIFICATION:
+                    proba = head.predict_proba(X[spec.features][test])
+                    probabilities[target][m, test] = proba
+                    predictions[t, m, test] = proba.argmax(axis=1)
+                    class_fold[t, m, k] = class_metrics(y[test, t], predictions[t, m, test],
+                                                        sample_weight=w_test)
+                elif test.any():
                     predictions[t, m, test] = head.predict(X[spec.features][test])
                     fold_metrics[t, m, k] = regression_metrics(
                         y[test, t], predictions[t, m, test], sample_weight=w_test)
@@ -359,10 +422,10 @@ def cross_validate(feature_sets: Mapping[str, np.ndarray], y, folds,
     r2_pooled = np.full((T, M), np.nan)
     for t in range(T):
         valid = np.isfinite(y[:, t])
-        if valid.sum() > 1:
+        if valid.sum() > 1 and kinds[t] == REGRESSION:
             w_all = w[valid] if (w is not None and weighted_metrics) else None
             for m in range(M):
                 r2_pooled[t, m] = r2_score(y[valid, t], predictions[t, m, valid],
                                            sample_weight=w_all)
     return CVResult(names, specs, folds, fold_ids, y, predictions, fold_metrics, r2_pooled,
-                    models)
+                    models, kinds, classes, probabilities, class_fold)

@@ -180,11 +180,12 @@ class Regressor:
 
 # ----------------------------------------------------------------------------- MLP
 
-def build_head(n_features: int, hidden: int = 512) -> nn.Sequential:
-    """The paper's head: Linear(D,h) - ReLU - Linear(h,h) - ReLU - Linear(h,1)."""
+def build_head(n_features: int, hidden: int = 512, out: int = 1) -> nn.Sequential:
+    """The paper's head: Linear(D,h) - ReLU - Linear(h,h) - ReLU - Linear(h,out) (out: 1 for
+    a soil property, the number of classes for a class target)."""
     return nn.Sequential(nn.Linear(n_features, hidden), nn.ReLU(),
                          nn.Linear(hidden, hidden), nn.ReLU(),
-                         nn.Linear(hidden, 1))
+                         nn.Linear(hidden, out))
 
 
 def _pointwise_loss(kind: str, pred: torch.Tensor, target: torch.Tensor,
@@ -406,6 +407,15 @@ def forest_predict(arrays: Dict[str, np.ndarray], X: np.ndarray) -> np.ndarray:
     features are compared as float32 against float64 thresholds and the tree values are
     summed in tree order, then divided by the number of trees.
     """
+    leaf_values = arrays["value"][forest_leaves(arrays, X)]
+    total = np.zeros(X.shape[0], dtype=np.float64)
+    for tree_values in leaf_values:
+        total += tree_values
+    return total / len(arrays["roots"])
+
+
+def forest_leaves(arrays: Dict[str, np.ndarray], X: np.ndarray) -> np.ndarray:
+    """(trees, points) global index of the leaf each point reaches in each tree."""
     X32 = np.asarray(X, dtype=np.float32)
     left, right = arrays["children_left"], arrays["children_right"]
     feature, threshold = np.maximum(arrays["feature"], 0), arrays["threshold"]
@@ -419,11 +429,7 @@ def forest_predict(arrays: Dict[str, np.ndarray], X: np.ndarray) -> np.ndarray:
             break
         go_left = X32[cols, feature[nodes]] <= threshold[nodes]
         nodes = np.where(inner, np.where(go_left, child_left, right[nodes]), nodes)
-    leaf_values = arrays["value"][nodes]
-    total = np.zeros(X32.shape[0], dtype=np.float64)
-    for tree_values in leaf_values:
-        total += tree_values
-    return total / len(roots)
+    return nodes
 
 
 class ForestHead(Regressor):
@@ -505,7 +511,10 @@ class ForestHead(Regressor):
             if self.n_estimators > n_search:  # warm start: grow the chosen forest
                 forest.set_params(n_estimators=self.n_estimators, oob_score=False).fit(X, y, w)
         self.forest_ = forest
-        self.arrays = forest_arrays(forest)
+        self.arrays = self._tree_arrays(forest)
+
+    def _tree_arrays(self, forest) -> Dict[str, np.ndarray]:
+        return forest_arrays(forest)
 
     def _predict_chunk(self, X: np.ndarray) -> np.ndarray:
         return forest_predict(self.arrays, X)

@@ -15,6 +15,7 @@ from typing import List, Optional
 
 import numpy as np
 
+from .classes import report_html
 from .files import atomic_write_text
 
 CSS = ("body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse}"
@@ -69,6 +70,8 @@ def _table(cv, chosen: dict) -> str:
             "<th>MAE</th><th>R² per fold (mean ± std)</th><th>R² pooled</th></tr>")
     rows = []
     for r in cv.table():
+        if r["kind"] != "regression":  # class targets: classes.report_html
+            continue
         cls = " class='best'" if chosen.get(r["target"]) == r["method"] else ""
         rows.append(
             f"<tr{cls}><td>{html.escape(r['target'])}</td><td>{html.escape(r['method'])}</td>"
@@ -84,6 +87,8 @@ def figures(cv, coords: np.ndarray, chosen: dict) -> List[tuple]:
     colours = _fold_colours(list(cv.fold_ids))
     out = []
     for t, target in enumerate(cv.target_names):
+        if cv.kind(target) != "regression":  # class targets: tables in classes.report_html
+            continue
         ok = np.isfinite(cv.y[:, t])
         m = len(cv.methods)
         cols = min(m, 4)
@@ -217,10 +222,10 @@ def write_report(path: str, cv, coords: np.ndarray, chosen: dict, title: str = "
                  f"that never saw its fold. Highlighted: the method refitted for mapping.</p>")
     for note in notes or []:
         parts.append(f"<p>{html.escape(note)}</p>")
-    parts.append("<h2>Cross-validation</h2>" + _table(cv, chosen))
+    parts.append("<h2>Cross-validation</h2>" + _table(cv, chosen) + report_html(cv, chosen))
     if len({r["backbone"] for r in ranking or []}) > 1:
         parts.append(_ranking(ranking))
-    if any(r["r2_mean"] < 0 < r["r2_pooled"] for r in cv.table()):
+    if any(r.get("r2_mean", 0) < 0 < r.get("r2_pooled", 0) for r in cv.table()):
         parts.append(f"<p class='note'>{R2_NOTE}</p>")
     for heading, fig in figures(cv, coords, chosen):
         parts.append(f"<h2>{html.escape(heading)}</h2>" + _png(fig))

@@ -20,12 +20,13 @@ import numpy as np
 from .aoa import aoa_predict, fit_aoa
 from .backbone import Backbone, backbone_name, load_backbone, load_file, resolve_device
 from .cache import FeatureCache, cache_dir, digest  # noqa: F401 (cache_dir: public here too)
+from .classes import CLASSIFICATION, REGRESSION, choose_class_method, class_block, \
+    class_products, class_targets, load_head, make_target_head
 from .cv import (COMPARE, FEATURE_METHODS, FEATURES, PIXELS, MethodSpec, cross_validate,
                  method_specs, spatial_folds)
 from .errors import BackboneError, InputError
 from .features import PATCH, pixel_values, point_features, prepare
 from .files import atomic_save
-from .heads import load_regressor, make_regressor
 from .intervals import TrustMaps, fit_trust
 from .progress import Progress, ensure
 from .patches import FeatureRows, PatchGrid, patch_point_features
@@ -48,6 +49,7 @@ class Points:
     names: List[str]
     weights: Optional[np.ndarray] = None
     ids: Optional[np.ndarray] = None
+    classes: Optional[dict] = None   # target -> class names; its values are class indices
 
     def __post_init__(self):
         self.xs = np.asarray(self.xs, float)
@@ -150,19 +152,24 @@ def _choose(cv, method: str, features: str = FEATURES) -> dict:
     rows = [m for m, s in enumerate(cv.methods) if s.features == features
             and s.method in FEATURE_METHODS]
     return {t: cv.methods[min(rows, key=lambda m: mean[i, m, 0])].label
+            if cv.kind(t) == REGRESSION else choose_class_method(cv, i, rows)
             for i, t in enumerate(cv.target_names)}
 
 
 def _choose_scale(cv, method: str) -> str:
     """Tile (FEATURES) or patch (PATCH) features, whichever the CV favours: the lower mean,
-    over targets, of the best feature method's mean RMSE divided by the target's std."""
+    over targets, of the best feature method's mean RMSE divided by the target's std
+    (class targets: 1 - the best pooled out-of-fold kappa)."""
     mean, _ = cv.summary()
     scores = {}
     for features in (FEATURES, PATCH):
         rows = [m for m, s in enumerate(cv.methods) if s.features == features]
         scores[features] = np.mean([min(mean[i, m, 0] for m in rows) /
                                     max(np.nanstd(cv.y[:, i]), 1e-12)
-                                    for i in range(len(cv.target_names))])
+                                    if cv.kind(t) == REGRESSION else
+                                    1 - max(np.nan_to_num(cv.pooled_class_metrics(i, m)[2],
+                                                          nan=0.0) for m in rows)
+                                    for i, t in enumerate(cv.target_names)])
     return min(scores, key=scores.get)
 
 
@@ -172,7 +179,7 @@ def fit_points(source: TileSource, points: Points, backbone: Backbone,
                pool: str = "cls", tile: Optional[int] = None, cache: Optional[str] = None,
                model_path: Optional[str] = None, progress: Optional[Progress] = None,
                point_feature: str = "tile", margin: Optional[int] = None,
-               **compute) -> FitResult:
+               class_weight: Optional[str] = None, **compute) -> FitResult:
     """Spatial CV of METHOD(s) on the points, then the model file for mapping.
 
     ``compare``: backbones whose feature methods join the same CV (same folds, same
@@ -181,7 +188,9 @@ def fit_points(source: TileSource, points: Points, backbone: Backbone,
     ``point_feature``: ``tile`` (``pool`` of the tile centred on each point), ``patch`` (the
     feature of the patch under each point, as the POOL=patch map computes it; ``margin`` in
     patches) or ``both``: both sets on the same folds (rows "mlp" and "mlp [patch]"...), and
-    the model maps with the one the CV favours (:func:`_choose_scale`)."""
+    the model maps with the one the CV favours (:func:`_choose_scale`).
+    Targets named in ``points.classes`` are class targets (:mod:`.classes`), with
+    ``class_weight`` (None | "balanced") in their heads."""
     progress = ensure(progress)
     if method not in METHODS:
         raise InputError(f"Unknown METHOD '{method}': use one of {', '.join(METHODS)}.")
@@ -234,9 +243,12 @@ def fit_points(source: TileSource, points: Points, backbone: Backbone,
                                             margin=margin, **compute)
         specs += [MethodSpec(s.method, PATCH) for s in specs
                   if s.features == FEATURES and s.method in FEATURE_METHODS]
+    kinds = [CLASSIFICATION if t in (points.classes or {}) else REGRESSION
+             for t in points.names]
     cv = cross_validate(sets, y, folds, specs, target_names=points.names, loss=loss,
                         weights=weights, seed=seed, progress=progress.sub(0.4, 0.9),
-                        keep_models=True)
+                        keep_models=True, kinds=kinds, classes=points.classes,
+                        class_weight=class_weight)
     progress.info(cv.format_table())
     scale = _choose_scale(cv, method) if point_feature == "both" and method != "rf_pixels" \
         else FEATURES
@@ -249,7 +261,7 @@ def fit_points(source: TileSource, points: Points, backbone: Backbone,
         progress.info(format_ranking(ranking))
     model = _model_dict(source, backbone, cv, sets, y, weights, folds, chosen, loss, seed,
                         PATCH if scale == PATCH else pool, tile, norm.to_dict(),
-                        progress.sub(0.9, 1.0), scale, margin)
+                        progress.sub(0.9, 1.0), scale, margin, class_weight)
     if model_path:
         atomic_save(model, model_path)
     return FitResult(cv, keep, folds, chosen, coords, model,
@@ -314,14 +326,16 @@ def format_ranking(rows: list) -> str:
 
 
 def _model_dict(source, backbone, cv, sets, y, weights, folds, chosen, loss, seed, pool, tile,
-                normalization, progress, scale=FEATURES, margin=None) -> dict:
+                normalization, progress, scale=FEATURES, margin=None, class_weight=None) -> dict:
     heads, fold_heads = {}, {}
     for t, target in enumerate(cv.target_names):
         label = chosen[target]
         spec = cv.methods[cv.labels.index(label)]
         ok = np.isfinite(y[:, t])
         progress.info(f"{target}: refitting {label} on all {int(ok.sum())} points for mapping.")
-        head = make_regressor(spec.method, loss=loss, seed=seed)
+        head = make_target_head(spec.method, cv.kind(target), loss=loss, seed=seed,
+                                n_classes=len((cv.classes or {}).get(target, ())),
+                                class_weight=class_weight)
         head.fit(sets[spec.features][ok], y[ok, t],
                  sample_weight=None if weights is None else weights[ok])
         heads[target] = head.state_dict()
@@ -338,6 +352,8 @@ def _model_dict(source, backbone, cv, sets, y, weights, folds, chosen, loss, see
         "heads": heads, "fold_heads": fold_heads,
         "aoa": fit_aoa(sets[scale], folds) if uses_features else None,
         "cv_table": cv.table(), "n_points": int(len(folds)),
+        "kinds": {t: cv.kind(t) for t in cv.target_names},
+        "classes": {t: list(names) for t, names in (cv.classes or {}).items()},
     }
     model.update(fit_trust(model, cv, progress))  # error_profile, conformal (issue 13)
     return model
@@ -377,10 +393,14 @@ def predict_map(source: TileSource, model: dict, output: str,
                 batch_size: int = 32, device: str = "auto", amp: str = "auto", workers: int = 2,
                 progress: Optional[Progress] = None, error: Optional[str] = None,
                 lower: Optional[str] = None, upper: Optional[str] = None,
-                level: float = 0.9) -> dict:
+                level: float = 0.9, probability: Optional[str] = None) -> dict:
     """Prediction (one band per target), uncertainty and AOA rasters, window by window;
     ``error``: expected RMSE from the DI error profile, ``lower``/``upper``: conformal
-    prediction interval bounds at ``level`` (:mod:`.intervals`)."""
+    prediction interval bounds at ``level`` (:mod:`.intervals`).
+    Class targets: the prediction band holds the class index (int16 when every target is a
+    class target; names in the tags "classes"), uncertainty the share of fold models that
+    disagree, and ``probability`` (class targets only) the mapped class's probability and
+    the normalised entropy per class target (:func:`.classes.class_products`)."""
     progress = ensure(progress)
     check_model_input(source, model)
     trust = dict(error=bool(error), lower=bool(lower), upper=bool(upper), level=level)
@@ -389,14 +409,15 @@ def predict_map(source: TileSource, model: dict, output: str,
     backbone = backbone or model_backbone(model, device=str(dev))
     fr = model_rows(source, model, backbone, stride, dev, progress, batch_size=batch_size,
                     amp=amp, workers=workers)
-    mapper = MapHeads(model, bool(uncertainty), bool(aoa), **trust)
+    mapper = MapHeads(model, bool(uncertainty), bool(aoa), bool(probability), **trust)
     w, h = fr.width, fr.height
     paths = {"prediction": output, "uncertainty": uncertainty, "aoa": aoa,
-             "error": error, "lower": lower, "upper": upper}
+             "error": error, "lower": lower, "upper": upper, "probability": probability}
     writers = {}  # product name -> writer; blocks are paired with writers by that name
     try:
         for name, p in mapper.products.items():
-            writers[name] = RasterWriter(paths[name], w, h, p["count"], "float32", source.crs,
+            writers[name] = RasterWriter(paths[name], w, h, p["count"], p.get("dtype", "float32"),
+                                         source.crs,
                                          fr.transform(), nodata=PRED_NODATA, tags=p["tags"],
                                          band_names=p["band_names"])
         for row, feats in fr.rows(progress=progress):
@@ -410,7 +431,8 @@ def predict_map(source: TileSource, model: dict, output: str,
     return {"output": output, "uncertainty": uncertainty, "aoa": aoa if model.get("aoa") else None,
             "error": error, "lower": lower, "upper": upper,
             "interval_factor": dict(getattr(mapper.trust, "q", {})),
-            "width": w, "height": h, "inside_aoa": mapper.inside_count}
+            "width": w, "height": h, "inside_aoa": mapper.inside_count,
+            "probability": probability, "classes": model.get("classes") or {}}
 
 
 def check_model_input(source: TileSource, model: dict) -> None:
@@ -447,21 +469,29 @@ class MapHeads:
     calling it on feats (n, D) gives {product: (count, n) float32 block} for the same
     products (PRED_NODATA where a feature is NaN), so blocks meet writers by name."""
 
-    def __init__(self, model: dict, uncertainty: bool = False, aoa: bool = False, **trust):
+    def __init__(self, model: dict, uncertainty: bool = False, aoa: bool = False,
+                 probability: bool = False, **trust):
         if aoa and model.get("aoa") is None:
             raise InputError("This model has no area-of-applicability state.")
         self.model = model
         self.targets = targets = model["targets"]
-        self.heads = [load_regressor(model["heads"][t]) for t in targets]
-        self.folds = [[load_regressor(s) for s in model["fold_heads"][t]] for t in targets] \
+        self.heads = [load_head(model["heads"][t]) for t in targets]
+        self.folds = [[load_head(s) for s in model["fold_heads"][t]] for t in targets] \
             if uncertainty else None
+        self.class_targets = class_targets(model)
         tags = {"soilssl_product": "prediction", "targets": targets, "methods": model["methods"],
-                "backbone": model["backbone"]}
+                "backbone": model["backbone"],
+                **({"classes": model["classes"]} if self.class_targets else {})}
         self.products = {"prediction": {"count": len(targets), "band_names": list(targets),
                                         "tags": tags}}
+        if len(self.class_targets) == len(targets):  # a class raster: integer class indices
+            self.products["prediction"]["dtype"] = "int16"
+        self.products.update(class_products(model, tags, probability))
         if uncertainty:
             self.products["uncertainty"] = {
-                "count": len(targets), "band_names": [f"{t} std" for t in targets],
+                "count": len(targets),  # class targets: share of fold models disagreeing
+                "band_names": [f"{t} disagreement" if t in self.class_targets else f"{t} std"
+                               for t in targets],
                 "tags": dict(tags, soilssl_product="uncertainty")}
         if aoa:
             self.products["aoa"] = {
@@ -479,6 +509,16 @@ class MapHeads:
             return blocks
         x = feats[ok]
         for t in range(len(self.targets)):
+            if self.targets[t] in self.class_targets:
+                pred, prob, ent, spread = class_block(
+                    self.heads[t], self.folds[t] if self.folds else None, x)
+                blocks["prediction"][t, ok] = pred
+                if "probability" in blocks:
+                    j = 2 * self.class_targets.index(self.targets[t])
+                    blocks["probability"][j, ok], blocks["probability"][j + 1, ok] = prob, ent
+                if spread is not None:
+                    blocks["uncertainty"][t, ok] = spread
+                continue
             blocks["prediction"][t, ok] = self.heads[t].predict(x)
             if "uncertainty" in blocks:
                 blocks["uncertainty"][t, ok] = np.stack(
