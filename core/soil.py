@@ -26,6 +26,7 @@ from .errors import BackboneError, InputError
 from .features import PATCH, pixel_values, point_features, prepare
 from .files import atomic_save
 from .heads import load_regressor, make_regressor
+from .knndm import fold_distances, prediction_locations
 from .progress import Progress, ensure
 from .patches import FeatureRows, PatchGrid, patch_point_features
 from .raster import RasterWriter, TileSource, commit_all
@@ -137,6 +138,7 @@ class FitResult:
     model: dict = field(repr=False, default_factory=dict)
     skipped: dict = field(default_factory=dict)
     ranking: list = field(default_factory=list)  # rank_backbones rows (with compared ones)
+    geodist: Optional[object] = None  # knndm.GeoDist: CV vs map distances of each FOLD_MODE
 
 
 def _choose(cv, method: str, features: str = FEATURES) -> dict:
@@ -171,7 +173,7 @@ def fit_points(source: TileSource, points: Points, backbone: Backbone,
                pool: str = "cls", tile: Optional[int] = None, cache: Optional[str] = None,
                model_path: Optional[str] = None, progress: Optional[Progress] = None,
                point_feature: str = "tile", margin: Optional[int] = None,
-               **compute) -> FitResult:
+               distances: Optional[bool] = None, **compute) -> FitResult:
     """Spatial CV of METHOD(s) on the points, then the model file for mapping.
 
     ``compare``: backbones whose feature methods join the same CV (same folds, same
@@ -180,7 +182,9 @@ def fit_points(source: TileSource, points: Points, backbone: Backbone,
     ``point_feature``: ``tile`` (``pool`` of the tile centred on each point), ``patch`` (the
     feature of the patch under each point, as the POOL=patch map computes it; ``margin`` in
     patches) or ``both``: both sets on the same folds (rows "mlp" and "mlp [patch]"...), and
-    the model maps with the one the CV favours (:func:`_choose_scale`)."""
+    the model maps with the one the CV favours (:func:`_choose_scale`).
+    ``fold_mode`` knndm matches the folds to the raster's valid pixels (the map); with it, or
+    ``distances``, FitResult.geodist compares every FOLD_MODE's CV distances to the map's."""
     progress = ensure(progress)
     if method not in METHODS:
         raise InputError(f"Unknown METHOD '{method}': use one of {', '.join(METHODS)}.")
@@ -207,7 +211,13 @@ def fit_points(source: TileSource, points: Points, backbone: Backbone,
     x_map, y_map = source.transform @ (c + 0.0, r + 0.0)
     # folds first: a fold with too few points is reported before any feature is computed
     coords = np.column_stack([x_map, y_map])
-    folds = spatial_folds(coords, n_folds, fold_mode, seed)
+    prediction = prediction_locations(source, seed=seed) \
+        if fold_mode == "knndm" or distances else None
+    folds = spatial_folds(coords, n_folds, fold_mode, seed, prediction)
+    dist = None if prediction is None else \
+        fold_distances(coords, prediction, n_folds, seed, {fold_mode: folds})
+    if dist is not None:
+        progress.info(dist.summary())
     tile, norm = prepare(source, backbone, tile, None, progress)
     progress.info(f"{n} points; extracting features of their {tile} px tiles...")
     if PATCH in (pool, point_feature) or point_feature == "both":
@@ -249,11 +259,14 @@ def fit_points(source: TileSource, points: Points, backbone: Backbone,
     model = _model_dict(source, backbone, cv, sets, y, weights, folds, chosen, loss, seed,
                         PATCH if scale == PATCH else pool, tile, norm.to_dict(),
                         progress.sub(0.9, 1.0), scale, margin)
+    model["fold_mode"] = fold_mode
+    if dist is not None:
+        model["geodist"] = dist.table()
     if model_path:
         atomic_save(model, model_path)
     return FitResult(cv, keep, folds, chosen, coords, model,
                      {"outside": int((~source.inside(cols, rows)).sum()),
-                      "on_nodata": int(on_nodata.sum())}, ranking)
+                      "on_nodata": int(on_nodata.sum())}, ranking, geodist=dist)
 
 
 def compared_sets(compare) -> dict:
