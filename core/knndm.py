@@ -124,7 +124,7 @@ def prediction_locations(source, n: int = N_PREDICTION, seed: int = 0,
     if len(cols) == 0:
         raise InputError(f"No valid pixel among {len(draw)} drawn from "
                          f"'{source.path}': is the raster all nodata?")
-    xs, ys = source.transform * (cols, rows)
+    xs, ys = source.transform @ (cols, rows)
     return np.column_stack([xs, ys]).astype(np.float64)
 
 
