@@ -46,7 +46,7 @@ METRICS = ("rmse", "mae", "r2")
 # ----------------------------------------------------------------------------- folds
 
 def spatial_folds(coords, n_folds: int = 6, mode: str = "kmeans", seed: int = 0,
-                  prediction=None) -> np.ndarray:
+                  prediction=None, progress: Optional[Progress] = None) -> np.ndarray:
     """Fold id (0..n_folds-1) of each point.
 
     ``kmeans``: scikit-learn KMeans(n_clusters=n_folds, random_state=seed, n_init=10) of
@@ -74,7 +74,7 @@ def spatial_folds(coords, n_folds: int = 6, mode: str = "kmeans", seed: int = 0,
             raise InputError("FOLD_MODE=knndm needs the prediction locations (the raster).")
         from .knndm import knndm_folds
         folds = knndm_folds(coords, prediction, n_folds, min_size=MIN_FOLD_POINTS,
-                            seed=seed).folds
+                            seed=seed, progress=progress).folds
     elif mode == "kmeans":
         folds = KMeans(n_clusters=n_folds, random_state=seed, n_init=10).fit_predict(coords)
     else:

@@ -45,12 +45,13 @@ from scipy.stats import ks_2samp, wasserstein_distance
 
 from .cv import FOLD_MODES, MIN_FOLD_POINTS, spatial_folds
 from .errors import InputError
+from .progress import Progress, ensure
 
 CLUSTERINGS = ("hierarchical", "kmeans")
 N_PREDICTION = 2000      # prediction locations drawn from the raster (CAST: 1000 / 2000)
 N_CANDIDATES = 100       # CAST's nk_len: numbers of clusters tried
 MAXP = 0.5               # largest share of the points one fold may hold (CAST's maxp)
-MAX_HIERARCHICAL = 20000  # Ward needs the N² distances: K-means above this many points
+MAX_HIERARCHICAL = 5000  # Ward holds the N²/2 distances (100 MB): K-means above
 KS_ALPHA = 0.05
 
 
@@ -109,22 +110,34 @@ def wasserstein(a, b) -> float:
 def prediction_locations(source, n: int = N_PREDICTION, seed: int = 0,
                          candidates: int = 4) -> np.ndarray:
     """(P <= n, 2) map coordinates of a seeded sample of valid pixel centres of ``source``
-    (a raster.TileSource): ``candidates`` × n pixels drawn uniformly without replacement,
-    the valid ones kept (pixel valid as TileSource.read says), at most n of them."""
+    (a raster.TileSource): up to ``candidates`` × n pixels drawn uniformly without
+    replacement are checked in their drawn order (in chunks, each read in raster order)
+    until n valid ones are found (valid as TileSource.read says)."""
     from .features import pixel_values
     n = int(n)
     if n < 1:
         raise InputError(f"The number of prediction locations must be positive, got {n}.")
     rng = np.random.default_rng(seed)
-    total = int(source.width) * int(source.height)
+    width = int(source.width)
+    total = width * int(source.height)
     draw = rng.choice(total, size=min(total, candidates * n), replace=False)
-    rows, cols = np.divmod(draw, int(source.width))
-    ok = np.isfinite(pixel_values(source, cols, rows)).all(axis=1)
-    cols, rows = cols[ok][:n] + 0.5, rows[ok][:n] + 0.5
-    if len(cols) == 0:
-        raise InputError(f"No valid pixel among {len(draw)} drawn from "
-                         f"'{source.path}': is the raster all nodata?")
-    xs, ys = source.transform @ (cols, rows)
+    found, start, rate = [], 0, 1.0
+    while start < len(draw) and sum(len(f) for f in found) < n:
+        need = n - sum(len(f) for f in found)
+        chunk = draw[start:start + int(need / max(rate, 0.05) * 1.1) + 16]
+        start += len(chunk)
+        order = np.argsort(chunk)  # read in raster order (block cache), keep drawn order
+        rows, cols = np.divmod(chunk[order], width)
+        ok = np.empty(len(chunk), bool)
+        ok[order] = np.isfinite(pixel_values(source, cols, rows)).all(axis=1)
+        rate = max(ok.mean(), 0.01)
+        found.append(chunk[ok])
+    picked = np.concatenate(found)[:n]
+    if len(picked) == 0:
+        raise InputError(f"No valid pixel among {start} drawn from '{source.path}': is the "
+                         "raster all nodata?")
+    rows, cols = np.divmod(np.sort(picked), width)
+    xs, ys = source.transform @ (cols + 0.5, rows + 0.5)
     return np.column_stack([xs, ys]).astype(np.float64)
 
 
@@ -174,7 +187,8 @@ def _merge(labels: np.ndarray, coords: np.ndarray, axis: np.ndarray, k: int) -> 
 
 def knndm_folds(coords, prediction, k: int = 6, maxp: Optional[float] = None,
                 clustering: str = "hierarchical", n_candidates: int = N_CANDIDATES,
-                min_size: int = MIN_FOLD_POINTS, seed: int = 0) -> KNNDMResult:
+                min_size: int = MIN_FOLD_POINTS, seed: int = 0,
+                progress: Optional[Progress] = None) -> KNNDMResult:
     """kNNDM fold id (0..k-1) of each sample at ``coords`` (N, 2) for a map predicted at
     ``prediction`` (P, 2), both in the same projected CRS.
 
@@ -182,7 +196,9 @@ def knndm_folds(coords, prediction, k: int = 6, maxp: Optional[float] = None,
     1/k for k = 2); ``clustering``: hierarchical (Ward, CAST's default) or kmeans;
     ``n_candidates``: numbers of clusters tried; ``min_size``: the fewest points of a fold.
     Configurations with an empty or too small fold, or one over ``maxp``, are skipped.
+    Progress is reported and cancel checked for each configuration.
     """
+    progress = ensure(progress)
     coords = _coords(coords, "Sample coordinates")
     prediction = _coords(prediction, "Prediction locations")
     n, k = len(coords), int(k)
@@ -219,7 +235,10 @@ def knndm_folds(coords, prediction, k: int = 6, maxp: Optional[float] = None,
         from scipy.cluster.hierarchy import fcluster, linkage
         tree = linkage(coords, method="ward")
     best, scores = None, {}
-    for nk in _candidate_counts(k, n, int(n_candidates)):
+    counts = _candidate_counts(k, n, int(n_candidates))
+    for i, nk in enumerate(counts):
+        progress.check()
+        progress.set(i / len(counts))
         if tree is not None:
             labels = fcluster(tree, t=int(nk), criterion="maxclust")
         else:
@@ -238,6 +257,7 @@ def knndm_folds(coords, prediction, k: int = 6, maxp: Optional[float] = None,
         raise InputError(f"kNNDM found no way to make {k} folds of at least {min_size} points "
                          f"with none over {maxp:.0%} of the {n} points: use fewer FOLDS.")
     w, nk, folds, star = best
+    progress.set(1.0)
     return KNNDMResult(folds.astype(np.int64), w, nk, gij, gj, star, True, scores)
 
 
@@ -284,7 +304,8 @@ def geodist(coords, prediction, folds: Mapping[str, np.ndarray], used: str = "")
 
 
 def fold_distances(coords, prediction, k: int, seed: int = 0,
-                   given: Optional[Mapping[str, np.ndarray]] = None, used: str = "") -> GeoDist:
+                   given: Optional[Mapping[str, np.ndarray]] = None, used: str = "",
+                   progress: Optional[Progress] = None) -> GeoDist:
     """geodist of every FOLD_MODE's folds (cv.spatial_folds with ``k`` folds and ``seed``):
     ``given`` folds (mode -> ids, e.g. the ones the CV used) are taken as they are; a mode
     that cannot make its folds on these points (too small a fold) is left out."""
@@ -292,7 +313,7 @@ def fold_distances(coords, prediction, k: int, seed: int = 0,
     for mode in FOLD_MODES:
         if mode not in folds:
             try:
-                folds[mode] = spatial_folds(coords, k, mode, seed, prediction)
+                folds[mode] = spatial_folds(coords, k, mode, seed, prediction, progress)
             except InputError:
                 continue
     order = {m: i for i, m in enumerate(FOLD_MODES)}

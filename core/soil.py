@@ -213,9 +213,10 @@ def fit_points(source: TileSource, points: Points, backbone: Backbone,
     coords = np.column_stack([x_map, y_map])
     prediction = prediction_locations(source, seed=seed) \
         if fold_mode == "knndm" or distances else None
-    folds = spatial_folds(coords, n_folds, fold_mode, seed, prediction)
+    folds = spatial_folds(coords, n_folds, fold_mode, seed, prediction, progress.sub(0, 0.02))
     dist = None if prediction is None else \
-        fold_distances(coords, prediction, n_folds, seed, {fold_mode: folds})
+        fold_distances(coords, prediction, n_folds, seed, {fold_mode: folds},
+                       progress=progress.sub(0, 0.02))
     if dist is not None:
         progress.info(dist.summary())
     tile, norm = prepare(source, backbone, tile, None, progress)

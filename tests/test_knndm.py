@@ -80,13 +80,27 @@ def test_knndm_on_random_samples_is_random_cv():
                                           (7, "kmeans")])
 def test_fold_count_and_sizes(k, clustering):
     xy = clustered(n_clusters=6, per=15, seed=k)
-    res = knndm_folds(xy, grid(n=20), k=k, clustering=clustering, seed=1)
+    res = knndm_folds(xy, grid(n=20), k=k, clustering=clustering, n_candidates=30, seed=1)
     sizes = np.bincount(res.folds)
     assert res.folds.dtype == np.int64 and len(res.folds) == len(xy)
     assert len(sizes) == k and sizes.min() >= 2
     assert sizes.max() <= (0.5 if k > 2 else 0.6) * len(xy)
-    again = knndm_folds(xy, grid(n=20), k=k, clustering=clustering, seed=1)
+    again = knndm_folds(xy, grid(n=20), k=k, clustering=clustering, n_candidates=30, seed=1)
     np.testing.assert_array_equal(res.folds, again.folds)  # deterministic
+
+
+def test_knndm_reports_progress_and_honours_cancel():
+    from soilssl.core.errors import Cancelled
+    from soilssl.core.progress import Progress
+    xy, pred = clustered(n_clusters=5, per=8), grid(n=10)
+    seen = []
+    knndm_folds(xy, pred, k=3, progress=Progress(on_progress=seen.append))
+    assert seen[0] == 0.0 and seen[-1] == 100.0 and seen == sorted(seen) and len(seen) > 10
+    calls = []
+    with pytest.raises(Cancelled):
+        knndm_folds(xy, pred, k=3, progress=Progress(
+            on_progress=calls.append, is_cancelled=lambda: len(calls) >= 3))
+    assert len(calls) == 3
 
 
 def test_merge_keeps_big_clusters_and_deals_out_the_rest():
@@ -122,15 +136,15 @@ def test_knndm_bad_inputs():
 
 def test_prediction_locations_are_valid_seeded_pixel_centres(rgb, tmp_path):
     src = TileSource(rgb)  # 150 x 100 px of 1.5 m; nodata in the top-left 40 x 40
-    a = prediction_locations(src, 500, seed=2)
-    b = prediction_locations(src, 500, seed=2)
+    a = prediction_locations(src, 300, seed=2)
+    b = prediction_locations(src, 300, seed=2)
     np.testing.assert_array_equal(a, b)
-    assert a.shape == (500, 2) and len(np.unique(a, axis=0)) == 500
+    assert a.shape == (300, 2) and len(np.unique(a, axis=0)) == 300
     cols, rows = src.points_to_pixels(a[:, 0], a[:, 1])
     assert src.inside(cols, rows).all()
     np.testing.assert_allclose(cols % 1, 0.5)  # pixel centres
     assert not ((cols < 40) & (rows < 40)).any()
-    assert not np.array_equal(a, prediction_locations(src, 500, seed=3))
+    assert not np.array_equal(a, prediction_locations(src, 300, seed=3))
     empty = TileSource(write_raster(tmp_path / "nd.tif", np.zeros((1, 10, 10), np.uint8),
                                     nodata=0))
     with pytest.raises(InputError, match="nodata"):
