@@ -163,8 +163,9 @@ ALGS = {
         "Predicts soil properties at sample points from the ViT features of the tile centred "
         "on each point, and judges every method by spatial cross-validation (folds = K-means "
         "of the point coordinates, or kNNDM folds matched to the map's distances): RMSE, "
-        "MAE and R² per fold, mean ± std, as in the paper's Table 2. The CV table goes to the log, the report and, for models and scripts, "
-        "the CV_TABLE output. The point tiles' features are cached in "
+        "MAE and R² per fold, mean ± std, as in the paper's Table 2. The CV table goes to "
+        "the log, the report and, for models and scripts, the CV_TABLE output. The point "
+        "tiles' features are cached in "
         "~/.cache/soilssl/point-features (a second fit on the same points skips the ViT); "
         "Tools ▸ Clear feature cache empties it.",
         ["INPUT_RASTER", "BANDS", "DEM", "BACKBONE", "ARCH", "COMPARE_BACKBONE", "POINTS",

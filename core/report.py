@@ -219,8 +219,9 @@ def write_report(path: str, cv, coords: np.ndarray, chosen: dict, title: str = "
              f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
     sizes = [int((cv.folds == k).sum()) for k in cv.fold_ids]
     how = FOLD_TEXT.get(geodist.used if geodist is not None else "kmeans", "")
-    parts.append(f"<p>{len(cv.folds)} points, {len(sizes)} folds ({how}) of {sizes} points. Each point is predicted once, by models "
-                 f"that never saw its fold. Highlighted: the method refitted for mapping.</p>")
+    parts.append(f"<p>{len(cv.folds)} points, {len(sizes)} folds ({how}) of {sizes} "
+                 f"points. Each point is predicted once, by models that never saw its fold. "
+                 f"Highlighted: the method refitted for mapping.</p>")
     for note in notes or []:
         parts.append(f"<p>{html.escape(note)}</p>")
     parts.append("<h2>Cross-validation</h2>" + _table(cv, chosen))
