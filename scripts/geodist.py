@@ -39,13 +39,13 @@ DATA = os.path.join(ROOT, "eval", "data")
 SETS = {
     "demo": (os.path.join(DEMO, "rgb.tif"), os.path.join(DEMO, "points.geojson"), "ph_h2o"),
     "dk_vindum": (os.path.join(DATA, "dk_vindum", "rgb.tif"),
-                  os.path.join(DATA, "dk_vindum", "points.gpkg"), None),
+                  os.path.join(DATA, "dk_vindum", "points.gpkg"), "clay"),
     "dk_faardrup": (os.path.join(DATA, "dk_faardrup", "rgb.tif"),
                     os.path.join(DATA, "dk_faardrup", "points.gpkg"), None),
     "dk_jyndevad": (os.path.join(DATA, "dk_jyndevad", "rgb.tif"),
                     os.path.join(DATA, "dk_jyndevad", "points.gpkg"), None),
     "eberg": (os.path.join(DATA, "eberg", "terrain_ndvi_25m.tif"),
-              os.path.join(DATA, "eberg", "points.gpkg"), None),
+              os.path.join(DATA, "eberg", "points.gpkg"), "sand"),
 }
 
 
@@ -88,6 +88,18 @@ def w_row(name, xy, pred, folds, seed):
                 "median_sample_to_sample": round(float(np.median(gd.sample)), 2)}
 
 
+def cv_rmse(xy, pix, y, pred, folds, seed, modes):
+    """Pooled CV RMSE of rf_pixels (the image bands at the point) with each fold mode."""
+    from soilssl.core.cv import spatial_folds
+    out = {}
+    for mode in modes:
+        f = spatial_folds(xy, folds, mode, seed, pred)
+        cv = cross_validate({PIXELS: pix}, y, f, ["rf_pixels"], seed=seed)
+        res = cv.residuals(cv.target_names[0], "rf_pixels")
+        out[f"cv_rmse_{mode}"] = round(float(np.sqrt(np.nanmean(res ** 2))), 3)
+    return out
+
+
 def honesty(name, src, xy, pix, y, pred, folds, seed):
     """CV RMSE of rf_pixels with each fold mode vs its true RMSE at the map's locations."""
     truth = TileSource(os.path.join(DEMO, "truth_ph.tif"), bands=[1])
@@ -100,14 +112,9 @@ def honesty(name, src, xy, pix, y, pred, folds, seed):
     head.fit(pix, y)
     true_rmse = float(np.sqrt(np.mean((head.predict(pred_pix[ok]) - true_ph[ok]) ** 2)))
     gd = fold_distances(xy, pred, folds, seed)
-    row = {"set": name, "n": len(xy), "true_map_rmse": round(true_rmse, 3)}
-    for mode in gd.cv:
-        from soilssl.core.cv import spatial_folds
-        f = spatial_folds(xy, folds, mode, seed, pred)
-        cv = cross_validate({PIXELS: pix}, y, f, ["rf_pixels"], seed=seed)
-        res = cv.residuals(cv.target_names[0], "rf_pixels")
-        row[f"cv_rmse_{mode}"] = round(float(np.sqrt(np.nanmean(res ** 2))), 3)
-        row[f"W_{mode}"] = round(gd.W[mode], 2)
+    row = {"set": name, "n": len(xy), "true_map_rmse": round(true_rmse, 3),
+           **cv_rmse(xy, pix, y, pred, folds, seed, gd.cv)}
+    row.update({f"W_{mode}": round(w, 2) for mode, w in gd.W.items()})
     return row
 
 
@@ -134,7 +141,11 @@ def main():
         with TileSource(image) as src:
             xy, pix, y = usable(src, points, field)
             pred = prediction_locations(src, seed=args.seed)
-            _, row = w_row(name, xy, pred, args.folds, args.seed)
+            gd, row = w_row(name, xy, pred, args.folds, args.seed)
+            if field and name != "demo":
+                ok = np.isfinite(y)
+                row.update(target=field, **cv_rmse(xy[ok], pix[ok], y[ok], pred, args.folds,
+                                                   args.seed, gd.cv))
             rows.append(row)
             print(json.dumps(row))
             if name == "demo":
@@ -147,11 +158,14 @@ def main():
                     checks.append(honesty(label, src, xy[sel], pix[sel], y[sel], pred,
                                           args.folds, args.seed))
                     print(json.dumps(checks[-1]))
-    print("\n| set | points | W kmeans | W random | W knndm | sample-to-sample W |")
-    print("|---|---|---|---|---|---|")
+    print("\n| set | points | W kmeans | W random | W knndm | sample-to-sample W | "
+          "rf_pixels CV RMSE kmeans / random / knndm |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
+        rmse = " / ".join(str(r.get(f"cv_rmse_{m}", "—")) for m in ("kmeans", "random", "knndm"))
         print(f"| {r['set']} | {r['n']} | {r.get('W_kmeans', '—')} | {r.get('W_random', '—')} | "
-              f"{r.get('W_knndm', '—')} | {r['W_sample']} |")
+              f"{r.get('W_knndm', '—')} | {r['W_sample']} | "
+              f"{r.get('target', '')} {rmse if 'target' in r else ''} |")
     if checks:
         print("\n| demo (true pH map) | points | true map RMSE | CV RMSE kmeans | random | knndm |")
         print("|---|---|---|---|---|---|")
