@@ -51,7 +51,7 @@ CLUSTERINGS = ("hierarchical", "kmeans")
 N_PREDICTION = 2000      # prediction locations drawn from the raster (CAST: 1000 / 2000)
 N_CANDIDATES = 100       # CAST's nk_len: numbers of clusters tried
 MAXP = 0.5               # largest share of the points one fold may hold (CAST's maxp)
-MAX_HIERARCHICAL = 5000  # Ward holds the N²/2 distances (100 MB): K-means above
+MAX_HIERARCHICAL = 10000  # Ward holds the N²/2 distances (400 MB): K-means above
 KS_ALPHA = 0.05
 
 
@@ -192,8 +192,8 @@ def knndm_folds(coords, prediction, k: int = 6, maxp: Optional[float] = None,
     """kNNDM fold id (0..k-1) of each sample at ``coords`` (N, 2) for a map predicted at
     ``prediction`` (P, 2), both in the same projected CRS.
 
-    ``maxp``: the largest share of the points a fold may hold (default 0.5, or just above
-    1/k for k = 2); ``clustering``: hierarchical (Ward, CAST's default) or kmeans;
+    ``maxp``: the largest share of the points a fold may hold (default 0.5; 0.6 for k = 2,
+    where it must exceed 1/k); ``clustering``: hierarchical (Ward, CAST's default) or kmeans;
     ``n_candidates``: numbers of clusters tried; ``min_size``: the fewest points of a fold.
     Configurations with an empty or too small fold, or one over ``maxp``, are skipped.
     Progress is reported and cancel checked for each configuration.
@@ -243,7 +243,10 @@ def knndm_folds(coords, prediction, k: int = 6, maxp: Optional[float] = None,
             labels = fcluster(tree, t=int(nk), criterion="maxclust")
         else:
             from sklearn.cluster import KMeans
-            labels = KMeans(n_clusters=int(nk), n_init=1, random_state=seed).fit_predict(coords)
+            with warnings.catch_warnings():  # duplicated points: fewer distinct clusters
+                warnings.simplefilter("ignore")
+                labels = KMeans(n_clusters=int(nk), n_init=1, max_iter=50,
+                                random_state=seed).fit_predict(coords)
         folds = _merge(labels, coords, axis, k)
         sizes = np.bincount(folds, minlength=k)
         if len(sizes) != k or sizes.min() < min_size or sizes.max() > maxp * n:
