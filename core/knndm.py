@@ -53,6 +53,9 @@ N_CANDIDATES = 100       # CAST's nk_len: numbers of clusters tried
 MAXP = 0.5               # largest share of the points one fold may hold (CAST's maxp)
 MAX_HIERARCHICAL = 10000  # Ward holds the N²/2 distances (400 MB): K-means above
 KS_ALPHA = 0.05
+RANDOM_NOTE = ("kNNDM folds are random folds here: the samples are not clustered for this "
+               "map (their nearest-neighbour distances are not shorter than the map's; "
+               "one-sided Kolmogorov-Smirnov test, p >= 0.05, as CAST).")
 
 
 # ----------------------------------------------------------------------------- distances
@@ -281,12 +284,14 @@ class GeoDist:
     W: Dict[str, float]
     W_sample: float
     used: str = ""
+    notes: list = field(default_factory=list)
 
     def summary(self) -> str:
         """One log line: W of each fold assignment (lower = closer to the map)."""
         parts = [f"{name} {w:.4g}" for name, w in self.W.items()]
         return ("Nearest-neighbour distance match to the map (W, map units; lower is closer): "
-                + ", ".join(parts) + f"; sample-to-sample {self.W_sample:.4g}.")
+                + ", ".join(parts) + f"; sample-to-sample {self.W_sample:.4g}."
+                + "".join(" " + n for n in self.notes))
 
     def table(self) -> list:
         """Rows for JSON/reports: fold assignment, W, median CV distance, used."""
@@ -321,4 +326,8 @@ def fold_distances(coords, prediction, k: int, seed: int = 0,
                 continue
     order = {m: i for i, m in enumerate(FOLD_MODES)}
     folds = dict(sorted(folds.items(), key=lambda kv: order.get(kv[0], len(order))))
-    return geodist(coords, prediction, folds, used or next(iter(given or {}), ""))
+    gd = geodist(coords, prediction, folds, used or next(iter(given or {}), ""))
+    if "knndm" in folds and "random" in folds and np.array_equal(folds["knndm"],
+                                                                 folds["random"]):
+        gd.notes.append(RANDOM_NOTE)
+    return gd

@@ -205,7 +205,8 @@ def _geodist_section(gd) -> str:
     return ("<h2>Do the folds test the map? (nearest-neighbour distances)</h2>"
             f"<p class='note'>{GEODIST_NOTE} Median prediction-to-sample distance: "
             f"{float(np.median(gd.prediction)):.4g}; sample-to-sample: "
-            f"{float(np.median(gd.sample)):.4g} (W {gd.W_sample:.4g}).</p><table>" + head +
+            f"{float(np.median(gd.sample)):.4g} (W {gd.W_sample:.4g}). "
+            f"{html.escape(' '.join(gd.notes))}</p><table>" + head +
             body + "</table>" + _png(geodist_figure(gd)))
 
 

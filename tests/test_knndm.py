@@ -73,6 +73,7 @@ def test_knndm_on_random_samples_is_random_cv():
     np.testing.assert_array_equal(res.folds, spatial_folds(xy, 5, "random", 4))
     gd = fold_distances(xy, pred, 5, seed=4)
     assert gd.W["knndm"] == pytest.approx(gd.W["random"])
+    assert gd.notes and "not clustered" in gd.summary()
     assert gd.W["knndm"] < gd.W["kmeans"]
 
 
@@ -160,6 +161,7 @@ def test_geodist_report_section(tmp_path):
     res = knndm_folds(xy, pred, k=3)
     gd = fold_distances(xy, pred, 3, given={"knndm": res.folds})
     assert list(gd.cv) == ["kmeans", "random", "knndm"] and gd.used == "knndm"
+    assert gd.notes == []  # clustered: kNNDM's own folds
     assert [r["used"] for r in gd.table()] == [False, False, True]
     fig = geodist_figure(gd)
     ecdf, dens = fig.axes
