@@ -13,7 +13,7 @@ from .points import StagedSink, column, oof_fields, read_points, write_oof
 from .styles import class_points_style, on_load, residual_style
 
 METHODS = ["all", "mlp", "ridge", "rf_features", "rf_pixels"]
-FOLD_MODES = ["kmeans", "random"]
+FOLD_MODES = ["kmeans", "random", "knndm"]
 LOSSES = ["mse", "huber", "l1"]
 TARGET_TYPES = ["auto", "regression", "classification"]
 
@@ -118,7 +118,7 @@ class FitPoints(SoilSSLAlgorithm):
                              point_feature=self.enum(parameters, "POINT_FEATURE", context),
                              class_weight="balanced" if self.parameterAsBool(
                                  parameters, "CLASS_WEIGHTS", context) else None,
-                             progress=progress, **compute)
+                             distances=bool(report_path), progress=progress, **compute)
             outputs.save(fit.model, model_path)
             out_fields = oof_fields(points_src.fields(), fit)
             sink = StagedSink(self, parameters, "OUTPUT_POINTS", context, out_fields,
@@ -128,7 +128,7 @@ class FitPoints(SoilSSLAlgorithm):
             if report_path:
                 outputs.write(report_path, lambda tmp: write_report(
                     tmp, fit.cv, fit.coords, fit.chosen, title="SoilSSL spatial cross-validation",
-                    ranking=fit.ranking, model=fit.model))
+                    ranking=fit.ranking, model=fit.model, geodist=fit.geodist))
             outputs.commit()
         sink_id = sink.published()
         target = fit.cv.target_names[0]  # points coloured by the first target's residual

@@ -63,14 +63,20 @@ PARAMS = {
               "pixel values (baseline); all: every method on the same folds (the chosen model "
               "for mapping is the feature method with the lowest mean RMSE).",
     "FOLDS": "Number of spatial folds: K-means clusters of the point coordinates (paper: 6).",
-    "FOLD_MODE": "kmeans (spatial, paper) or random folds for comparison.",
+    "FOLD_MODE": "kmeans (spatial, paper), random folds for comparison, or knndm: folds "
+                 "whose test-to-training distances match the distances from the raster's "
+                 "pixels to the points (kNNDM, Linnenbrink et al. 2024, as CAST::knndm), so "
+                 "that the CV error estimates the map's error; random when the points are "
+                 "not clustered. The report compares the three (W statistic).",
     "LOSS": "MLP training loss: mse (paper), or huber / l1 against outliers.",
     "WEIGHT_FIELD": "Optional sample weights, e.g. to up-weight rare land covers.",
     "OUTPUT_POINTS": "The points with their fold, out-of-fold prediction and residual per "
                      "target and method.",
     "OUTPUT_MODEL": "Model file for Predict soil map: the chosen head refitted on all points, "
                     "the per-fold heads, the backbone reference and checksum, normalisation.",
-    "OUTPUT_REPORT": "HTML report: CV table, observed-vs-predicted plots, folds and residuals.",
+    "OUTPUT_REPORT": "HTML report: CV table, observed-vs-predicted plots, folds and residuals, "
+                     "and the nearest-neighbour distances of the samples, the map and the "
+                     "kmeans, random and knndm folds (as CAST::geodist) with their W.",
     "MODEL": "A model file written by Fit soil heads (any file extension: it is recognised "
              "by its content). BANDS and DEM left empty are taken from the model.",
     "POINTS_BUFFER": "Optional soil sample points: tiles within BUFFER px of any point are "
@@ -172,9 +178,10 @@ ALGS = {
         "Fit soil heads (spatial CV)",
         "Predicts soil properties at sample points from the ViT features of the tile centred "
         "on each point, and judges every method by spatial cross-validation (folds = K-means "
-        "of the point coordinates): RMSE, MAE and R² per fold, mean ± std, as in the paper's "
-        "Table 2. The CV table goes to the log, the report and, for models and scripts, "
-        "the CV_TABLE output. The point tiles' features are cached in "
+        "of the point coordinates, or kNNDM folds matched to the map's distances): RMSE, "
+        "MAE and R² per fold, mean ± std, as in the paper's Table 2. The CV table goes to "
+        "the log, the report and, for models and scripts, the CV_TABLE output. The point "
+        "tiles' features are cached in "
         "~/.cache/soilssl/point-features (a second fit on the same points skips the ViT); "
         "Tools ▸ Clear feature cache empties it.",
         ["INPUT_RASTER", "BANDS", "DEM", "BACKBONE", "ARCH", "COMPARE_BACKBONE", "POINTS",

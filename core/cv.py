@@ -34,7 +34,7 @@ from .errors import InputError
 from .heads import canonical_method, make_regressor
 from .progress import Progress, ensure
 
-FOLD_MODES = ("kmeans", "random")
+FOLD_MODES = ("kmeans", "random", "knndm")
 MIN_FOLD_POINTS = 2
 MIN_TRAIN_POINTS = 5
 
@@ -47,12 +47,15 @@ METRICS = ("rmse", "mae", "r2")
 
 # ----------------------------------------------------------------------------- folds
 
-def spatial_folds(coords, n_folds: int = 6, mode: str = "kmeans", seed: int = 0) -> np.ndarray:
+def spatial_folds(coords, n_folds: int = 6, mode: str = "kmeans", seed: int = 0,
+                  prediction=None, progress: Optional[Progress] = None) -> np.ndarray:
     """Fold id (0..n_folds-1) of each point.
 
     ``kmeans``: scikit-learn KMeans(n_clusters=n_folds, random_state=seed, n_init=10) of
     the (projected) coordinates (N, 2): nearby points share a fold.  ``random``: a seeded
-    shuffle split into folds whose sizes differ by at most one.
+    shuffle split into folds whose sizes differ by at most one.  ``knndm``: folds whose
+    test-to-train distances match those from ``prediction`` (P, 2), the map's locations,
+    to the points (:func:`.knndm.knndm_folds`).
     """
     coords = np.asarray(coords, dtype=np.float64)
     if coords.ndim != 2 or coords.shape[1] != 2:
@@ -68,7 +71,13 @@ def spatial_folds(coords, n_folds: int = 6, mode: str = "kmeans", seed: int = 0)
         raise InputError(f"{n} points are too few for {n_folds} folds: at least "
                          f"{MIN_FOLD_POINTS * n_folds} are needed. Use fewer FOLDS "
                          "(or add points).")
-    if mode == "kmeans":
+    if mode == "knndm":
+        if prediction is None:
+            raise InputError("FOLD_MODE=knndm needs the prediction locations (the raster).")
+        from .knndm import knndm_folds
+        folds = knndm_folds(coords, prediction, n_folds, min_size=MIN_FOLD_POINTS,
+                            seed=seed, progress=progress).folds
+    elif mode == "kmeans":
         folds = KMeans(n_clusters=n_folds, random_state=seed, n_init=10).fit_predict(coords)
     else:
         folds = np.empty(n, dtype=np.int64)

@@ -206,20 +206,82 @@ def _trust_section(cv, model: dict) -> str:
     return ("<h2>Expected error and prediction intervals</h2>"
             f"<p class='note'>{TRUST_NOTE}</p><table>" + head + "".join(rows) + "</table>" +
             "".join(plots))
+FOLD_TEXT = {"kmeans": "K-means of the coordinates", "random": "random",
+             "knndm": "kNNDM: test-to-training distances matched to the map's"}
+GEODIST_COLOURS = {"sample-to-sample": "#1B9E77", "prediction-to-sample": "#D95F02",
+                   "kmeans": "#7570B3", "random": "#E7298A", "knndm": "#66A61E"}
+GEODIST_NOTE = (
+    "Nearest-neighbour distances, as CAST's geodist plots them: from each sample to the "
+    "nearest other sample, from each map location (a sample of the raster's valid pixels) "
+    "to the nearest sample, and in each cross-validation from each held-out point to the "
+    "nearest training point. The CV error is an honest estimate of the map's error when "
+    "the CV distances follow the prediction-to-sample ones: W (the area between the two "
+    "ECDFs, in map units) measures the mismatch, lower is closer. CV distances shorter "
+    "than the map's (typical of random folds on clustered points) make the CV "
+    "optimistic; longer ones (K-means folds on points spread over the area) pessimistic. "
+    "kNNDM folds (Linnenbrink et al. 2024) are chosen to make W small.")
+
+
+def geodist_figure(gd):
+    """CAST's geodist plot: ECDFs (left) and densities (right) of the sample-to-sample,
+    prediction-to-sample and each fold mode's CV nearest-neighbour distances."""
+    from scipy.stats import gaussian_kde
+    curves = [("sample-to-sample", gd.sample, GEODIST_COLOURS["sample-to-sample"], "-"),
+              ("prediction-to-sample", gd.prediction, GEODIST_COLOURS["prediction-to-sample"],
+               "-")]
+    curves += [(f"CV, {name} folds (W = {gd.W[name]:.3g}){' — used' if name == gd.used else ''}",
+                d, GEODIST_COLOURS.get(name, "#666666"), "--") for name, d in gd.cv.items()]
+    fig = _figure(11, 4.6)
+    a1, a2 = fig.subplots(1, 2)
+    top = max(float(np.max(d)) for _, d, _, _ in curves) or 1.0
+    grid = np.linspace(0.0, top, 256)
+    for label, d, colour, style in curves:
+        x = np.sort(d)
+        a1.step(np.r_[0.0, x], np.r_[0.0, np.arange(1, len(x) + 1) / len(x)], where="post",
+                color=colour, ls=style, lw=1.4, label=label)
+        if len(x) > 1 and np.ptp(x) > 0:
+            dens = gaussian_kde(x)(grid)
+            a2.plot(grid, dens, color=colour, ls=style, lw=1.4)
+            a2.fill_between(grid, dens, color=colour, alpha=0.12)
+    a1.set_ylabel("ECDF", fontsize=8)
+    a2.set_ylabel("density", fontsize=8)
+    for ax in (a1, a2):
+        ax.set_xlabel("nearest-neighbour distance (map units)", fontsize=8)
+        ax.set_xlim(0, top)
+        ax.tick_params(labelsize=7)
+    a1.legend(fontsize=7, loc="lower right", framealpha=0.8)
+    return fig
+
+
+def _geodist_section(gd) -> str:
+    head = ("<tr><th>folds</th><th>W (map units)</th><th>median CV distance</th>"
+            "<th>used</th></tr>")
+    body = "".join(
+        f"<tr{' class=best' if r['used'] else ''}><td>{html.escape(r['folds'])}</td>"
+        f"<td>{r['W']:.4g}</td><td>{r['median_cv_distance']:.4g}</td>"
+        f"<td>{'yes' if r['used'] else ''}</td></tr>" for r in gd.table())
+    return ("<h2>Do the folds test the map? (nearest-neighbour distances)</h2>"
+            f"<p class='note'>{GEODIST_NOTE} Median prediction-to-sample distance: "
+            f"{float(np.median(gd.prediction)):.4g}; sample-to-sample: "
+            f"{float(np.median(gd.sample)):.4g} (W {gd.W_sample:.4g}). "
+            f"{html.escape(' '.join(gd.notes))}</p><table>" + head +
+            body + "</table>" + _png(geodist_figure(gd)))
 
 
 def write_report(path: str, cv, coords: np.ndarray, chosen: dict, title: str = "SoilSSL",
                  notes: Optional[list] = None, ranking: Optional[list] = None,
-                 model: Optional[dict] = None) -> str:
+                 model: Optional[dict] = None, geodist=None) -> str:
     """Write the report of ``cv`` (a cv.CVResult) for points at ``coords`` (N, 2);
     ``ranking``: soil.rank_backbones rows, shown when several backbones were compared;
-    ``model``: the model dict, for its error profile and interval coverage."""
+    ``model``: the model dict, for its error profile and interval coverage;
+    ``geodist``: a knndm.GeoDist, shown as CAST's geodist plot with the W of each fold mode."""
     parts = [f"<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
              f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
     sizes = [int((cv.folds == k).sum()) for k in cv.fold_ids]
-    parts.append(f"<p>{len(cv.folds)} points, {len(sizes)} spatial folds (K-means of the "
-                 f"coordinates) of {sizes} points. Each point is predicted once, by models "
-                 f"that never saw its fold. Highlighted: the method refitted for mapping.</p>")
+    how = FOLD_TEXT.get(geodist.used if geodist is not None else "kmeans", "")
+    parts.append(f"<p>{len(cv.folds)} points, {len(sizes)} folds ({how}) of {sizes} "
+                 f"points. Each point is predicted once, by models that never saw its fold. "
+                 f"Highlighted: the method refitted for mapping.</p>")
     for note in notes or []:
         parts.append(f"<p>{html.escape(note)}</p>")
     parts.append("<h2>Cross-validation</h2>" + _table(cv, chosen) + report_html(cv, chosen))
@@ -231,6 +293,8 @@ def write_report(path: str, cv, coords: np.ndarray, chosen: dict, title: str = "
         parts.append(f"<h2>{html.escape(heading)}</h2>" + _png(fig))
     if model:
         parts.append(_trust_section(cv, model))
+    if geodist is not None:
+        parts.append(_geodist_section(geodist))
     parts.append("<p><i>Method: Tresson P. et al. (2024), Self-supervised learning of Vision "
                  "Transformers for digital soil mapping using visual data, Geoderma.</i></p>"
                  "</body></html>")

@@ -28,6 +28,7 @@ from .errors import BackboneError, InputError
 from .features import PATCH, pixel_values, point_features, prepare
 from .files import atomic_save
 from .intervals import TrustMaps, fit_trust
+from .knndm import fold_distances, prediction_locations
 from .progress import Progress, ensure
 from .patches import FeatureRows, PatchGrid, patch_point_features
 from .raster import RasterWriter, TileSource, commit_all
@@ -140,6 +141,7 @@ class FitResult:
     model: dict = field(repr=False, default_factory=dict)
     skipped: dict = field(default_factory=dict)
     ranking: list = field(default_factory=list)  # rank_backbones rows (with compared ones)
+    geodist: Optional[object] = None  # knndm.GeoDist: CV vs map distances of each FOLD_MODE
 
 
 def _choose(cv, method: str, features: str = FEATURES) -> dict:
@@ -179,7 +181,8 @@ def fit_points(source: TileSource, points: Points, backbone: Backbone,
                pool: str = "cls", tile: Optional[int] = None, cache: Optional[str] = None,
                model_path: Optional[str] = None, progress: Optional[Progress] = None,
                point_feature: str = "tile", margin: Optional[int] = None,
-               class_weight: Optional[str] = None, **compute) -> FitResult:
+               class_weight: Optional[str] = None, distances: Optional[bool] = None,
+               **compute) -> FitResult:
     """Spatial CV of METHOD(s) on the points, then the model file for mapping.
 
     ``compare``: backbones whose feature methods join the same CV (same folds, same
@@ -190,7 +193,9 @@ def fit_points(source: TileSource, points: Points, backbone: Backbone,
     patches) or ``both``: both sets on the same folds (rows "mlp" and "mlp [patch]"...), and
     the model maps with the one the CV favours (:func:`_choose_scale`).
     Targets named in ``points.classes`` are class targets (:mod:`.classes`), with
-    ``class_weight`` (None | "balanced") in their heads."""
+    ``class_weight`` (None | "balanced") in their heads.
+    ``fold_mode`` knndm matches the folds to the raster's valid pixels (the map); with it, or
+    ``distances``, FitResult.geodist compares every FOLD_MODE's CV distances to the map's."""
     progress = ensure(progress)
     if method not in METHODS:
         raise InputError(f"Unknown METHOD '{method}': use one of {', '.join(METHODS)}.")
@@ -217,7 +222,14 @@ def fit_points(source: TileSource, points: Points, backbone: Backbone,
     x_map, y_map = source.transform @ (c + 0.0, r + 0.0)
     # folds first: a fold with too few points is reported before any feature is computed
     coords = np.column_stack([x_map, y_map])
-    folds = spatial_folds(coords, n_folds, fold_mode, seed)
+    prediction = prediction_locations(source, seed=seed) \
+        if fold_mode == "knndm" or distances else None
+    folds = spatial_folds(coords, n_folds, fold_mode, seed, prediction, progress.sub(0, 0.02))
+    dist = None if prediction is None else \
+        fold_distances(coords, prediction, n_folds, seed, {fold_mode: folds},
+                       progress=progress.sub(0, 0.02))
+    if dist is not None:
+        progress.info(dist.summary())
     tile, norm = prepare(source, backbone, tile, None, progress)
     progress.info(f"{n} points; extracting features of their {tile} px tiles...")
     if PATCH in (pool, point_feature) or point_feature == "both":
@@ -262,11 +274,14 @@ def fit_points(source: TileSource, points: Points, backbone: Backbone,
     model = _model_dict(source, backbone, cv, sets, y, weights, folds, chosen, loss, seed,
                         PATCH if scale == PATCH else pool, tile, norm.to_dict(),
                         progress.sub(0.9, 1.0), scale, margin, class_weight)
+    model["fold_mode"] = fold_mode
+    if dist is not None:
+        model["geodist"] = dist.table()
     if model_path:
         atomic_save(model, model_path)
     return FitResult(cv, keep, folds, chosen, coords, model,
                      {"outside": int((~source.inside(cols, rows)).sum()),
-                      "on_nodata": int(on_nodata.sum())}, ranking)
+                      "on_nodata": int(on_nodata.sum())}, ranking, geodist=dist)
 
 
 def compared_sets(compare) -> dict:
