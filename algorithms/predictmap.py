@@ -1,5 +1,5 @@
 """soilssl:predictmap: maps a fitted soil model over a raster with uncertainty and AOA."""
-from qgis.core import QgsProcessingParameterFile, \
+from qgis.core import QgsProcessingParameterBoolean, QgsProcessingParameterFile, \
     QgsProcessingParameterRasterDestination
 
 from .base import SoilSSLAlgorithm
@@ -26,6 +26,9 @@ class PredictMap(SoilSSLAlgorithm):
             "OUTPUT_UNCERTAINTY", "Uncertainty (std of fold models)", optional=True))
         self.addParameter(QgsProcessingParameterRasterDestination(
             "OUTPUT_AOA", "Area of applicability", optional=True))
+        self.add(QgsProcessingParameterBoolean(
+            "LPD", "Area of applicability: add the local point density band (per target)",
+            False), True)
 
     def execute(self, parameters, context, feedback, progress):
         from ..core.inputs import model_inputs
@@ -40,11 +43,14 @@ class PredictMap(SoilSSLAlgorithm):
             s = predict_map(src, model, outputs["OUTPUT"], outputs["OUTPUT_UNCERTAINTY"],
                             outputs["OUTPUT_AOA"],
                             stride=self.parameterAsInt(parameters, "STRIDE", context),
-                            backbone=backbone, progress=progress, **compute)
+                            backbone=backbone, progress=progress,
+                            lpd=self.parameterAsBool(parameters, "LPD", context), **compute)
         for key, qml in (("OUTPUT", "prediction.qml"), ("OUTPUT_UNCERTAINTY", "uncertainty.qml"),
                          ("OUTPUT_AOA", "aoa.qml")):
             if outputs[key]:
                 style_output(context, outputs[key], qml)
-        feedback.pushInfo(f"{s['inside_aoa']} of {s['width'] * s['height']} tiles inside the "
-                          f"area of applicability.")
+        for target, inside in ((s.get("inside_aoa_targets") or {None: s["inside_aoa"]})
+                               if outputs["OUTPUT_AOA"] else {}).items():
+            feedback.pushInfo(f"{inside} of {s['width'] * s['height']} tiles inside the area of "
+                              f"applicability{f' of {target}' if target else ''}.")
         return {k: v for k, v in outputs.items() if v}

@@ -17,7 +17,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from .aoa import aoa_predict, fit_aoa
+from .aoa import MapAOA, fit_model_aoa
 from .backbone import Backbone, backbone_name, load_backbone, load_file, resolve_device
 from .cache import FeatureCache, cache_dir, digest  # noqa: F401 (cache_dir: public here too)
 from .cv import (COMPARE, FEATURE_METHODS, FEATURES, PIXELS, MethodSpec, cross_validate,
@@ -137,6 +137,7 @@ class FitResult:
     model: dict = field(repr=False, default_factory=dict)
     skipped: dict = field(default_factory=dict)
     ranking: list = field(default_factory=list)  # rank_backbones rows (with compared ones)
+    sets: dict = field(repr=False, default_factory=dict)  # the CV's feature sets (report)
 
 
 def _choose(cv, method: str, features: str = FEATURES) -> dict:
@@ -253,7 +254,7 @@ def fit_points(source: TileSource, points: Points, backbone: Backbone,
         atomic_save(model, model_path)
     return FitResult(cv, keep, folds, chosen, coords, model,
                      {"outside": int((~source.inside(cols, rows)).sum()),
-                      "on_nodata": int(on_nodata.sum())}, ranking)
+                      "on_nodata": int(on_nodata.sum())}, ranking, sets)
 
 
 def compared_sets(compare) -> dict:
@@ -314,7 +315,7 @@ def format_ranking(rows: list) -> str:
 
 def _model_dict(source, backbone, cv, sets, y, weights, folds, chosen, loss, seed, pool, tile,
                 normalization, progress, scale=FEATURES, margin=None) -> dict:
-    heads, fold_heads = {}, {}
+    heads, fold_heads, refitted = {}, {}, {}
     for t, target in enumerate(cv.target_names):
         label = chosen[target]
         spec = cv.methods[cv.labels.index(label)]
@@ -324,9 +325,8 @@ def _model_dict(source, backbone, cv, sets, y, weights, folds, chosen, loss, see
         head.fit(sets[spec.features][ok], y[ok, t],
                  sample_weight=None if weights is None else weights[ok])
         heads[target] = head.state_dict()
+        refitted[target] = head
         fold_heads[target] = [h.state_dict() for h in cv.fold_models[(target, label)]]
-    uses_features = any(cv.methods[cv.labels.index(chosen[t])].features == scale
-                        for t in cv.target_names)
     return {
         "soilssl": {"format": MODEL_FORMAT, "version": 1},
         "targets": list(cv.target_names), "methods": dict(chosen), "loss": loss, "seed": seed,
@@ -335,7 +335,7 @@ def _model_dict(source, backbone, cv, sets, y, weights, folds, chosen, loss, see
         "pool": pool, "tile_size": int(tile), **({"margin": margin} if pool == PATCH else {}),
         "normalization": normalization,
         "heads": heads, "fold_heads": fold_heads,
-        "aoa": fit_aoa(sets[scale], folds) if uses_features else None,
+        "aoa_targets": fit_model_aoa(cv, sets, chosen, refitted, seed, progress),
         "cv_table": cv.table(), "n_points": int(len(folds)),
     }
 
@@ -372,15 +372,17 @@ def predict_map(source: TileSource, model: dict, output: str,
                 uncertainty: Optional[str] = None, aoa: Optional[str] = None,
                 stride: Optional[int] = None, backbone: Optional[Backbone] = None,
                 batch_size: int = 32, device: str = "auto", amp: str = "auto", workers: int = 2,
-                progress: Optional[Progress] = None) -> dict:
-    """Prediction (one band per target), uncertainty and AOA rasters, window by window."""
+                progress: Optional[Progress] = None, lpd: bool = False) -> dict:
+    """Prediction (one band per target), uncertainty and AOA rasters, window by window;
+    the AOA raster has per target the bands inside (1/0), DI and with ``lpd`` the local
+    point density."""
     progress = ensure(progress)
     check_model_input(source, model)
     dev = resolve_device(device)
     backbone = backbone or model_backbone(model, device=str(dev))
     fr = model_rows(source, model, backbone, stride, dev, progress, batch_size=batch_size,
                     amp=amp, workers=workers)
-    mapper = MapHeads(model, bool(uncertainty), bool(aoa))
+    mapper = MapHeads(model, bool(uncertainty), bool(aoa), lpd=lpd)
     w, h = fr.width, fr.height
     paths = {"prediction": output, "uncertainty": uncertainty, "aoa": aoa}
     writers = {}  # product name -> writer; blocks are paired with writers by that name
@@ -397,8 +399,10 @@ def predict_map(source: TileSource, model: dict, output: str,
         for wr in writers.values():
             if not wr.done:
                 wr.abort()
-    return {"output": output, "uncertainty": uncertainty, "aoa": aoa if model.get("aoa") else None,
-            "width": w, "height": h, "inside_aoa": mapper.inside_count}
+    return {"output": output, "uncertainty": uncertainty,
+            "aoa": aoa if mapper.aoa is not None else None, "width": w, "height": h,
+            "inside_aoa": mapper.inside_count,
+            "inside_aoa_targets": dict(mapper.aoa.inside_counts) if mapper.aoa else {}}
 
 
 def check_model_input(source: TileSource, model: dict) -> None:
@@ -433,9 +437,8 @@ class MapHeads:
     calling it on feats (n, D) gives {product: (count, n) float32 block} for the same
     products (PRED_NODATA where a feature is NaN), so blocks meet writers by name."""
 
-    def __init__(self, model: dict, uncertainty: bool = False, aoa: bool = False):
-        if aoa and model.get("aoa") is None:
-            raise InputError("This model has no area-of-applicability state.")
+    def __init__(self, model: dict, uncertainty: bool = False, aoa: bool = False,
+                 lpd: bool = False):
         self.model = model
         self.targets = targets = model["targets"]
         self.heads = [load_regressor(model["heads"][t]) for t in targets]
@@ -449,11 +452,15 @@ class MapHeads:
             self.products["uncertainty"] = {
                 "count": len(targets), "band_names": [f"{t} std" for t in targets],
                 "tags": dict(tags, soilssl_product="uncertainty")}
-        if aoa:
-            self.products["aoa"] = {
-                "count": 2, "band_names": ["inside AOA (1/0)", "dissimilarity index"],
-                "tags": dict(tags, soilssl_product="aoa", threshold=model["aoa"]["threshold"])}
-        self.inside_count = 0
+        # per target: inside, DI [, LPD] (core.aoa.MapAOA; one set for older models)
+        self.aoa = MapAOA(model, lpd, tags, PRED_NODATA) if aoa else None
+        if self.aoa is not None:
+            self.products["aoa"] = self.aoa.product
+
+    @property
+    def inside_count(self) -> int:
+        """Rows inside the AOA of every target."""
+        return self.aoa.inside_all if self.aoa is not None else 0
 
     def __call__(self, feats: np.ndarray) -> dict:
         ok = np.isfinite(feats).all(axis=1)
@@ -468,8 +475,5 @@ class MapHeads:
                 blocks["uncertainty"][t, ok] = np.stack(
                     [f.predict(x) for f in self.folds[t]]).std(axis=0)
         if "aoa" in blocks:
-            di, inside = aoa_predict(self.model["aoa"], x)
-            blocks["aoa"][0, ok] = inside
-            blocks["aoa"][1, ok] = di
-            self.inside_count += int(inside.sum())
+            blocks["aoa"] = self.aoa(feats)
         return blocks
