@@ -118,7 +118,8 @@ class FitPoints(SoilSSLAlgorithm):
             if report_path:
                 outputs.write(report_path, lambda tmp: write_report(
                     tmp, fit.cv, fit.coords, fit.chosen, title="SoilSSL spatial cross-validation",
-                    ranking=fit.ranking))
+                    ranking=fit.ranking, sets=fit.sets,
+                    seed=self.parameterAsInt(parameters, "SEED", context)))
             outputs.commit()
         sink_id = sink.published()
         target = fit.cv.target_names[0]  # points coloured by the first target's residual
