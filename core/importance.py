@@ -119,17 +119,20 @@ def permutation_importance(models: Sequence, X, y, folds, fold_ids=None,
         base = _score(metric, yt, predict(model, Xt))
         base_scores.append(base)
         jobs = [(r, g, rng.permutation(test.size)) for r in range(R) for g in range(G)]
-        per_call = max(1, int(max_elements) // max(1, Xt.size))
+        per_call = min(len(jobs), max(1, int(max_elements) // max(1, Xt.size)))
+        stack = np.empty((per_call,) + Xt.shape)
+        stack[:] = Xt  # copies of the held-out rows; only permuted columns change below
         for start in range(0, len(jobs), per_call):
             if check is not None:
                 check()
             batch = jobs[start:start + per_call]
-            stack = np.repeat(Xt[None], len(batch), axis=0)
             for i, (_, g, perm) in enumerate(batch):
                 stack[i][:, cols[g]] = Xt[np.ix_(perm, cols[g])]
-            pred = predict(model, stack.reshape(-1, Xt.shape[1])).reshape(len(batch), -1)
+            pred = predict(model, stack[:len(batch)].reshape(-1, Xt.shape[1]))
+            pred = np.asarray(pred).reshape(len(batch), -1)
             for i, (r, g, _) in enumerate(batch):
                 scores[k, r, g] = _score(metric, yt, pred[i]) - base
+                stack[i][:, cols[g]] = Xt[:, cols[g]]  # restore for the next batch
     if not base_scores:
         raise InputError("Permutation importance needs at least one fold with 2 held-out "
                          "points.")

@@ -181,6 +181,17 @@ def test_predict_map_aoa_without_uncertainty_and_bad_outputs(scene, vit, tmp_pat
         with rasterio.open(tmp_path / "a.tif") as a, rasterio.open(tmp_path / "p.tif") as p:
             assert a.count == 4 and p.count == 2
             assert set(np.unique(a.read(1))) <= {0.0, 1.0}
+            inside, di = a.read(1), a.read(2)
+        # the local point density band (CAST's LPD): 0 outside the AOA, >= 1 inside
+        predict_map(src, model, str(tmp_path / "p.tif"), aoa=str(tmp_path / "a.tif"), lpd=True)
+        with rasterio.open(tmp_path / "a.tif") as a:
+            t = model["targets"][0]
+            assert a.count == 6 and a.descriptions[:3] == (
+                f"{t}: inside AOA (1/0)", f"{t}: dissimilarity index", f"{t}: local point density")
+            np.testing.assert_array_equal(a.read(1), inside)
+            np.testing.assert_allclose(a.read(2), di, rtol=1e-6)
+            lpd = a.read(3)
+            assert (lpd[inside == 0] == 0).all() and (lpd[inside == 1] >= 1).all()
         # a model without AOA state: refused before anything is written
         model["aoa"], model["aoa_targets"] = None, None
         with pytest.raises(InputError, match="area-of-applicability"):
