@@ -1,4 +1,7 @@
-"""HTML report of a spatial cross-validation: table, observed-vs-predicted, folds and residuals.
+"""HTML report of a spatial cross-validation: table, observed-vs-predicted, folds and residuals,
+and with the CV's feature sets the permutation importance of covariates vs ViT features on
+the held-out folds, the points' feature space in 2-D per backbone, and one sentence saying
+whether the ViT features beat the pixel baseline (rf_pixels) and by how much.
 
 Self-contained (plots embedded as PNG data URIs), so that it opens in any browser or in
 QGIS's result viewer.  The plots use matplotlib's object-oriented API: a ``Figure`` drawn
