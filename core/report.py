@@ -234,8 +234,8 @@ def baseline_sentence(cv) -> Optional[str]:
     for r in rows:
         how = ("lower" if r["better"] else "higher") if r["metric"] == "RMSE" \
             else ("higher" if r["better"] else "lower")
-        parts.append(f"for {r['target']}, {r['method']} has {r['metric']} {r['value']:.3g} "
-                     f"against {r['baseline']:.3g}, {abs(r['percent']):.1f} % {how}")
+        parts.append(f"for {r['target']}, {r['method']} has {r['metric']} {r['value']:.4g} "
+                     f"against {r['baseline']:.4g}, {abs(r['percent']):.1f} % {how}")
     return head + ": " + "; ".join(parts) + "."
 
 

@@ -166,8 +166,8 @@ def test_baseline_sentence_numbers_come_from_the_cv_table():
     sentence = baseline_sentence(cv)
     assert sentence.startswith("On this data the ViT features beat the pixel baseline")
     for r in comp:
-        assert f"for {r['target']}, ridge has RMSE {r['value']:.3g} against " \
-               f"{r['baseline']:.3g}, {abs(r['percent']):.1f} % lower" in sentence
+        assert f"for {r['target']}, ridge has RMSE {r['value']:.4g} against " \
+               f"{r['baseline']:.4g}, {abs(r['percent']):.1f} % lower" in sentence
     # the other way round: the features lose, the sentence says so with the % higher
     cv.fold_metrics[:, 1, :, 0] = cv.fold_metrics[:, 0, :, 0] * 1.25
     comp = baseline_comparison(cv)
