@@ -28,7 +28,7 @@ class PredictMap(SoilSSLAlgorithm):
             "OUTPUT_AOA", "Area of applicability", optional=True))
         self.add(QgsProcessingParameterBoolean(
             "LPD", "Area of applicability: add the local point density band (per target)",
-            False), True)
+            False, optional=True), True)  # optional: saved models without it stay valid
 
     def execute(self, parameters, context, feedback, progress):
         from ..core.inputs import model_inputs
