@@ -201,12 +201,9 @@ def fit_model_aoa(cv, sets: Mapping[str, np.ndarray], chosen: Mapping[str, str],
         kinds = getattr(cv, "kinds", None)
         kind = kinds.get(target, "regression") if isinstance(kinds, Mapping) else "regression"
         fold_models = (cv.fold_models or {}).get((target, label))
-        if fold_models is None and heads.get(target) is None:
-            weights, source = np.ones(X.shape[1]), "unweighted (no fitted model)"
-        else:
-            weights, source = aoa_weights(heads.get(target), fold_models, X, y, cv.folds,
-                                          cv.fold_ids, target_metric(kind), seed=seed,
-                                          check=progress.check)
+        weights, source = aoa_weights(heads.get(target), fold_models, X, y, cv.folds,
+                                      cv.fold_ids, target_metric(kind), seed=seed,
+                                      check=progress.check)
         if not (weights > 0).any():
             progress.info(f"{target}: no predictor of {label} has a positive importance; the "
                           f"area of applicability is computed unweighted.")

@@ -225,6 +225,8 @@ def aoa_weights(head, fold_models: Sequence, X, y, folds, fold_ids=None, metric:
     native = native_importances(head, X.shape[1])
     if native is not None:
         return np.clip(native, 0, None), "forest impurity importance"
+    if not fold_models:
+        return np.ones(X.shape[1]), "unweighted (no fold models kept)"
     imp = permutation_importance(fold_models, X, y, folds, fold_ids, repeats=repeats,
                                  seed=seed, metric=metric, check=check)
     return np.clip(np.nan_to_num(imp.mean, nan=0.0), 0, None), \

@@ -221,6 +221,11 @@ def test_a_forest_is_weighted_by_its_impurity_importances():
                                head.forest_.feature_importances_, rtol=1e-12)
     assert states["a"]["weighting"] == "forest impurity importance"
     assert states["b"]["weighting"].startswith("permutation")  # no refitted head given
+    # without fold models nor a forest: unweighted, as CAST without a model
+    cv.fold_models = None
+    states = fit_model_aoa(cv, sets, {"a": "rf_features", "b": "rf_features"})
+    assert states["b"]["weighting"].startswith("unweighted")
+    np.testing.assert_array_equal(states["b"]["weights"].numpy(), np.ones(6))
 
 
 def test_map_aoa_bands_per_target_with_lpd_and_old_models():
