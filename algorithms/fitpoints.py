@@ -128,7 +128,8 @@ class FitPoints(SoilSSLAlgorithm):
             if report_path:
                 outputs.write(report_path, lambda tmp: write_report(
                     tmp, fit.cv, fit.coords, fit.chosen, title="SoilSSL spatial cross-validation",
-                    ranking=fit.ranking, model=fit.model, geodist=fit.geodist))
+                    ranking=fit.ranking, model=fit.model, geodist=fit.geodist, sets=fit.sets,
+                    seed=self.parameterAsInt(parameters, "SEED", context)))
             outputs.commit()
         sink_id = sink.published()
         target = fit.cv.target_names[0]  # points coloured by the first target's residual

@@ -114,8 +114,15 @@ PARAMS = {
     "LR": "Peak learning rate for a batch of 256 tiles (scaled linearly with BATCH_SIZE), "
           "cosine schedule after a warm-up: 1 epoch when INIT's DINO head is continued, "
           "otherwise 10 % of EPOCHS.",
-    "OUTPUT_AOA": "Area of applicability (Meyer & Pebesma 2021): band 1 is 1 inside, 0 outside "
-                  "(dissimilarity index above the CV threshold); band 2 the index itself.",
+    "OUTPUT_AOA": "Area of applicability (Meyer & Pebesma 2021, as CAST computes it), one per "
+                  "soil property: its bands '<property>: inside AOA (1/0)' (0 where the "
+                  "dissimilarity index is above the CV threshold) and '<property>: "
+                  "dissimilarity index' (the predictors weighted by their importance in the "
+                  "model), then with LPD '<property>: local point density'.",
+    "LPD": "Adds a band per soil property to the area of applicability: the local point "
+           "density, the number of training points whose dissimilarity to the tile is below "
+           "the AOA threshold (CAST's LPD): 0 outside the AOA, larger where the model saw "
+           "many similar points.",
     "OUTPUT_ERROR": "Expected error (RMSE) per pixel and property, as CAST's errorProfiles: "
                     "fitting related each point's dissimilarity index (against the other CV "
                     "folds) to its cross-validated error by a monotone (isotonic) curve; the map "
@@ -199,7 +206,7 @@ ALGS = {
         "again for them).",
         ["INPUT_RASTER", "BANDS", "DEM", "MODEL", "BACKBONE_MOVED", "STRIDE_PRED", "LEVEL",
          "DEVICE", "BATCH_SIZE", "AMP", "WORKERS", "OUTPUT_PREDICTION", "OUTPUT_UNCERTAINTY",
-         "OUTPUT_AOA", "OUTPUT_ERROR", "OUTPUT_LOWER", "OUTPUT_UPPER"],
+         "OUTPUT_AOA", "LPD", "OUTPUT_ERROR", "OUTPUT_LOWER", "OUTPUT_UPPER"],
     ),
     "clearcache": (
         "Clear feature cache",

@@ -1,5 +1,6 @@
 """soilssl:predictmap: maps a fitted soil model over a raster with uncertainty and AOA."""
-from qgis.core import QgsProcessingParameterFile, QgsProcessingParameterNumber, \
+from qgis.core import QgsProcessingParameterBoolean, QgsProcessingParameterFile, \
+    QgsProcessingParameterNumber, \
     QgsProcessingParameterRasterDestination
 
 from .base import SoilSSLAlgorithm
@@ -40,6 +41,9 @@ class PredictMap(SoilSSLAlgorithm):
         self.addParameter(QgsProcessingParameterRasterDestination(
             "OUTPUT_PROBABILITY", "Class probability and entropy (class targets)",
             optional=True))
+        self.add(QgsProcessingParameterBoolean(
+            "LPD", "Area of applicability: add the local point density band (per target)",
+            False, optional=True), True)  # optional: saved models without it stay valid
 
     def execute(self, parameters, context, feedback, progress):
         from ..core.classes import class_targets
@@ -63,7 +67,8 @@ class PredictMap(SoilSSLAlgorithm):
                             backbone=backbone, progress=progress, **compute,
                             error=outputs["OUTPUT_ERROR"], lower=outputs["OUTPUT_LOWER"],
                             upper=outputs["OUTPUT_UPPER"],
-                            level=level, probability=outputs.get("OUTPUT_PROBABILITY"))
+                            level=level, probability=outputs.get("OUTPUT_PROBABILITY"),
+                            lpd=self.parameterAsBool(parameters, "LPD", context))
         for t, names in s["classes"].items():  # class names as the bands' GDAL categories
             write_categories(outputs["OUTPUT"], names, model["targets"].index(t) + 1)
         first = s["classes"].get(model["targets"][0])
@@ -83,6 +88,8 @@ class PredictMap(SoilSSLAlgorithm):
             scaled = target in (model.get("error_profile") or {})
             feedback.pushInfo(f"{target}: {level:.0%} prediction interval = prediction ± "
                               f"{q:.3f}{' × expected error' if scaled else ''}.")
-        feedback.pushInfo(f"{s['inside_aoa']} of {s['width'] * s['height']} tiles inside the "
-                          f"area of applicability.")
+        for target, inside in ((s.get("inside_aoa_targets") or {None: s["inside_aoa"]})
+                               if outputs["OUTPUT_AOA"] else {}).items():
+            feedback.pushInfo(f"{inside} of {s['width'] * s['height']} tiles inside the area of "
+                              f"applicability{f' of {target}' if target else ''}.")
         return {k: v for k, v in outputs.items() if v}

@@ -1,4 +1,7 @@
-"""HTML report of a spatial cross-validation: table, observed-vs-predicted, folds and residuals.
+"""HTML report of a spatial cross-validation: table, observed-vs-predicted, folds and residuals,
+and with the CV's feature sets the permutation importance of covariates vs ViT features on
+the held-out folds, the points' feature space in 2-D per backbone, and one sentence saying
+whether the ViT features beat the pixel baseline (rf_pixels) and by how much.
 
 Self-contained (plots embedded as PNG data URIs), so that it opens in any browser or in
 QGIS's result viewer.  The plots use matplotlib's object-oriented API: a ``Figure`` drawn
@@ -11,12 +14,13 @@ from __future__ import annotations
 import base64
 import html
 import io
-from typing import List, Optional
+from typing import List, Mapping, Optional
 
 import numpy as np
 
 from .classes import report_html
 from .files import atomic_write_text
+from .importance import COVARIATE_BLOCKS, COVARIATES, VIT, grouped_importance, spec_blocks
 
 CSS = ("body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse}"
        "td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}th{background:#eee}"
@@ -136,6 +140,27 @@ def figures(cv, coords: np.ndarray, chosen: dict) -> List[tuple]:
             _plain_coordinates(ax)
         out.append((f"{target}: folds and residuals", fig))
     return out
+
+
+def _sets_sections(cv, sets, chosen: dict, seed: int) -> List[str]:
+    """Importance (covariates vs ViT features) and the feature-space view."""
+    parts = []
+    rows = importance_rows(cv, sets, chosen, seed=seed)
+    if rows:
+        parts.append(
+            "<h2 id='importance'>Permutation importance: covariates vs ViT features</h2>"
+            "<p class='note'>Each fold model's held-out points are scored again with one "
+            "group of its inputs shuffled among them; the loss of skill, averaged over folds "
+            "and 5 repeats, is that group's importance. Covariates: the pixel values (and "
+            "context statistics) at the points; ViT features: the backbone's features.</p>"
+            + _importance_table(rows) + _png(importance_figure(rows)))
+    fig = feature_view(cv, sets, seed)
+    if fig is not None:
+        parts.append("<h2 id='feature-view'>Feature space</h2><p class='note'>The points' "
+                     "ViT features in two dimensions, coloured by each property: properties "
+                     "that vary smoothly across the cloud are what the features can "
+                     "predict.</p>" + _png(fig))
+    return parts
 
 
 def _ranking(rows: list) -> str:
@@ -266,15 +291,202 @@ def _geodist_section(gd) -> str:
             f"{float(np.median(gd.sample)):.4g} (W {gd.W_sample:.4g}). "
             f"{html.escape(' '.join(gd.notes))}</p><table>" + head +
             body + "</table>" + _png(geodist_figure(gd)))
+# ----------------------------------------------------------------------------- ViT vs pixels
+
+BASELINE, FEATURES = "rf_pixels", "features"  # cv's pixel baseline row and BACKBONE's set
+
+
+def _row_score(row: dict):
+    """(value, higher is better) of a CV table row: mean RMSE, or kappa for classes."""
+    rmse = row.get("rmse_mean")
+    if rmse is not None and np.isfinite(rmse):
+        return float(rmse), False
+    for key in ("kappa_mean", "kappa"):
+        if row.get(key) is not None and np.isfinite(row[key]):
+            return float(row[key]), True
+    return None, False
+
+
+def baseline_comparison(cv) -> List[dict]:
+    """Per target: the best method using BACKBONE's ViT features (alone or with the
+    covariates) against the pixel baseline rf_pixels, by mean CV RMSE (kappa for a class
+    target): target, metric, method, value, baseline, percent (how much better, > 0 when
+    the ViT features win), better."""
+    uses = {s.label: FEATURES in spec_blocks(s) for s in cv.methods}
+    rows = {}
+    for r in cv.table():
+        rows.setdefault(r["target"], []).append(r)
+    out = []
+    for target in cv.target_names:
+        base = next((r for r in rows.get(target, []) if r["method"] == BASELINE), None)
+        if base is None:
+            continue
+        b, higher = _row_score(base)
+        scored = [(v, r["method"]) for r in rows[target] if uses.get(r["method"])
+                  for v, h in [_row_score(r)] if v is not None and h == higher]
+        if b is None or not scored:
+            continue
+        v, label = (max if higher else min)(scored)
+        gain = (v - b) if higher else (b - v)
+        out.append({"target": target, "metric": "kappa" if higher else "RMSE", "method": label,
+                    "value": v, "baseline": b, "better": gain > 0,
+                    "percent": 100.0 * gain / abs(b) if b else float("nan")})
+    return out
+
+
+def baseline_sentence(cv) -> Optional[str]:
+    """One plain sentence: do the ViT features beat the pixel baseline here, by how much."""
+    rows = baseline_comparison(cv)
+    if not rows:
+        return None
+    wins = [r["target"] for r in rows if r["better"]]
+    if len(wins) == len(rows):
+        head = "On this data the ViT features beat the pixel baseline (rf_pixels)"
+    elif not wins:
+        head = "On this data the ViT features do not beat the pixel baseline (rf_pixels)"
+    else:
+        head = (f"On this data the ViT features beat the pixel baseline (rf_pixels) for "
+                f"{', '.join(wins)} but not for "
+                f"{', '.join(r['target'] for r in rows if not r['better'])}")
+    parts = []
+    for r in rows:
+        how = ("lower" if r["better"] else "higher") if r["metric"] == "RMSE" \
+            else ("higher" if r["better"] else "lower")
+        parts.append(f"for {r['target']}, {r['method']} has {r['metric']} {r['value']:.4g} "
+                     f"against {r['baseline']:.4g}, {abs(r['percent']):.1f} % {how}")
+    return head + ": " + "; ".join(parts) + "."
+
+
+# ----------------------------------------------------------------------------- importance
+
+def importance_rows(cv, sets: Mapping[str, np.ndarray], chosen: dict, repeats: int = 5,
+                    seed: int = 0) -> List[dict]:
+    """Grouped permutation importance (covariates vs ViT features) on the held-out folds,
+    per target, of the mapped method and of every row that uses both groups."""
+    out = []
+    for t, target in enumerate(cv.target_names):
+        labels = [s.label for s in cv.methods if s.label == chosen.get(target) or (
+            any(b in COVARIATE_BLOCKS for b in spec_blocks(s))
+            and any(b not in COVARIATE_BLOCKS for b in spec_blocks(s)))]
+        for label in labels:
+            if (target, label) not in (cv.fold_models or {}):
+                continue
+            if any(b not in sets for b in spec_blocks(cv.methods[cv.labels.index(label)])):
+                continue
+            imp = grouped_importance(cv, sets, target, label, repeats, seed)
+            out.append({"target": target, "method": label, **imp.as_dict()})
+    return out
+
+
+def importance_figure(rows: List[dict]):
+    """Bars of the grouped importance (mean ± std over folds and repeats) per target."""
+    targets = list(dict.fromkeys(r["target"] for r in rows))
+    fig = _figure(5.5 * min(len(targets), 3), 0.6 + 0.55 * max(
+        sum(len(r["names"]) for r in rows if r["target"] == t) for t in targets) + 0.8)
+    axes = fig.subplots(1, len(targets), squeeze=False)[0]
+    colour = {COVARIATES: "#8d6e63", VIT: "#1e88e5"}
+    for ax, target in zip(axes, targets):
+        labels, values, errors, colours = [], [], [], []
+        for r in (r for r in rows if r["target"] == target):
+            for name, m, sd in zip(r["names"], r["mean"], r["std"]):
+                labels.append(f"{r['method']}: {name}")
+                values.append(m)
+                errors.append(sd)
+                colours.append(colour.get(name, "grey"))
+        pos = np.arange(len(labels))[::-1]
+        ax.barh(pos, values, xerr=errors, color=colours, capsize=3)
+        ax.set_yticks(pos, labels, fontsize=8)
+        ax.axvline(0, color="k", lw=0.6)
+        metric = next(r["metric"] for r in rows if r["target"] == target)
+        ax.set_xlabel("increase of RMSE when permuted" if metric == "rmse"
+                      else f"loss of {metric} when permuted", fontsize=8)
+        ax.set_title(target, fontsize=9)
+        ax.tick_params(axis="x", labelsize=7)
+    return fig
+
+
+def _importance_table(rows: List[dict]) -> str:
+    head = ("<tr><th>target</th><th>method</th><th>held-out score</th><th>group</th>"
+            "<th>importance (mean ± std)</th></tr>")
+    body = "".join(
+        f"<tr><td>{html.escape(r['target'])}</td><td>{html.escape(r['method'])}</td>"
+        f"<td>{r['metric']} {r['baseline']:.3f}</td><td>{html.escape(n)}</td>"
+        f"<td>{m:.3f} ± {sd:.3f}</td></tr>"
+        for r in rows for n, m, sd in zip(r["names"], r["mean"], r["std"]))
+    return "<table>" + head + body + "</table>"
+
+
+# ----------------------------------------------------------------------------- feature view
+
+def embed_2d(X, seed: int = 0):
+    """(Y (N, 2), name): UMAP of the standardised features when umap-learn is installed,
+    else their first two principal components."""
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+    Z = StandardScaler().fit_transform(np.asarray(X, dtype=np.float64))
+    try:
+        import umap  # optional
+    except ImportError:
+        umap = None
+    if umap is not None and Z.shape[0] > 4:
+        reducer = umap.UMAP(n_components=2, random_state=seed,
+                            n_neighbors=min(15, Z.shape[0] - 1))
+        return reducer.fit_transform(Z), "UMAP"
+    n = min(2, Z.shape[0], Z.shape[1])
+    Y = PCA(n_components=n, random_state=seed).fit_transform(Z)
+    if n < 2:
+        Y = np.column_stack([Y, np.zeros((Y.shape[0], 2 - n))])
+    return Y, "PCA"
+
+
+def backbone_sets(cv, sets: Mapping[str, np.ndarray]) -> List[str]:
+    """The ViT feature sets of the CV: BACKBONE's first, then the compared backbones'."""
+    names = [FEATURES] if FEATURES in sets else []
+    for spec in cv.methods:
+        for b in spec_blocks(spec):
+            if b in sets and b not in names and b not in COVARIATE_BLOCKS and b != "patch":
+                names.append(b)
+    return names
+
+
+def feature_view(cv, sets: Mapping[str, np.ndarray], seed: int = 0):
+    """The paper's feature-space view: the points' features in 2-D, one column per
+    backbone, one row per target, coloured by the target's value."""
+    names = backbone_sets(cv, sets)
+    if not names:
+        return None
+    T = len(cv.target_names)
+    fig = _figure(4.0 * len(names) + 0.8, 3.6 * T + 0.3)
+    axes = fig.subplots(T, len(names), squeeze=False)
+    for j, name in enumerate(names):
+        Y, how = embed_2d(sets[name], seed)
+        for t, target in enumerate(cv.target_names):
+            ax = axes[t, j]
+            v = cv.y[:, t]
+            ok = np.isfinite(v)
+            ax.scatter(Y[~ok, 0], Y[~ok, 1], s=6, color="lightgrey")
+            sc = ax.scatter(Y[ok, 0], Y[ok, 1], c=v[ok], s=9, cmap="viridis")
+            bar = fig.colorbar(sc, ax=ax, shrink=0.85)
+            bar.set_label(target, fontsize=8)
+            bar.ax.tick_params(labelsize=7)
+            shown = "BACKBONE" if name == FEATURES else name
+            ax.set_title(f"{shown} ({how}) — {target}", fontsize=9)
+            ax.set_xlabel(f"{how} 1", fontsize=8)
+            ax.set_ylabel(f"{how} 2", fontsize=8)
+            ax.tick_params(labelsize=7)
+    return fig
 
 
 def write_report(path: str, cv, coords: np.ndarray, chosen: dict, title: str = "SoilSSL",
                  notes: Optional[list] = None, ranking: Optional[list] = None,
-                 model: Optional[dict] = None, geodist=None) -> str:
+                 model: Optional[dict] = None, geodist=None,
+                 sets: Optional[Mapping[str, np.ndarray]] = None, seed: int = 0) -> str:
     """Write the report of ``cv`` (a cv.CVResult) for points at ``coords`` (N, 2);
     ``ranking``: soil.rank_backbones rows, shown when several backbones were compared;
     ``model``: the model dict, for its error profile and interval coverage;
-    ``geodist``: a knndm.GeoDist, shown as CAST's geodist plot with the W of each fold mode."""
+    ``geodist``: a knndm.GeoDist, shown as CAST's geodist plot with the W of each fold mode;
+    ``sets`` (the CV's feature sets, FitResult.sets): adds the permutation importance of
+    covariates vs ViT features on the held-out folds and the feature-space view."""
     parts = [f"<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
              f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
     sizes = [int((cv.folds == k).sum()) for k in cv.fold_ids]
@@ -284,6 +496,9 @@ def write_report(path: str, cv, coords: np.ndarray, chosen: dict, title: str = "
                  f"Highlighted: the method refitted for mapping.</p>")
     for note in notes or []:
         parts.append(f"<p>{html.escape(note)}</p>")
+    sentence = baseline_sentence(cv)
+    if sentence:
+        parts.append(f"<p class='verdict'><b>{html.escape(sentence)}</b></p>")
     parts.append("<h2>Cross-validation</h2>" + _table(cv, chosen) + report_html(cv, chosen))
     if len({r["backbone"] for r in ranking or []}) > 1:
         parts.append(_ranking(ranking))
@@ -295,6 +510,8 @@ def write_report(path: str, cv, coords: np.ndarray, chosen: dict, title: str = "
         parts.append(_trust_section(cv, model))
     if geodist is not None:
         parts.append(_geodist_section(geodist))
+    if sets:
+        parts += _sets_sections(cv, sets, chosen, seed)
     parts.append("<p><i>Method: Tresson P. et al. (2024), Self-supervised learning of Vision "
                  "Transformers for digital soil mapping using visual data, Geoderma.</i></p>"
                  "</body></html>")

@@ -17,7 +17,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from .aoa import aoa_predict, fit_aoa
+from .aoa import MapAOA, fit_model_aoa
 from .backbone import Backbone, backbone_name, load_backbone, load_file, resolve_device
 from .cache import FeatureCache, cache_dir, digest  # noqa: F401 (cache_dir: public here too)
 from .classes import CLASSIFICATION, REGRESSION, choose_class_method, class_block, \
@@ -142,6 +142,7 @@ class FitResult:
     skipped: dict = field(default_factory=dict)
     ranking: list = field(default_factory=list)  # rank_backbones rows (with compared ones)
     geodist: Optional[object] = None  # knndm.GeoDist: CV vs map distances of each FOLD_MODE
+    sets: dict = field(repr=False, default_factory=dict)  # the CV's feature sets (report)
 
 
 def _choose(cv, method: str, features: str = FEATURES) -> dict:
@@ -281,7 +282,7 @@ def fit_points(source: TileSource, points: Points, backbone: Backbone,
         atomic_save(model, model_path)
     return FitResult(cv, keep, folds, chosen, coords, model,
                      {"outside": int((~source.inside(cols, rows)).sum()),
-                      "on_nodata": int(on_nodata.sum())}, ranking, geodist=dist)
+                      "on_nodata": int(on_nodata.sum())}, ranking, geodist=dist, sets=sets)
 
 
 def compared_sets(compare) -> dict:
@@ -342,7 +343,7 @@ def format_ranking(rows: list) -> str:
 
 def _model_dict(source, backbone, cv, sets, y, weights, folds, chosen, loss, seed, pool, tile,
                 normalization, progress, scale=FEATURES, margin=None, class_weight=None) -> dict:
-    heads, fold_heads = {}, {}
+    heads, fold_heads, refitted = {}, {}, {}
     for t, target in enumerate(cv.target_names):
         label = chosen[target]
         spec = cv.methods[cv.labels.index(label)]
@@ -354,9 +355,8 @@ def _model_dict(source, backbone, cv, sets, y, weights, folds, chosen, loss, see
         head.fit(sets[spec.features][ok], y[ok, t],
                  sample_weight=None if weights is None else weights[ok])
         heads[target] = head.state_dict()
+        refitted[target] = head
         fold_heads[target] = [h.state_dict() for h in cv.fold_models[(target, label)]]
-    uses_features = any(cv.methods[cv.labels.index(chosen[t])].features == scale
-                        for t in cv.target_names)
     model = {
         "soilssl": {"format": MODEL_FORMAT, "version": 1},
         "targets": list(cv.target_names), "methods": dict(chosen), "loss": loss, "seed": seed,
@@ -365,7 +365,7 @@ def _model_dict(source, backbone, cv, sets, y, weights, folds, chosen, loss, see
         "pool": pool, "tile_size": int(tile), **({"margin": margin} if pool == PATCH else {}),
         "normalization": normalization,
         "heads": heads, "fold_heads": fold_heads,
-        "aoa": fit_aoa(sets[scale], folds) if uses_features else None,
+        "aoa_targets": fit_model_aoa(cv, sets, chosen, refitted, seed, progress),
         "cv_table": cv.table(), "n_points": int(len(folds)),
         "kinds": {t: cv.kind(t) for t in cv.target_names},
         "classes": {t: list(names) for t, names in (cv.classes or {}).items()},
@@ -408,10 +408,12 @@ def predict_map(source: TileSource, model: dict, output: str,
                 batch_size: int = 32, device: str = "auto", amp: str = "auto", workers: int = 2,
                 progress: Optional[Progress] = None, error: Optional[str] = None,
                 lower: Optional[str] = None, upper: Optional[str] = None,
-                level: float = 0.9, probability: Optional[str] = None) -> dict:
+                level: float = 0.9, probability: Optional[str] = None,
+                lpd: bool = False) -> dict:
     """Prediction (one band per target), uncertainty and AOA rasters, window by window;
-    ``error``: expected RMSE from the DI error profile, ``lower``/``upper``: conformal
-    prediction interval bounds at ``level`` (:mod:`.intervals`).
+    the AOA raster has per target the bands inside (1/0), DI and with ``lpd`` the local
+    point density; ``error``: expected RMSE from the DI error profile, ``lower``/``upper``:
+    conformal prediction interval bounds at ``level`` (:mod:`.intervals`).
     Class targets: the prediction band holds the class index (int16 when every target is a
     class target; names in the tags "classes"), uncertainty the share of fold models that
     disagree, and ``probability`` (class targets only) the mapped class's probability and
@@ -424,7 +426,7 @@ def predict_map(source: TileSource, model: dict, output: str,
     backbone = backbone or model_backbone(model, device=str(dev))
     fr = model_rows(source, model, backbone, stride, dev, progress, batch_size=batch_size,
                     amp=amp, workers=workers)
-    mapper = MapHeads(model, bool(uncertainty), bool(aoa), bool(probability), **trust)
+    mapper = MapHeads(model, bool(uncertainty), bool(aoa), bool(probability), lpd=lpd, **trust)
     w, h = fr.width, fr.height
     paths = {"prediction": output, "uncertainty": uncertainty, "aoa": aoa,
              "error": error, "lower": lower, "upper": upper, "probability": probability}
@@ -443,10 +445,12 @@ def predict_map(source: TileSource, model: dict, output: str,
         for wr in writers.values():
             if not wr.done:
                 wr.abort()
-    return {"output": output, "uncertainty": uncertainty, "aoa": aoa if model.get("aoa") else None,
+    return {"output": output, "uncertainty": uncertainty,
+            "aoa": aoa if mapper.aoa is not None else None, "width": w, "height": h,
+            "inside_aoa": mapper.inside_count,
+            "inside_aoa_targets": dict(mapper.aoa.inside_counts) if mapper.aoa else {},
             "error": error, "lower": lower, "upper": upper,
             "interval_factor": dict(getattr(mapper.trust, "q", {})),
-            "width": w, "height": h, "inside_aoa": mapper.inside_count,
             "probability": probability, "classes": model.get("classes") or {}}
 
 
@@ -485,9 +489,7 @@ class MapHeads:
     products (PRED_NODATA where a feature is NaN), so blocks meet writers by name."""
 
     def __init__(self, model: dict, uncertainty: bool = False, aoa: bool = False,
-                 probability: bool = False, **trust):
-        if aoa and model.get("aoa") is None:
-            raise InputError("This model has no area-of-applicability state.")
+                 probability: bool = False, lpd: bool = False, **trust):
         self.model = model
         self.targets = targets = model["targets"]
         self.heads = [load_head(model["heads"][t]) for t in targets]
@@ -508,13 +510,17 @@ class MapHeads:
                 "band_names": [f"{t} disagreement" if t in self.class_targets else f"{t} std"
                                for t in targets],
                 "tags": dict(tags, soilssl_product="uncertainty")}
-        if aoa:
-            self.products["aoa"] = {
-                "count": 2, "band_names": ["inside AOA (1/0)", "dissimilarity index"],
-                "tags": dict(tags, soilssl_product="aoa", threshold=model["aoa"]["threshold"])}
+        # per target: inside, DI [, LPD] (core.aoa.MapAOA; one set for older models)
+        self.aoa = MapAOA(model, lpd, tags, PRED_NODATA) if aoa else None
+        if self.aoa is not None:
+            self.products["aoa"] = self.aoa.product
         self.trust = TrustMaps(model, tags=tags, **trust)  # error, lower, upper (as asked)
         self.products.update(self.trust.products)
-        self.inside_count = 0
+
+    @property
+    def inside_count(self) -> int:
+        """Rows inside the AOA of every target."""
+        return self.aoa.inside_all if self.aoa is not None else 0
 
     def __call__(self, feats: np.ndarray) -> dict:
         ok = np.isfinite(feats).all(axis=1)
@@ -540,8 +546,5 @@ class MapHeads:
                     [f.predict(x) for f in self.folds[t]]).std(axis=0)
         self.trust.fill(blocks, x, ok)
         if "aoa" in blocks:
-            di, inside = aoa_predict(self.model["aoa"], x)
-            blocks["aoa"][0, ok] = inside
-            blocks["aoa"][1, ok] = di
-            self.inside_count += int(inside.sum())
+            blocks["aoa"] = self.aoa(feats)
         return blocks

@@ -105,7 +105,7 @@ def test_predict_map_alignment_uncertainty_and_aoa(scene, vit, tmp_path, tiny_ck
     assert np.isfinite(pred).all() and (unc > 0).any()
     # the flat bright third (never sampled) is outside the area of applicability
     assert (inside[:, 9:] == 0).all() and inside[:, :6].mean() > 0.8
-    assert s["inside_aoa"] == int(inside.sum())
+    assert s["inside_aoa_targets"][model["targets"][0]] == int(inside.sum())
     # identical fold heads -> zero uncertainty everywhere
     model["fold_heads"] = {k: [model["heads"][k]] * 3 for k in model["heads"]}
     with TileSource(scene) as src:
@@ -128,7 +128,7 @@ def test_predict_map_refuses_pixel_models_and_band_mismatch(scene, vit, tmp_path
 
 def test_predict_map_one_and_three_targets_with_an_empty_row(scene, vit, tmp_path):
     """A grid row without any valid tile, AOA on, 1 and 3 targets (the AOA raster has 2
-    bands whatever the number of targets)."""
+    bands per target: inside and DI)."""
     with rasterio.open(scene) as ds:
         img, profile = ds.read(), ds.profile
     img[:, 32:64] = 0  # nodata: tile row 1 (of 4) has no data
@@ -145,21 +145,27 @@ def test_predict_map_one_and_three_targets_with_an_empty_row(scene, vit, tmp_pat
                    method="ridge", n_folds=3, model_path=str(tmp_path / "m3.pth"))
         three = load_model(str(tmp_path / "m3.pth"))
         one = dict(three, targets=["si"], **{k: {"si": three[k]["si"]}
-                                             for k in ("methods", "heads", "fold_heads")})
+                                             for k in ("methods", "heads", "fold_heads",
+                                                       "aoa_targets")})
         for name, model in (("one", one), ("three", three)):
             out = {k: str(tmp_path / f"{name}_{k}.tif") for k in ("p", "u", "a")}
             s = predict_map(src, model, out["p"], out["u"], out["a"])
             n = len(model["targets"])
             with rasterio.open(out["p"]) as p, rasterio.open(out["u"]) as u, \
                     rasterio.open(out["a"]) as a:
-                assert (p.count, u.count, a.count) == (n, n, 2)
+                assert (p.count, u.count, a.count) == (n, n, 2 * n)
                 assert list(p.descriptions) == model["targets"]
+                assert list(a.descriptions[::2]) == [f"{t}: inside AOA (1/0)"
+                                                     for t in model["targets"]]
                 pred, unc, aoa = p.read(), u.read(), a.read()
             for arr in (pred, unc, aoa):
                 assert (arr[:, 1] == PRED_NODATA).all()  # the empty row stays nodata
                 assert (arr[:, [0, 2, 3]] != PRED_NODATA).all()
-            assert set(np.unique(aoa[0, [0, 2, 3]])) <= {0.0, 1.0}
-            assert (aoa[1, [0, 2, 3]] >= 0).all() and s["inside_aoa"] == int((aoa[0] == 1).sum())
+            assert set(np.unique(aoa[::2][:, [0, 2, 3]])) <= {0.0, 1.0}
+            assert (aoa[1::2][:, [0, 2, 3]] >= 0).all()
+            assert s["inside_aoa"] == int((aoa[::2] == 1).all(axis=0).sum())
+            assert s["inside_aoa_targets"]["si"] == int((aoa[2 * model["targets"].index("si")]
+                                                         == 1).sum())
         # the same predictions for "si" whatever the other targets
         with rasterio.open(tmp_path / "one_p.tif") as a, \
                 rasterio.open(tmp_path / "three_p.tif") as b:
@@ -173,10 +179,21 @@ def test_predict_map_aoa_without_uncertainty_and_bad_outputs(scene, vit, tmp_pat
         model = load_model(str(tmp_path / "m.pth"))
         predict_map(src, model, str(tmp_path / "p.tif"), aoa=str(tmp_path / "a.tif"))
         with rasterio.open(tmp_path / "a.tif") as a, rasterio.open(tmp_path / "p.tif") as p:
-            assert a.count == 2 and p.count == 2
+            assert a.count == 4 and p.count == 2
             assert set(np.unique(a.read(1))) <= {0.0, 1.0}
+            inside, di = a.read(1), a.read(2)
+        # the local point density band (CAST's LPD): 0 outside the AOA, >= 1 inside
+        predict_map(src, model, str(tmp_path / "p.tif"), aoa=str(tmp_path / "a.tif"), lpd=True)
+        with rasterio.open(tmp_path / "a.tif") as a:
+            t = model["targets"][0]
+            assert a.count == 6 and a.descriptions[:3] == (
+                f"{t}: inside AOA (1/0)", f"{t}: dissimilarity index", f"{t}: local point density")
+            np.testing.assert_array_equal(a.read(1), inside)
+            np.testing.assert_allclose(a.read(2), di, rtol=1e-6)
+            lpd = a.read(3)
+            assert (lpd[inside == 0] == 0).all() and (lpd[inside == 1] >= 1).all()
         # a model without AOA state: refused before anything is written
-        model["aoa"] = None
+        model["aoa"], model["aoa_targets"] = None, None
         with pytest.raises(InputError, match="area-of-applicability"):
             predict_map(src, model, str(tmp_path / "p2.tif"), str(tmp_path / "u2.tif"),
                         str(tmp_path / "a2.tif"))
