@@ -93,7 +93,7 @@ def points_to_grid(xs, ys, crs, ds) -> tuple:
     if src is not None and ds.crs is not None and src != ds.crs and len(xs):
         tx, ty = warp_transform(src, ds.crs, xs, ys)
         xs, ys = np.asarray(tx, float), np.asarray(ty, float)
-    cols, rows = (~ds.transform) * (xs, ys)
+    cols, rows = (~ds.transform) @ (xs, ys)
     cols, rows = np.floor(np.asarray(cols)).astype(np.int64), np.floor(np.asarray(rows)).astype(
         np.int64)
     inside = (cols >= 0) & (rows >= 0) & (cols < ds.width) & (rows < ds.height)
@@ -102,5 +102,5 @@ def points_to_grid(xs, ys, crs, ds) -> tuple:
 
 def pixel_centres(ds, rows, cols) -> tuple:
     """Map coordinates (x, y) of the centres of pixels (rows, cols) of ``ds``."""
-    x, y = ds.transform * (np.asarray(cols, float) + 0.5, np.asarray(rows, float) + 0.5)
+    x, y = ds.transform @ (np.asarray(cols, float) + 0.5, np.asarray(rows, float) + 0.5)
     return np.asarray(x, float), np.asarray(y, float)
