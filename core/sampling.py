@@ -314,40 +314,54 @@ def coverage_design(P: np.ndarray, fixed: np.ndarray, n: int, weights: np.ndarra
 # Conditioned Latin hypercube (annealing), must.include and cost
 # ---------------------------------------------------------------------------------------
 class _Clhs:
+    """Strata, counts and the cLHS objective; the existing samples' counts and moment sums
+    are computed once, so each evaluation costs O(n q + q^2)."""
+
     def __init__(self, V: np.ndarray, fixed: np.ndarray, n: int):
         self.V, self.fixed, self.n = V, fixed, n
         self.q = V.shape[1]
         self.total = total = len(fixed) + n
         qs = np.linspace(0, 1, total + 1)[1:-1]
         self.edges = [np.quantile(V[:, v], qs) for v in range(self.q)]
+        self.offset = np.arange(self.q) * total
         self.S = self.strata(V)
         self.S_fixed = self.strata(fixed) if len(fixed) else np.empty((0, self.q), int)
-        self.counts_fixed = np.zeros((self.q, total))
-        for v in range(self.q):
-            self.counts_fixed[v] = np.bincount(self.S_fixed[:, v], minlength=total)
-        self.corr_pool = self._corr(V)
+        self.counts_fixed = self._bincount(self.S_fixed)
+        self.sum_fixed = fixed.sum(axis=0)
+        self.cross_fixed = fixed.T @ fixed
+        self.corr_pool = self._corr(len(V), V.sum(axis=0), V.T @ V)
 
     def strata(self, X: np.ndarray) -> np.ndarray:
         return np.column_stack([np.clip(np.searchsorted(self.edges[v], X[:, v], side="right"),
                                         0, self.total - 1) for v in range(self.q)])
 
-    @staticmethod
-    def _corr(X):
-        if len(X) < 2 or X.shape[1] < 2:
-            return np.zeros((X.shape[1], X.shape[1]))
+    def _bincount(self, S: np.ndarray) -> np.ndarray:
+        return np.bincount((S + self.offset).ravel(),
+                           minlength=self.q * self.total).reshape(self.q, self.total).astype(float)
+
+    def _corr(self, count, total, cross) -> np.ndarray:
+        if count < 2:
+            return np.zeros((self.q, self.q))
+        mean = total / count
+        cov = cross / count - np.outer(mean, mean)
+        sd = np.sqrt(np.clip(np.diag(cov), 0, None))
         with np.errstate(invalid="ignore", divide="ignore"):
-            return np.nan_to_num(np.corrcoef(X.T))
+            return np.nan_to_num(cov / np.outer(sd, sd))
 
     def counts(self, sel) -> np.ndarray:
-        c = self.counts_fixed.copy()
-        for v in range(self.q):
-            c[v] += np.bincount(self.S[sel, v], minlength=self.total)
-        return c
+        return self.counts_fixed + self._bincount(self.S[sel])
+
+    def excess(self, sel) -> np.ndarray:
+        """Per selected site: how over-filled its strata are (sum over variables of count-1)."""
+        c = self.counts(sel)
+        return (c[np.arange(self.q)[None, :], self.S[sel]] - 1).sum(axis=1)
 
     def objective(self, sel, cost_term: float = 0.0) -> float:
         o1 = np.abs(self.counts(sel) - 1).sum()
-        X = np.vstack([self.fixed, self.V[sel]]) if len(self.fixed) else self.V[sel]
-        o3 = np.abs(self._corr(X) - self.corr_pool).sum()
+        X = self.V[sel]
+        corr = self._corr(len(self.fixed) + len(sel), self.sum_fixed + X.sum(axis=0),
+                          self.cross_fixed + X.T @ X)
+        o3 = np.abs(corr - self.corr_pool).sum()
         return float(o1 + 0.5 * o3 + cost_term)
 
 
@@ -391,9 +405,7 @@ def clhs_design(V: np.ndarray, fixed: np.ndarray, n: int, xy: np.ndarray,
             progress.set(it / iterations)
         pos = int(rng.integers(n))
         if rng.random() < 0.5:  # replace the site whose strata are most over-filled
-            c = lhs.counts(sel)
-            excess = np.array([sum(c[v, lhs.S[i, v]] - 1 for v in range(lhs.q)) for i in sel])
-            pos = int(np.argmax(excess))
+            pos = int(np.argmax(lhs.excess(sel)))
         others = np.delete(sel, pos)
         cand = None
         for _ in range(20):
