@@ -313,3 +313,31 @@ def test_processing_samplingdesign_errors_leave_nothing(qgis_app, tmp_path):
                 "INPUT": path, "POINTS": pts, "OUTPUT": str(tmp_path / "sites.gpkg"),
                 "OUTPUT_REPORT": str(tmp_path / "r.html"), **extra})
     assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_sampling_chain_model(qgis_app, tmp_path):
+    """resources/models/sampling_design.model3: fit -> predict -> sampling design, valid, and
+    what scripts/make_model.py writes."""
+    import sys
+    from conftest import ROOT
+    from qgis.core import QgsProcessingModelAlgorithm
+    shipped = os.path.join(ROOT, "resources", "models", "sampling_design.model3")
+    model = QgsProcessingModelAlgorithm()
+    assert model.fromFile(shipped)
+    assert model.validate()[0], model.validate()[1]
+    children = model.childAlgorithms()
+    assert {c: children[c].algorithmId() for c in children} == {
+        "fitpoints": "soilssl:fitpoints", "predictmap": "soilssl:predictmap",
+        "extractfeatures": "soilssl:extractfeatures", "samplingdesign": "soilssl:samplingdesign"}
+    design = children["samplingdesign"].parameterSources()
+    assert design["MODEL"][0].outputChildId() == "fitpoints"
+    assert design["INPUT"][0].outputChildId() == "extractfeatures"
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    try:
+        import make_model
+    finally:
+        sys.path.pop(0)
+    fresh = QgsProcessingModelAlgorithm()
+    assert make_model.build_sampling().toFile(str(tmp_path / "fresh.model3"))
+    assert fresh.fromFile(str(tmp_path / "fresh.model3"))
+    assert fresh.toVariant() == model.toVariant()  # regenerate: scripts/make_model.py
