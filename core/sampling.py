@@ -124,6 +124,27 @@ class Scan:
     cov_names: List[str]
 
 
+def tile_values(ds, rows: np.ndarray, cols: np.ndarray, covs: Sequence[_OnGrid] = ()):
+    """Features (n, D), validity (n,) and covariates (n, q) of the tiles (rows, cols),
+    read by row windows (one read per window, not per point)."""
+    n = len(rows)
+    feats = np.full((n, ds.count), np.nan, np.float32)
+    ok = np.zeros(n, bool)
+    cov = np.full((n, sum(c.count for c in covs)), np.nan)
+    for win in _row_windows(ds):
+        r0 = int(win.row_off)
+        sel = (rows >= r0) & (rows < r0 + int(win.height))
+        if not sel.any():
+            continue
+        rr, cc = rows[sel] - r0, cols[sel]
+        block = ds.read(window=win).astype(np.float32, copy=False)
+        feats[sel] = block[:, rr, cc].T
+        ok[sel] = _valid(ds, block, win)[rr, cc]
+        if covs:
+            cov[sel] = np.concatenate([g.read(win)[:, rr, cc] for g in covs]).T
+    return feats, ok, cov
+
+
 def _sample_rate(total: int, keep: int) -> float:
     return min(1.0, 1.5 * keep / max(1, total))
 
@@ -155,7 +176,9 @@ def scan(ds, cost: Optional[_OnGrid], covs: Sequence[_OnGrid], exclude: Optional
             cov = np.concatenate([c.read(win) for c in covs])
             allowed &= np.isfinite(cov).all(axis=0)
         r0, c0 = int(win.row_off), int(win.col_off)
-        allowed &= ~taken[r0:r0 + int(win.height), c0:c0 + int(win.width)]
+        if len(taken):  # tiles that hold an existing sample (linear indices, sorted)
+            rr, cc = np.indices(ok.shape)
+            allowed &= ~np.isin((rr + r0) * ds.width + cc + c0, taken)
         n_valid += int(ok.sum())
         n_cand += int(allowed.sum())
         pick = allowed & (rng.random(ok.shape) < rate_c)
@@ -515,6 +538,9 @@ def model_values(model: dict, feats: np.ndarray, level: float = 0.9,
         width = _interval_width(model, t, feats, level)
         if width is not None:
             out[f"width_{t}"] = width
+        else:
+            progress.info(f"{t}: the model holds no prediction-interval calibration (CV "
+                          f"residuals): no interval width at the sites.")
     return out
 
 
@@ -596,20 +622,9 @@ def sampling_design(features: str, points_xy, points_crs=None, n: int = 20,
             places = None
             if exclude:
                 places = Places(exclude, exclude_crs, ds, "exclusion")
-            taken = np.zeros((ds.height, ds.width), bool)
-            taken[pr[inside], pc[inside]] = True
+            taken = np.unique(pr[inside] * ds.width + pc[inside])
             # existing samples: their tiles' features (and covariates)
-            ex_feats, ex_cov, ex_ok = [], [], []
-            for r, c in zip(pr[inside], pc[inside]):
-                win = Window(int(c), int(r), 1, 1)
-                block = ds.read(window=win).astype(np.float32)
-                ok = bool(_valid(ds, block, win)[0, 0])
-                cv = np.concatenate([g.read(win)[:, 0, 0] for g in covs]) if covs else \
-                    np.empty(0)
-                ex_feats.append(block[:, 0, 0])
-                ex_cov.append(cv)
-                ex_ok.append(ok)
-            ex_ok = np.asarray(ex_ok)
+            ex_feats, ex_ok, ex_cov = tile_values(ds, pr[inside], pc[inside], covs)
             if ex_ok.sum() < 4:
                 raise InputError(f"Only {int(ex_ok.sum())} existing sample point(s) lie on valid "
                                  f"tiles of the feature raster: the area of applicability "
@@ -620,8 +635,8 @@ def sampling_design(features: str, points_xy, points_crs=None, n: int = 20,
             if (~inside).any():
                 progress.info(f"{int((~inside).sum())} existing point(s) lie outside the "
                               f"feature raster; they only count for the spacing.")
-            X_ex = np.asarray(ex_feats, np.float64)[ex_ok]
-            cov_ex = np.asarray(ex_cov, np.float64).reshape(len(ex_ok), -1)[ex_ok]
+            X_ex = ex_feats[ex_ok].astype(np.float64)
+            cov_ex = ex_cov[ex_ok]
             xy_ex = np.column_stack(pixel_centres(ds, pr[inside], pc[inside]))[ex_ok]
             xy_all = np.column_stack([px, py])
             progress.info("Scanning the feature raster for candidate tiles...")

@@ -4,7 +4,9 @@ For each set: a randomly initialised ViT-Tiny (seeded; no weights can be downloa
 gives a feature raster of the set's image (tiles 32 px), then soilssl.core.sampling designs
 N new sites by each METHOD (the set's covariate rasters as COVARIATES) and compares the share
 of tiles inside the area of applicability (AOA) before, with the design, with 20 random
-designs of N sites (mean ± std) and with cLHS on the covariates alone.  Prints a Markdown
+designs of N sites (mean ± std) and with cLHS on the covariates alone, for three scenarios of
+existing samples: all the set's points, 60 of them at random, and the 60 nearest to one
+point (a survey that covered one part of the area).  Prints a Markdown
 table and writes eval_out/sampling.json.
 
   .venv/bin/python scripts/eval_sampling.py [--n 20] [--sets demo eberg ...]
@@ -49,6 +51,25 @@ def read_points(path):
     return (xs, ys), srs.ExportToWkt()
 
 
+def subset(xy, how, seed=0):
+    """The existing samples of a scenario: all points; random:K, K of them at random (a
+    sparse survey); cluster:K, the K points nearest to a random one (a survey that covered
+    one part of the area)."""
+    import numpy as np
+    xs, ys = np.asarray(xy[0]), np.asarray(xy[1])
+    if how == "all":
+        return xs, ys
+    kind, k = how.split(":")
+    k = min(int(k), len(xs))
+    rng = np.random.default_rng(seed)
+    if kind == "random":
+        keep = rng.choice(len(xs), k, replace=False)
+    else:
+        i = rng.integers(len(xs))
+        keep = np.argsort(np.hypot(xs - xs[i], ys - ys[i]))[:k]
+    return xs[keep], ys[keep]
+
+
 def features(name, image, stride, out):
     import torch
     from soilssl.core.backbone import create_model, load_backbone, save_backbone
@@ -71,31 +92,38 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=20)
     ap.add_argument("--sets", nargs="*", default=list(SETS))
+    ap.add_argument("--scenarios", nargs="*", default=["all", "random:60", "cluster:60"])
     ap.add_argument("--methods", nargs="*", default=["coverage", "clhs"])
     ap.add_argument("--out", default=os.path.join(ROOT, "eval_out"))
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
+    from soilssl.core.progress import Progress
     from soilssl.core.sampling import sampling_design
     rows = []
     for name in args.sets:
         image, pts, covs, stride = SETS[name]
         feats = features(name, image, stride, args.out)
-        xy, crs = read_points(pts)
-        for method in args.methods:
+        points, crs = read_points(pts)
+        for scenario, method in [(sc, m) for sc in args.scenarios for m in args.methods]:
+            xy = subset(points, scenario)
             t0 = time.time()
+            log = Progress(on_info=lambda m, t0=t0: print(f"  [{time.time() - t0:6.1f} s] {m}",
+                                                        flush=True))
             d = sampling_design(feats, xy, crs, n=args.n, covariates=covs, method=method,
-                                seed=0)
+                                seed=0, progress=log)
             s = d.summary
-            s.update(set=name, seconds=round(time.time() - t0, 1))
+            s.update(set=name, scenario=scenario, seconds=round(time.time() - t0, 1))
             rows.append(s)
-            print(f"{name} {method}: {s['aoa_before']:.1%} -> {s['aoa_after']:.1%}; random "
+            print(f"{name} {scenario} {method}: {s['aoa_before']:.1%} -> {s['aoa_after']:.1%}; random "
                   f"{s['aoa_random_mean']:.1%} ± {s['aoa_random_std']:.1%}; ratio "
                   f"{s['growth_ratio']:.2f} ({s['seconds']} s)", flush=True)
-    print("\n| set | method | existing | valid tiles | AOA now | + design | + random (20) | "
-          "+ cLHS covariates | growth ratio |\n|---|---|---|---|---|---|---|---|---|")
+    print("\n| set | existing samples | method | on valid tiles | valid tiles | AOA now | "
+          "+ design | + random (20) | + cLHS covariates | growth ratio |\n"
+          "|---|---|---|---|---|---|---|---|---|---|")
     for s in rows:
         cov = "" if s["aoa_covariate_clhs"] is None else f"{s['aoa_covariate_clhs']:.1%}"
-        print(f"| {s['set']} | {s['method']} | {s['existing']} | {s['valid_tiles']} | "
+        print(f"| {s['set']} | {s['scenario']} | {s['method']} | {s['existing']} | "
+              f"{s['valid_tiles']} | "
               f"{s['aoa_before']:.1%} | {s['aoa_after']:.1%} | {s['aoa_random_mean']:.1%} ± "
               f"{s['aoa_random_std']:.1%} | {cov} | {s['growth_ratio']:.2f}× |")
     with open(os.path.join(args.out, "sampling.json"), "w") as f:
