@@ -346,7 +346,7 @@ ALGS["similaritymap"] = (
     ["FEATURES", "REFERENCES", "THRESHOLD", "CENTRE", "OUTPUT_SIMILARITY", "OUTPUT_MASK"],
 )
 ALGS["samplingdesign"] = (
-    "Sampling design (where to sample next)",
+    "Sampling design (next sites)",
     "Proposes N new soil sample sites on a feature raster where they make the map most "
     "trustworthy: in the parts of the landscape (in ViT feature space) that the existing "
     "samples do not represent. The log and the report say how much the area of applicability "

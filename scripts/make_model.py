@@ -157,14 +157,14 @@ def build():
 
 SAMPLING_OUTPUT = os.path.join(ROOT, "resources", "models", "sampling_design.model3")
 SAMPLING_LAYOUT = {
-    "raster": (140, 60), "backbone": (140, 200), "points": (140, 700), "fields": (140, 760),
-    "level": (140, 400), "n_sites": (140, 860), "min_distance": (140, 920),
-    "extractfeatures": (600, 160), "fitpoints": (600, 560), "fitpoints:soil_model": (950, 640),
-    "fitpoints:cv_report": (950, 700), "predictmap": (1300, 360),
-    "predictmap:soil_map": (1650, 240), "predictmap:expected_error": (1650, 300),
-    "predictmap:lower": (1650, 360), "predictmap:upper": (1650, 420),
-    "predictmap:aoa": (1650, 480), "samplingdesign": (1300, 800),
-    "samplingdesign:sites": (1650, 760), "samplingdesign:design_report": (1650, 820),
+    "points": (140, 60), "fields": (140, 120), "raster": (140, 220), "backbone": (140, 280),
+    "level": (140, 700), "n_sites": (140, 780), "min_distance": (140, 840),
+    "fitpoints": (600, 180), "fitpoints:soil_model": (950, 60),
+    "fitpoints:cv_report": (950, 120), "extractfeatures": (600, 600), "predictmap": (1300, 300),
+    "predictmap:soil_map": (1650, 180), "predictmap:expected_error": (1650, 240),
+    "predictmap:lower": (1650, 300), "predictmap:upper": (1650, 360),
+    "predictmap:aoa": (1650, 420), "samplingdesign": (1300, 720),
+    "samplingdesign:sites": (1650, 680), "samplingdesign:design_report": (1650, 740),
 }
 # predictmap's expected error and interval outputs (issue 13, parts 2-3)
 TRUST_OUTPUTS = [("expected_error", "OUTPUT_ERROR", "Expected error (RMSE)"),
@@ -213,8 +213,8 @@ def build_sampling():
          "Level of the prediction intervals (0.9: the true value lies inside 9 times in 10)."),
         (QgsProcessingParameterNumber("n_sites", "New sample sites", integer, 20, minValue=1),
          "How many new sites to propose."),
-        (QgsProcessingParameterNumber("min_distance", "Minimum distance between sites (map "
-                                      "units)", double, 0.0, minValue=0.0),
+        (QgsProcessingParameterNumber("min_distance", "Site spacing (map units)", double,
+                                      0.0, minValue=0.0),
          "Spacing between new sites and from the existing samples."),
     ]
     help_content = {"ALG_DESC": (
