@@ -771,6 +771,17 @@ def sampling_design(features: str, points_xy, points_crs=None, n: int = 20,
                   summary, crs, P_c[idx], P_ex, P_map)
 
 
+def ratio_text(s: dict) -> str:
+    """The growth ratio in words where it is not a number."""
+    if math.isfinite(s["growth_ratio"]):
+        return f"{s['growth_ratio']:.2f}×"
+    if s["aoa_before"] >= 1.0:
+        return "— (every tile is already inside the AOA)"
+    if s["growth"] > 0:
+        return "— (the design grows the AOA, random designs do not)"
+    return "— (neither grows the AOA)"
+
+
 def format_summary(s: dict) -> str:
     """The AOA comparison as log lines."""
     lines = [f"Share of the valid tiles inside the area of applicability ({s['n']} new sites, "
@@ -781,7 +792,7 @@ def format_summary(s: dict) -> str:
         lines.append(f"  + random sites ({len(s['aoa_random'])} draws): "
                      f"{s['aoa_random_mean']:.1%} ± {s['aoa_random_std']:.1%} "
                      f"(growth {s['random_growth']:+.1%})")
-        lines.append(f"  design growth / mean random growth: {s['growth_ratio']:.2f}x")
+        lines.append(f"  design growth / mean random growth: {ratio_text(s)}")
     if s["aoa_covariate_clhs"] is not None:
         lines.append(f"  + cLHS on the covariates alone: {s['aoa_covariate_clhs']:.1%} "
                      f"(growth {s['aoa_covariate_clhs'] - s['aoa_before']:+.1%})")
@@ -806,7 +817,6 @@ def write_design_report(path: str, design: Design, title: str = "SoilSSL samplin
     table = "<table><tr><th>reference</th><th>share inside AOA</th><th>growth</th></tr>" + \
         "".join(f"<tr><td>{html.escape(a)}</td><td>{b:.1%}</td><td>{c}</td></tr>"
                 for a, b, c in rows) + "</table>"
-    ratio = s["growth_ratio"]
     parts = [f"<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
              f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>",
              f"<p>{s['valid_tiles']} valid tiles, {s['candidate_tiles']} candidates, "
@@ -817,7 +827,7 @@ def write_design_report(path: str, design: Design, title: str = "SoilSSL samplin
              f"{', cost-constrained' if s['cost'] else ''}.</p>",
              "<h2>Area of applicability if the sites were sampled</h2>", table,
              f"<p>Growth of the design / mean growth of random designs: "
-             f"<b>{ratio:.2f}×</b>.</p>" if math.isfinite(ratio) else "",
+             f"<b>{html.escape(ratio_text(s))}</b>.</p>" if s["aoa_random"] else "",
              "<p class='note'>The proposed sites' features are added to the existing samples' "
              "dissimilarity-index reference (each site in the spatial fold of its nearest "
              "sample) and the AOA (Meyer &amp; Pebesma 2021) is recomputed over a sample of "

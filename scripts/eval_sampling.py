@@ -98,7 +98,7 @@ def main():
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     from soilssl.core.progress import Progress
-    from soilssl.core.sampling import sampling_design
+    from soilssl.core.sampling import ratio_text, sampling_design
     rows = []
     for name in args.sets:
         image, pts, covs, stride = SETS[name]
@@ -116,7 +116,7 @@ def main():
             rows.append(s)
             print(f"{name} {scenario} {method}: {s['aoa_before']:.1%} -> {s['aoa_after']:.1%}; random "
                   f"{s['aoa_random_mean']:.1%} ± {s['aoa_random_std']:.1%}; ratio "
-                  f"{s['growth_ratio']:.2f} ({s['seconds']} s)", flush=True)
+                  f"{ratio_text(s)} ({s['seconds']} s)", flush=True)
     print("\n| set | existing samples | method | on valid tiles | valid tiles | AOA now | "
           "+ design | + random (20) | + cLHS covariates | growth ratio |\n"
           "|---|---|---|---|---|---|---|---|---|---|")
@@ -125,7 +125,7 @@ def main():
         print(f"| {s['set']} | {s['scenario']} | {s['method']} | {s['existing']} | "
               f"{s['valid_tiles']} | "
               f"{s['aoa_before']:.1%} | {s['aoa_after']:.1%} | {s['aoa_random_mean']:.1%} ± "
-              f"{s['aoa_random_std']:.1%} | {cov} | {s['growth_ratio']:.2f}× |")
+              f"{s['aoa_random_std']:.1%} | {cov} | {ratio_text(s)} |")
     with open(os.path.join(args.out, "sampling.json"), "w") as f:
         json.dump(rows, f, indent=1, default=float)
 
