@@ -15,10 +15,11 @@ valid tiles.
   move, so they go where no existing sample represents the landscape.  Candidates outside
   the area of applicability (AOA) of the existing samples weigh ``OUTSIDE_WEIGHT`` (4),
   those inside 1, so the centres are pulled towards where the map cannot be trusted (a
-  weight growing with DI did worse on the evaluation sets: it chases a few outliers).  Each centre becomes the
-  candidate tile nearest to it in PC space (plus ``cost_weight`` x its cost scaled 0..1,
-  in units of the cluster's RMS radius), heaviest clusters first, at least
-  ``min_distance`` (map units) from existing samples and from sites already placed.
+  weight growing with DI did worse on the evaluation sets: it chases a few outliers).
+  Each centre becomes the candidate tile nearest to it in PC space (plus ``cost_weight``
+  x its cost scaled 0..1, in units of the cluster's RMS radius), heaviest clusters
+  first, at least ``min_distance`` (map units) from existing samples and from sites
+  already placed.
 * ``clhs``: conditioned Latin hypercube sampling (Minasny & McBratney 2006) on the PCs
   plus the covariates, by simulated annealing: strata are the quantiles of the
   candidates for the N + existing sample size; the existing samples are kept (as
@@ -719,7 +720,8 @@ def sampling_design(features: str, points_xy, points_crs=None, n: int = 20,
     idx = np.asarray(idx)
     di_s, in_s = di_c[idx], inside_c[idx]
     reasons = [f"{'outside' if not ok else 'inside'} the AOA (DI {d:.2f} "
-               f"{'>' if not ok else '<='} {thr:.2f}); {r}" for d, ok, r in zip(di_s, in_s, reasons)]
+               f"{'>' if not ok else '<='} {thr:.2f}); {r}"
+               for d, ok, r in zip(di_s, in_s, reasons)]
     # AOA growth: the design, random designs, cLHS on the covariates alone
     progress.info("Measuring the AOA growth of the design and of random designs...")
     sub = progress.sub(0.7, 0.97)
@@ -822,7 +824,8 @@ def write_design_report(path: str, design: Design, title: str = "SoilSSL samplin
              f"<p>{s['valid_tiles']} valid tiles, {s['candidate_tiles']} candidates, "
              f"{s['existing']} existing samples; feature space: {s['pcs']} principal components "
              f"({s['explained_variance']:.0%} of the variance)"
-             f"{', covariates ' + html.escape(', '.join(s['covariates'])) if s['covariates'] else ''}"
+             + (", covariates " + html.escape(", ".join(s["covariates"])) if s["covariates"]
+                else "") +
              f". Minimum spacing {s['min_distance']:g} map units"
              f"{', cost-constrained' if s['cost'] else ''}.</p>",
              "<h2>Area of applicability if the sites were sampled</h2>", table,

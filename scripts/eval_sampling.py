@@ -114,7 +114,8 @@ def main():
             s = d.summary
             s.update(set=name, scenario=scenario, seconds=round(time.time() - t0, 1))
             rows.append(s)
-            print(f"{name} {scenario} {method}: {s['aoa_before']:.1%} -> {s['aoa_after']:.1%}; random "
+            print(f"{name} {scenario} {method}: {s['aoa_before']:.1%} -> {s['aoa_after']:.1%}; "
+                  f"random "
                   f"{s['aoa_random_mean']:.1%} ± {s['aoa_random_std']:.1%}; ratio "
                   f"{ratio_text(s)} ({s['seconds']} s)", flush=True)
     print("\n| set | existing samples | method | on valid tiles | valid tiles | AOA now | "
