@@ -88,6 +88,33 @@ def features(name, image, stride, out):
     return path
 
 
+def similarity_demo(out):
+    """Similarity map on the demo: for each land cover, 5 of its points as references; the
+    mean similarity at its other points and at the other classes' points."""
+    feats = features("demo", SETS["demo"][0], SETS["demo"][3], out)
+    import numpy as np
+    import rasterio
+    from osgeo import ogr
+    from rasterio.warp import transform
+    from soilssl.core.similarity import similarity_map
+    source = ogr.Open(SETS["demo"][1])  # the layer lives as long as its data source
+    pts = [(f.GetGeometryRef().GetX(), f.GetGeometryRef().GetY(), f.GetField("landcover"))
+           for f in source.GetLayer()]
+    labels = np.array([p[2] for p in pts])
+    rng = np.random.default_rng(0)
+    for cls in sorted(set(labels)):
+        mine = np.flatnonzero(labels == cls)
+        refs = [{"type": "Point", "coordinates": pts[i][:2]}
+                for i in rng.choice(mine, 5, replace=False)]
+        s = similarity_map(feats, os.path.join(out, f"similarity_{cls}.tif"), refs, "EPSG:4326")
+        with rasterio.open(s["output"]) as r:
+            xs, ys = transform("EPSG:4326", r.crs, [p[0] for p in pts], [p[1] for p in pts])
+            vals = np.array([v[0] for v in r.sample(zip(xs, ys))])
+        ok = vals > -9999
+        print(f"| {cls} | {vals[ok & (labels == cls)].mean():.2f} | "
+              f"{vals[ok & (labels != cls)].mean():.2f} |")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=20)
@@ -95,8 +122,11 @@ def main():
     ap.add_argument("--scenarios", nargs="*", default=["all", "random:60", "cluster:60"])
     ap.add_argument("--methods", nargs="*", default=["coverage", "clhs"])
     ap.add_argument("--out", default=os.path.join(ROOT, "eval_out"))
+    ap.add_argument("--similarity", action="store_true", help="the similarity check instead")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
+    if args.similarity:
+        return similarity_demo(args.out)
     from soilssl.core.progress import Progress
     from soilssl.core.sampling import ratio_text, sampling_design
     rows = []
