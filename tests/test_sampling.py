@@ -293,6 +293,10 @@ def test_processing_run_samplingdesign(qgis_app, tmp_path):
     ys_out = [f.geometry().asPoint().y() for f in layer.getFeatures()]
     assert len(set(unit_at(unit, xs_out, ys_out).tolist()) - {0}) == 3
     assert os.path.exists(out["OUTPUT_REPORT"])
+    from soilssl.algorithms.styles import sites_style
+    sites_style(layer)  # what Processing applies when it loads the layer
+    assert layer.renderer().type() == "singleSymbol" and layer.labelsEnabled()
+    assert layer.labeling().settings().fieldName == "rank"
     assert out["AOA_AFTER"] > out["AOA_BEFORE"]
 
 

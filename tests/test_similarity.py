@@ -128,6 +128,16 @@ def test_processing_run_similaritymap(qgis_app, tmp_path):
         assert ds.read(1)[3, 3] == 1
     assert out["REFERENCE_TILES"] == 1 and out["SIMILAR_TILES"] >= 1
     assert os.path.exists(str(tmp_path / "sim.qml"))  # styled: sidecar style
+    from qgis.core import QgsRasterLayer
+    sim_layer = QgsRasterLayer(out["OUTPUT"], "sim")  # the renderer lives with its layer
+    styled = sim_layer.renderer()
+    assert styled.type() == "singlebandpseudocolor"
+    valid = sim[sim > -9999]
+    assert styled.classificationMin() == pytest.approx(valid.min(), abs=1e-4)
+    assert styled.classificationMax() == pytest.approx(valid.max(), abs=1e-4)
+    mask_layer = QgsRasterLayer(out["OUTPUT_MASK"], "mask")
+    mask = mask_layer.renderer()
+    assert mask.type() == "paletted" and [c.value for c in mask.classes()] == [0, 1]
     with pytest.raises(QgsProcessingException, match="needs a THRESHOLD"):
         processing.run("soilssl:similaritymap", {
             "INPUT": path, "REFERENCES": refs, "OUTPUT": str(tmp_path / "sim2.tif"),
