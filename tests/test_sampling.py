@@ -83,6 +83,20 @@ def test_coverage_weights_pull_towards_heavy_tiles():
     assert P[res["index"][0], 0] > 8  # the weighted mean lies in the heavy group
 
 
+def test_coverage_prefers_cheap_tiles_of_a_cluster():
+    from soilssl.core.sampling import coverage_design
+    rng = np.random.default_rng(0)
+    P = np.r_[rng.normal(0, 0.1, 50), rng.normal(10, 1.0, 50)][:, None]
+    xy = np.column_stack([np.arange(100.0), np.zeros(100)])
+    cost = np.where(np.arange(100) % 2 == 0, 100.0, 1.0)  # every other tile is costly
+    fixed = np.zeros((1, 1))
+    free = coverage_design(P, fixed, 1, np.ones(100), xy, np.ones(100, bool))
+    paid = coverage_design(P, fixed, 1, np.ones(100), xy, np.ones(100, bool), cost=cost)
+    assert P[free["index"][0], 0] > 7 and P[paid["index"][0], 0] > 7  # the uncovered cluster
+    assert cost[free["index"][0]] == 100.0 and cost[paid["index"][0]] == 1.0
+    assert abs(P[paid["index"][0], 0] - paid["centres"][0, 0]) < 1.5  # near its centre still
+
+
 def test_min_distance_respected_and_impossible():
     from soilssl.core.errors import InputError
     from soilssl.core.sampling import clhs_design, coverage_design
