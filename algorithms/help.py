@@ -343,3 +343,81 @@ ALGS["fitpoints"][2].insert(ALGS["fitpoints"][2].index("TARGET_TYPE") + 1, "CLAS
 ALGS["predictmap"][2].append("OUTPUT_PROBABILITY")
 PARAMS["OUTPUT_POINTS"] += (" For a class target: the predicted class name and its "
                             "probability per method.")
+
+# ---------------------------------------------------------------------------------------------
+# Trust and act on the map (issue 13 parts 5-6): Similarity map and Sampling design.  One block,
+# like the one above, so that other branches' help edits do not meet it.
+# ---------------------------------------------------------------------------------------------
+PARAMS.update({
+    "REFERENCES": "Reference places: points (the tile each falls in) or polygons (every tile "
+                  "they touch), in any CRS; with 'Selected features only' a few pits or one "
+                  "field of a larger layer.",
+    "THRESHOLD": "Optional: tiles with a similarity at or above it are 1 in the mask output "
+                 "(cosine similarity, -1..1; with CENTRE, 0.5 is already close).",
+    "CENTRE": "Subtract the scene's mean feature from every feature first (recommended): raw "
+              "ViT features share a large common part, so their plain cosines all lie near 1.",
+    "OUTPUT_SIMILARITY": "Cosine similarity of each tile's feature to the references' mean "
+                         "feature (float32, -1..1, nodata -9999), on the feature raster's grid.",
+    "OUTPUT_MASK": "Optional 1/0 mask of the tiles at or above THRESHOLD (255 = nodata).",
+    "POINTS_EXISTING": "The soil samples you already have (any CRS). Their tiles' features "
+                       "are the reference of the area of applicability; new sites keep "
+                       "MIN_DISTANCE from them.",
+    "N": "How many new sites to propose.",
+    "MIN_DISTANCE": "Minimum distance, in the feature raster's map units, between two new "
+                    "sites and between a new site and an existing sample (0 = only never "
+                    "on a sampled tile).",
+    "METHOD_DESIGN": "coverage: K-means in the space of the leading feature principal "
+                     "components with the existing samples as fixed centres (as spcosa does "
+                     "with prior points); tiles outside the area of applicability weigh "
+                     "more, so sites go where the map cannot be trusted. clhs: conditioned "
+                     "Latin hypercube on the same components plus COVARIATES, keeping the "
+                     "existing samples (as clhs must.include), cost-constrained with COST "
+                     "(Roudier et al. 2012).",
+    "COST": "Optional cost or access raster (e.g. travel time), any grid and CRS; averaged "
+            "over each tile. Nodata = inaccessible: no site goes there. Sites prefer cheap "
+            "tiles by COST_WEIGHT.",
+    "EXCLUDE": "Optional polygons where no site may go (buildings, protected areas...).",
+    "COVARIATES": "Optional covariate rasters (DEM, EC, climate...), any grid and CRS, "
+                  "averaged over each tile: cLHS stratifies them with the feature components, "
+                  "and the report compares with cLHS on the covariates alone.",
+    "MODEL_DESIGN": "Optional model from Fit soil heads fitted with the feature raster's "
+                    "backbone: each site gets its predicted value (pred_), the spread of the "
+                    "fold models (spread_) and, for models with prediction intervals, the "
+                    "width of the LEVEL interval (width_).",
+    "LEVEL_DESIGN": "Level of the prediction intervals whose width is given (MODEL).",
+    "COST_WEIGHT": "Weight of the cost (scaled 0..1) against feature-space coverage or the "
+                   "cLHS objective; 0 = cost only excludes nodata tiles.",
+    "N_PCS": "Principal components of the features that span the design's feature space.",
+    "N_RANDOM": "Random designs of N sites (same spacing) the AOA growth is compared with.",
+    "OUTPUT_SITES": "The proposed sites (tile centres) with rank (1 = the most dissimilar to "
+                    "the existing samples: sample first), di (dissimilarity index before "
+                    "sampling), inside_aoa, cost, the model's values and the reason for each.",
+    "OUTPUT_REPORT_DESIGN": "Optional HTML report: share of the tiles inside the area of "
+                            "applicability now, with the proposed sites, with random sites "
+                            "(mean ± std) and with cLHS on the covariates alone; the sites in "
+                            "feature space.",
+})
+ALIASES.update({"OUTPUT_SIMILARITY": "OUTPUT", "POINTS_EXISTING": "POINTS",
+                "METHOD_DESIGN": "METHOD", "MODEL_DESIGN": "MODEL", "LEVEL_DESIGN": "LEVEL",
+                "OUTPUT_SITES": "OUTPUT", "OUTPUT_REPORT_DESIGN": "OUTPUT_REPORT"})
+ALGS["similaritymap"] = (
+    "Similarity map",
+    "Where else does the landscape look like this pit or this field? Averages the features of "
+    "the tiles under the reference points or polygons and maps the cosine similarity of every "
+    "tile of a feature raster to that mean, window by window (rasters of any size), with an "
+    "optional mask of the tiles above THRESHOLD.",
+    ["FEATURES", "REFERENCES", "THRESHOLD", "CENTRE", "OUTPUT_SIMILARITY", "OUTPUT_MASK"],
+)
+ALGS["samplingdesign"] = (
+    "Sampling design (next sites)",
+    "Proposes N new soil sample sites on a feature raster where they make the map most "
+    "trustworthy: in the parts of the landscape (in ViT feature space) that the existing "
+    "samples do not represent. The log and the report say how much the area of applicability "
+    "(AOA) would grow if the sites were sampled (their features join the existing samples' "
+    "dissimilarity reference and the AOA is recomputed), against random designs of the same "
+    "size and, with covariates, cLHS on the covariates alone. Sites are tile centres, at "
+    "least MIN_DISTANCE apart, outside EXCLUDE and where COST has a value.",
+    ["FEATURES", "POINTS_EXISTING", "N", "MIN_DISTANCE", "METHOD_DESIGN", "COST", "EXCLUDE",
+     "COVARIATES", "MODEL_DESIGN", "LEVEL_DESIGN", "COST_WEIGHT", "N_PCS", "N_RANDOM", "SEED",
+     "OUTPUT_SITES", "OUTPUT_REPORT_DESIGN"],
+)

@@ -5,7 +5,9 @@ from .fitpoints import FitPoints
 from .maps import ClusterMap, PcaMap
 from .predictmap import PredictMap
 from .pretrain import Pretrain
+from .sampling import SamplingDesign
+from .similarity import SimilarityMap
 from .tools import ClearCache
 
 ALGORITHMS = [ExtractFeatures, ClusterMap, PcaMap, Pretrain, FitPoints, PredictMap,
-              DownloadBackbone, ClearCache]
+              DownloadBackbone, ClearCache, SimilarityMap, SamplingDesign]

@@ -19,6 +19,8 @@ from qgis.core import (QgsCategorizedSymbolRenderer, QgsContrastEnhancement,
                        QgsRasterLayer, QgsRendererRange, QgsSingleBandGrayRenderer, QgsStyle,
                        QgsSymbol)
 
+from qgis.PyQt.QtGui import QColor
+
 from .base import PLUGIN_DIR
 
 STYLES = os.path.join(PLUGIN_DIR, "resources", "styles")
@@ -212,6 +214,26 @@ def residual_style(field):
         renderer.setSourceColorRamp(ramp)
         _install(layer, renderer)
     return style
+
+
+def sites_style(layer):
+    """Proposed sample sites: red stars labelled with their rank (1 = sample first)."""
+    from qgis.core import (QgsPalLayerSettings, QgsSingleSymbolRenderer,
+                           QgsVectorLayerSimpleLabeling)
+    symbol = QgsSymbol.defaultSymbol(layer.geometryType())
+    symbol.setColor(QColor("#d7191c"))
+    layer_symbol = symbol.symbolLayer(0)
+    if hasattr(layer_symbol, "setShape"):
+        from qgis.core import QgsSimpleMarkerSymbolLayerBase
+        layer_symbol.setShape(QgsSimpleMarkerSymbolLayerBase.Star)
+        layer_symbol.setSize(4.0)
+    _install(layer, QgsSingleSymbolRenderer(symbol))
+    if layer.fields().indexOf("rank") >= 0:
+        settings = QgsPalLayerSettings()
+        settings.fieldName = "rank"
+        settings.enabled = True
+        layer.setLabeling(QgsVectorLayerSimpleLabeling(settings))
+        layer.setLabelsEnabled(True)
 
 
 # -- wiring --------------------------------------------------------------------------

@@ -1,4 +1,6 @@
-"""Writes resources/models/soil_mapping.model3, the SoilSSL chain for the graphical modeler.
+"""Writes resources/models/soil_mapping.model3, the SoilSSL chain for the graphical modeler,
+and resources/models/sampling_design.model3 (fit -> predict with error and intervals ->
+sampling design, see build_sampling).
 
     .venv/bin/python scripts/make_model.py [OUTPUT] [--png PICTURE]
 
@@ -153,6 +155,132 @@ def build():
     return model
 
 
+SAMPLING_OUTPUT = os.path.join(ROOT, "resources", "models", "sampling_design.model3")
+SAMPLING_LAYOUT = {
+    "points": (140, 60), "fields": (140, 120), "raster": (140, 220), "backbone": (140, 280),
+    "level": (140, 700), "n_sites": (140, 780), "min_distance": (140, 840),
+    "fitpoints": (600, 180), "fitpoints:soil_model": (950, 60),
+    "fitpoints:cv_report": (950, 120), "extractfeatures": (600, 600), "predictmap": (1300, 300),
+    "predictmap:soil_map": (1650, 180), "predictmap:expected_error": (1650, 240),
+    "predictmap:lower": (1650, 300), "predictmap:upper": (1650, 360),
+    "predictmap:aoa": (1650, 420), "samplingdesign": (1300, 720),
+    "samplingdesign:sites": (1650, 680), "samplingdesign:design_report": (1650, 740),
+}
+# predictmap's expected error and interval outputs (issue 13, parts 2-3)
+TRUST_OUTPUTS = [("expected_error", "OUTPUT_ERROR", "Expected error (RMSE)"),
+                 ("lower", "OUTPUT_LOWER", "Prediction interval: lower bound"),
+                 ("upper", "OUTPUT_UPPER", "Prediction interval: upper bound")]
+
+
+def build_sampling():
+    """The chain "fit -> predict with error and intervals -> sampling design" (needs a running
+    QgsApplication with the SoilSSL provider registered):
+
+        raster, backbone, points --> soilssl:fitpoints --> soilssl:predictmap (prediction,
+            expected error, LEVEL interval, AOA)
+        raster, backbone --> soilssl:extractfeatures --> soilssl:samplingdesign (with the
+            points and the fitted model: the N sites where the map most needs samples)
+
+    predictmap's OUTPUT_ERROR/OUTPUT_LOWER/OUTPUT_UPPER and LEVEL join the chain where this
+    SoilSSL's predictmap has them."""
+    from qgis.core import (QgsApplication, QgsProcessing, QgsProcessingModelAlgorithm,
+                           QgsProcessingModelChildAlgorithm,
+                           QgsProcessingModelChildParameterSource as Src,
+                           QgsProcessingModelOutput, QgsProcessingModelParameter,
+                           QgsProcessingParameterFeatureSource, QgsProcessingParameterField,
+                           QgsProcessingParameterFile, QgsProcessingParameterNumber,
+                           QgsProcessingParameterRasterLayer)
+    from qgis.PyQt.QtCore import QPointF, QSizeF
+    from soilssl.algorithms.help import REFERENCE
+    predict = QgsApplication.processingRegistry().algorithmById("soilssl:predictmap")
+    trust = [o for o in TRUST_OUTPUTS if predict.parameterDefinition(o[1]) is not None]
+    has_level = predict.parameterDefinition("LEVEL") is not None
+    model = QgsProcessingModelAlgorithm("sampling_design", "SoilSSL")
+    integer, double = QgsProcessingParameterNumber.Integer, QgsProcessingParameterNumber.Double
+    inputs = [
+        (QgsProcessingParameterRasterLayer("raster", "Image raster"),
+         "The scene to map (e.g. resources/demo/rgb.tif)."),
+        (QgsProcessingParameterFile("backbone", "Backbone checkpoint"),
+         "A SoilSSL checkpoint (from Pretrain backbone) or any backbone file."),
+        (QgsProcessingParameterFeatureSource("points", "Soil sample points",
+                                             [QgsProcessing.TypeVectorPoint]),
+         "The existing soil samples (any CRS)."),
+        (QgsProcessingParameterField("fields", "Soil properties", "ph_h2o", "points",
+                                     QgsProcessingParameterField.Any, True),
+         "Numeric fields to predict (the demo: ph_h2o, ph_kcl, si)."),
+        (QgsProcessingParameterNumber("level", "Prediction interval level", double, 0.9,
+                                      minValue=0.5, maxValue=0.99),
+         "Level of the prediction intervals (0.9: the true value lies inside 9 times in 10)."),
+        (QgsProcessingParameterNumber("n_sites", "New sample sites", integer, 20, minValue=1),
+         "How many new sites to propose."),
+        (QgsProcessingParameterNumber("min_distance", "Site spacing (map units)", double,
+                                      0.0, minValue=0.0),
+         "Spacing between new sites and from the existing samples."),
+    ]
+    help_content = {"ALG_DESC": (
+        "Trust and act on the soil map: soil-property heads fitted on the points under "
+        "spatial cross-validation, the soil map with its expected error, prediction "
+        "intervals and area of applicability, and the N sites where new samples would make "
+        "the map trustworthy where it is not (Sampling design on the feature raster, with "
+        "the model's predicted value at each site). " + REFERENCE),
+        "ALG_CREATOR": "SoilSSL", "ALG_HELP_CREATOR": "SoilSSL"}
+    for param, text in inputs:
+        component = QgsProcessingModelParameter(param.name())
+        component.setPosition(QPointF(*SAMPLING_LAYOUT[param.name()]))
+        component.setSize(QSizeF(WIDTH, 30))
+        model.addModelParameter(param, component)
+        help_content[param.name()] = text
+    model.setHelpContent(help_content)
+
+    def child(alg, child_id, sources, outputs=()):
+        c = QgsProcessingModelChildAlgorithm(f"soilssl:{alg}")
+        c.setChildId(child_id)
+        c.setDescription(c.algorithm().displayName())
+        c.setPosition(QPointF(*SAMPLING_LAYOUT[child_id]))
+        c.setSize(QSizeF(WIDTH, 30))
+        for name, src in sources.items():
+            c.addParameterSources(name, [src])
+        for param in c.algorithm().parameterDefinitions():
+            if param.name() not in sources and not param.isDestination() \
+                    and param.defaultValue() is not None:
+                c.addParameterSources(param.name(), [Src.fromStaticValue(param.defaultValue())])
+        model_outputs = {}
+        for name, child_output, description in outputs:
+            out = QgsProcessingModelOutput(name, description)
+            out.setChildId(child_id)
+            out.setChildOutputName(child_output)
+            out.setPosition(QPointF(*SAMPLING_LAYOUT[f"{child_id}:{name}"]))
+            out.setSize(QSizeF(WIDTH, 30))
+            model_outputs[name] = out
+        c.setModelOutputs(model_outputs)
+        model.addChildAlgorithm(c)
+
+    p = Src.fromModelParameter
+    fitted = Src.fromChildOutput("fitpoints", "OUTPUT_MODEL")
+    child("fitpoints", "fitpoints", {
+        "INPUT": p("raster"), "BACKBONE": p("backbone"), "POINTS": p("points"),
+        "FIELDS": p("fields")},
+        [("soil_model", "OUTPUT_MODEL", "Soil model"),
+         ("cv_report", "OUTPUT_REPORT", "Cross-validation report")])
+    child("predictmap", "predictmap", {
+        "INPUT": p("raster"), "MODEL": fitted, **({"LEVEL": p("level")} if has_level else {})},
+        [("soil_map", "OUTPUT", "Soil map"), *trust,
+         ("aoa", "OUTPUT_AOA", "Area of applicability")])
+    child("extractfeatures", "extractfeatures", {"INPUT": p("raster"), "BACKBONE": p("backbone")})
+    child("samplingdesign", "samplingdesign", {
+        "INPUT": Src.fromChildOutput("extractfeatures", "OUTPUT"), "POINTS": p("points"),
+        "N": p("n_sites"), "MIN_DISTANCE": p("min_distance"), "MODEL": fitted,
+        "LEVEL": p("level")},
+        [("sites", "OUTPUT", "Proposed sample sites"),
+         ("design_report", "OUTPUT_REPORT", "Sampling design report")])
+    model.updateDestinationParameters()
+    if len(trust) < len(TRUST_OUTPUTS) or not has_level:
+        print("note: this predictmap has no " + ", ".join(
+            [o[1] for o in TRUST_OUTPUTS if o not in trust] + ([] if has_level else ["LEVEL"]))
+            + ": rerun make_model.py once it has them")
+    return model
+
+
 def designer_scene(model):
     """The model's scene as the Model Designer draws it (needs a QgsApplication with a GUI
     platform, offscreen will do): boxes, ports and the curved links."""
@@ -234,12 +362,14 @@ def main(argv):
     plugin.initProcessing()
     os.makedirs(os.path.dirname(out), exist_ok=True)
     model = build()
-    ok, errors = model.validate()
-    if not ok:
-        raise SystemExit("invalid model: " + "; ".join(errors))
-    if not model.toFile(out):
-        raise SystemExit(f"could not write {out}")
-    print(f"wrote {out}")
+    for chain, path in ((model, out), (build_sampling(), os.path.join(
+            os.path.dirname(out), os.path.basename(SAMPLING_OUTPUT)))):
+        ok, errors = chain.validate()
+        if not ok:
+            raise SystemExit("invalid model: " + "; ".join(errors))
+        if not chain.toFile(path):
+            raise SystemExit(f"could not write {path}")
+        print(f"wrote {path}")
     if png:
         from processing.core.Processing import Processing
         Processing.initialize()  # the Designer's item classes
