@@ -279,3 +279,30 @@ ALGS["downloadbackbone"] = (
     _recommended_html(),
     ["NAME", "SHA256", "FORCE"],
 )
+
+
+# ---------------------------------------------------------------------------------------------
+# Covariates (issue 12): every band of INPUT plus covariate rasters as pixel covariates.
+# ---------------------------------------------------------------------------------------------
+PARAMS.update({
+    "COVARIATES": "Optional covariate rasters (terrain, climate, other satellite bands...), "
+                  "any number, in any CRS and resolution: each is warped onto INPUT's grid "
+                  "(bilinear) and every band of it becomes a pixel covariate, next to every "
+                  "band of INPUT (not only BANDS) and the DEM. rf_pixels uses them at the "
+                  "point; the model records the files (path, bands, checksum).",
+    "COVARIATES_CATEGORICAL": "Covariate rasters holding classes (geology, soil map, land "
+                              "cover codes): sampled with nearest resampling and one-hot "
+                              "encoded (one 0/1 column per class found at the points, named "
+                              "like soilmap=3). Layers listed here are covariates even if not "
+                              "listed in COVARIATES.",
+    "COVARIATES_PRED": "Only if the model's covariate rasters moved, or to map another area: "
+                       "replacements for them, as many as the model has and in the same "
+                       "order, each with the same number of bands. Empty: the files recorded "
+                       "in the model are used.",
+})
+ALIASES["COVARIATES_PRED"] = "COVARIATES"
+ALGS["fitpoints"][2].insert(ALGS["fitpoints"][2].index("FIELDS") + 1, "COVARIATES")
+ALGS["fitpoints"][2].insert(ALGS["fitpoints"][2].index("COVARIATES") + 1,
+                            "COVARIATES_CATEGORICAL")
+ALGS["predictmap"][2].insert(ALGS["predictmap"][2].index("BACKBONE_MOVED") + 1,
+                             "COVARIATES_PRED")

@@ -19,6 +19,7 @@ class PredictMap(SoilSSLAlgorithm):
                                                        "All files (*)"))
         self.add(QgsProcessingParameterFile("BACKBONE", "Backbone (if it moved since fitting)",
                                             optional=True), True)
+        self.add_covariate_params(categorical=False)
         self.add_number("STRIDE", "Stride (px; 0 = tile size)", 0, minimum=0)
         self.add_compute_params()
         self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", "Prediction"))
@@ -40,7 +41,9 @@ class PredictMap(SoilSSLAlgorithm):
             s = predict_map(src, model, outputs["OUTPUT"], outputs["OUTPUT_UNCERTAINTY"],
                             outputs["OUTPUT_AOA"],
                             stride=self.parameterAsInt(parameters, "STRIDE", context),
-                            backbone=backbone, progress=progress, **compute)
+                            backbone=backbone, progress=progress,
+                            covariates=self.layer_paths(parameters, "COVARIATES", context),
+                            **compute)
         for key, qml in (("OUTPUT", "prediction.qml"), ("OUTPUT_UNCERTAINTY", "uncertainty.qml"),
                          ("OUTPUT_AOA", "aoa.qml")):
             if outputs[key]:
