@@ -28,7 +28,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import rasterio
-from rasterio.enums import Resampling
+from rasterio.enums import ColorInterp, Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
@@ -185,7 +185,8 @@ def _window_stats(arr: np.ndarray) -> np.ndarray:
 
 
 class PixelStack:
-    """INPUT's bands (all of them by default) and DEM, plus covariates, on INPUT's grid.
+    """INPUT's bands (all but an alpha band, by default) and DEM, plus covariates, on
+    INPUT's grid.
 
     Raw channels: INPUT bands, the DEM, each covariate's bands.  ``pixel_names`` are the
     PIXELS columns (categorical bands one-hot: ``soilmap=3``), ``context_names`` the
@@ -193,9 +194,10 @@ class PixelStack:
 
     def __init__(self, source: TileSource, covariates: Sequence[Covariate] = (),
                  input_bands: Optional[Sequence[int]] = None):
-        with rasterio.open(source.path) as ds:
-            count = ds.count
-        bands = list(input_bands) if input_bands else list(range(1, count + 1))
+        with rasterio.open(source.path) as ds:  # every band but an alpha band
+            every = [b for b in range(1, ds.count + 1)
+                     if ds.colorinterp[b - 1] != ColorInterp.alpha]
+        bands = list(input_bands) if input_bands else every
         self.base = TileSource(source.path, bands, source.dem, source.dem_band)
         self.covariates = list(covariates)
         stem = _stem(source.path)

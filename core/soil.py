@@ -139,6 +139,7 @@ class FitResult:
     model: dict = field(repr=False, default_factory=dict)
     skipped: dict = field(default_factory=dict)
     ranking: list = field(default_factory=list)  # rank_backbones rows (with compared ones)
+    names: dict = field(default_factory=dict)    # set -> column names (PIXELS, CONTEXT)
 
 
 def _choose(cv, method: str, features: str = FEATURES) -> dict:
@@ -270,7 +271,8 @@ def fit_points(source: TileSource, points: Points, backbone: Backbone,
         atomic_save(model, model_path)
     return FitResult(cv, keep, folds, chosen, coords, model,
                      {"outside": int((~source.inside(cols, rows)).sum()),
-                      "on_nodata": int(on_nodata.sum())}, ranking)
+                      "on_nodata": int(on_nodata.sum())}, ranking,
+                     {PIXELS: stack.pixel_names, CONTEXT: stack.context_names})
 
 
 def _spec_blocks(spec) -> tuple:

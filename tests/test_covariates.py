@@ -3,6 +3,7 @@ and resolution, bilinear / nearest + one-hot, the CONTEXT window stats, model re
 moved files, and fitpoints -> predictmap with COVARIATES in QGIS."""
 import os
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -189,6 +190,13 @@ def test_model_with_covariates_maps_and_finds_moved_files(image, tmp_path, vit):
         predict_map(src, model, str(tmp_path / "p2.tif"), stride=8, covariates=new)
         with rasterio.open(tmp_path / "p2.tif") as ds:
             np.testing.assert_array_equal(ds.read(1, masked=True), first)
+        # the sharded command line (one process here) maps the same with --covariates
+        from soilssl.core.distributed import main
+        assert main(["predict", "--input", image, "--model", str(tmp_path / "m.pth"),
+                     "--output", str(tmp_path / "d.tif"), "--stride", "8", "--device", "cpu",
+                     "--workers", "0", "--covariates", ";".join(new)]) == 0
+        with rasterio.open(tmp_path / "d.tif") as ds:
+            np.testing.assert_array_equal(ds.read(1, masked=True), first)
         # a replacement with another band count is refused, naming both
         two = write_raster(tmp_path / "two.tif", np.ones((2, 20, 20), np.float32))
         with pytest.raises(InputError, match=r"'.*two.tif' has 2 band\(s\) but the model's "
@@ -198,6 +206,41 @@ def test_model_with_covariates_maps_and_finds_moved_files(image, tmp_path, vit):
         with pytest.raises(InputError, match="gives 1 raster.*fitted with 2 covariate"):
             predict_map(src, model, str(tmp_path / "p3.tif"), stride=8, covariates=new[:1])
     assert not os.path.exists(tmp_path / "p3.tif")
+
+
+def test_fit_points_gives_the_pixels_and_context_sets(image, tmp_path, vit, monkeypatch):
+    """fit_points hands cross_validate PIXELS (every INPUT band, not only BANDS, plus the
+    covariates) and, when a method row uses it, CONTEXT: the same values as the stack."""
+    import soilssl.core.soil as soil
+    with rasterio.open(image, "r+") as ds:  # band 5 is an alpha band: not a covariate
+        ds.colorinterp = [ds.colorinterp[0]] * 4 + [rasterio.enums.ColorInterp.alpha]
+    rng = np.random.default_rng(7)
+    elev = _cover(tmp_path, "elev.tif", "EPSG:3857", 5.0,
+                  lambda h, w, i: rng.uniform(0, 9, (h, w)))
+    # a row reading the context (as rf_context does)
+    spec = SimpleNamespace(method="rf_pixels", features=PIXELS, label="rf_context",
+                           blocks=(PIXELS, CONTEXT))
+    monkeypatch.setattr(soil, "method_specs", lambda method: [spec])
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def spy(sets, y, folds, specs, **kw):
+        seen.update(sets)
+        raise Stop
+
+    monkeypatch.setattr(soil, "cross_validate", spy)
+    with TileSource(image, bands=[1, 2, 3]) as src:
+        pts = _points(src, n=12)
+        with pytest.raises(Stop):
+            fit_points(src, pts, vit, method="rf_pixels", n_folds=3, covariates=[elev])
+        cols, rows = src.points_to_pixels(pts.xs, pts.ys)
+        with PixelStack(src, open_covariates([elev])) as stack:
+            assert stack.raw_names == ["img_b1", "img_b2", "img_b3", "img_b4", "elev"]
+            np.testing.assert_array_equal(seen[PIXELS], stack.encode(stack.sample(cols, rows)))
+            np.testing.assert_allclose(seen[CONTEXT], stack.context(cols, rows, 32), rtol=1e-6)
+    assert seen[CONTEXT].shape == (12, 10) and np.isfinite(seen[CONTEXT]).all()
 
 
 def test_covariate_errors(image, tmp_path):
