@@ -46,12 +46,26 @@ def _stem(path: str) -> str:
     return os.path.splitext(os.path.basename(str(path)))[0] or "covariate"
 
 
+def _gdal_source(path: str) -> bool:
+    """A GDAL source that is not a plain file (/vsizip/..., GPKG:...:table) and opens."""
+    if os.path.exists(path) or not (path.startswith("/vsi") or ":" in path):
+        return False
+    try:
+        with rasterio.open(path):
+            return True
+    except Exception:
+        return False
+
+
 def _code(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 def _checksum(path: str) -> dict:
+    """sha256, size and mtime of a file (empty for a GDAL source that is not a file)."""
     from .backbone import file_sha256
+    if not os.path.isfile(path):
+        return {}
     st = os.stat(path)
     return {"sha256": file_sha256(path), "size": int(st.st_size), "mtime": int(st.st_mtime)}
 
@@ -71,7 +85,7 @@ class Covariate:
     def open(cls, path: str, categorical: bool = False,
              categories: Optional[list] = None, checksum: Optional[dict] = None) -> "Covariate":
         path = str(path)
-        if not os.path.isfile(path):
+        if not os.path.isfile(path) and not _gdal_source(path):
             raise InputError(f"Covariate raster '{path}' is not found.")
         try:
             with rasterio.open(path) as ds:
@@ -80,7 +94,7 @@ class Covariate:
             raise InputError(f"Cannot open covariate raster '{path}': {exc}") from exc
         if crs is None:
             raise InputError(f"Covariate raster '{path}' has no CRS: assign one in QGIS first.")
-        return cls(os.path.abspath(path), count, bool(categorical), categories,
+        return cls(os.path.abspath(path) if os.path.isfile(path) else path, count, bool(categorical), categories,
                    checksum if checksum is not None else _checksum(path), nodata)
 
     @property
@@ -152,13 +166,14 @@ def resolve_covariates(records: Sequence[dict], replacements: Optional[Sequence[
     out = []
     for rec in records:
         path = rec["path"]
-        if not os.path.isfile(path):
+        if not os.path.isfile(path) and not _gdal_source(path):
             raise InputError(
                 f"The model's covariate '{path}' is not found (moved or deleted): give it, or "
                 f"its replacement, as COVARIATES: {len(records)} raster(s) in the recorded "
                 f"order ({names}).")
-        st = os.stat(path)
-        same = st.st_size == rec.get("size") and int(st.st_mtime) == rec.get("mtime")
+        st = os.stat(path) if os.path.isfile(path) else None
+        same = st is None or (st.st_size == rec.get("size") and
+                              int(st.st_mtime) == rec.get("mtime"))
         checksum = {k: rec.get(k) for k in ("sha256", "size", "mtime")} if same \
             else _checksum(path)
         if checksum.get("sha256") != rec.get("sha256"):
