@@ -46,6 +46,16 @@ def _stem(path: str) -> str:
     return os.path.splitext(os.path.basename(str(path)))[0] or "covariate"
 
 
+def _band_names(stem: str, descriptions, bands, single: bool = False) -> List[str]:
+    """A band's description where it has one, else ``<stem>_b<band>`` (``<stem>`` alone
+    for the only band)."""
+    out = []
+    for b in bands:
+        desc = descriptions[b - 1] if b - 1 < len(descriptions) else None
+        out.append(desc.strip() if desc and desc.strip() else stem if single else f"{stem}_b{b}")
+    return out
+
+
 def _gdal_source(path: str) -> bool:
     """A GDAL source that is not a plain file (/vsizip/..., GPKG:...:table) and opens."""
     if os.path.exists(path) or not (path.startswith("/vsi") or ":" in path):
@@ -80,6 +90,7 @@ class Covariate:
     categories: Optional[List[List[float]]] = None  # per band, set by PixelStack.fit_categories
     checksum: dict = field(default_factory=dict)
     nodata: Optional[float] = None
+    descriptions: tuple = ()  # the bands' descriptions, where the file has them
 
     @classmethod
     def open(cls, path: str, categorical: bool = False,
@@ -89,13 +100,13 @@ class Covariate:
             raise InputError(f"Covariate raster '{path}' is not found.")
         try:
             with rasterio.open(path) as ds:
-                count, crs, nodata = ds.count, ds.crs, ds.nodata
+                count, crs, nodata, desc = ds.count, ds.crs, ds.nodata, ds.descriptions
         except rasterio.errors.RasterioIOError as exc:
             raise InputError(f"Cannot open covariate raster '{path}': {exc}") from exc
         if crs is None:
             raise InputError(f"Covariate raster '{path}' has no CRS: assign one in QGIS first.")
         return cls(os.path.abspath(path) if os.path.isfile(path) else path, count, bool(categorical), categories,
-                   checksum if checksum is not None else _checksum(path), nodata)
+                   checksum if checksum is not None else _checksum(path), nodata, tuple(desc))
 
     @property
     def resampling(self) -> str:
@@ -103,9 +114,11 @@ class Covariate:
 
     @property
     def names(self) -> List[str]:
-        """Raw band names: the file's stem, with _b<band> when it has several bands."""
+        """Raw band names: each band's description, else the file's stem (with _b<band>
+        when it has several bands)."""
         stem = _stem(self.path)
-        return [stem] if self.count == 1 else [f"{stem}_b{b}" for b in range(1, self.count + 1)]
+        return _band_names(stem, self.descriptions, range(1, self.count + 1),
+                           self.count == 1)
 
     def record(self) -> dict:
         """What the model file keeps (weights_only-loadable: plain values)."""
@@ -212,11 +225,12 @@ class PixelStack:
         with rasterio.open(source.path) as ds:  # every band but an alpha band
             every = [b for b in range(1, ds.count + 1)
                      if ds.colorinterp[b - 1] != ColorInterp.alpha]
+            descriptions = ds.descriptions
         bands = list(input_bands) if input_bands else every
         self.base = TileSource(source.path, bands, source.dem, source.dem_band)
         self.covariates = list(covariates)
         stem = _stem(source.path)
-        names = [f"{stem}_b{b}" for b in bands]
+        names = _band_names(stem, descriptions, bands)
         if source.dem:
             names.append(_stem(source.dem))
         self.categorical = [False] * len(names)

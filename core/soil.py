@@ -224,6 +224,9 @@ def fit_points(source: TileSource, points: Points, backbone: Backbone,
         margin = PatchGrid.for_backbone(source.width, source.height, backbone, tile,
                                         margin).margin
     stack.fit_categories(pix[keep])
+    names = stack.pixel_names
+    progress.info(f"Pixel covariates ({len(names)} columns): {', '.join(names[:12])}"
+                  f"{', ...' if len(names) > 12 else ''}.")
     sets = {PIXELS: stack.encode(pix[keep]),
             FEATURES: cached_point_features(source, backbone, c, r, pool, tile, cache,
                                             progress.sub(0.0, 0.3), norm.to_dict(),

@@ -251,6 +251,10 @@ def test_covariate_errors(image, tmp_path):
             PixelStack(src, open_covariates([far]))
     with pytest.raises(InputError, match="is not found"):
         Covariate.open(str(tmp_path / "nope.tif"))
+    two = write_raster(tmp_path / "terrain.tif", np.ones((2, 4, 4), np.float32))
+    with rasterio.open(two, "r+") as ds:
+        ds.set_band_description(1, "altitude")
+    assert Covariate.open(two).names == ["altitude", "terrain_b2"]  # descriptions name bands
     with pytest.raises(InputError, match="has no CRS"):
         Covariate.open(write_raster(tmp_path / "nocrs.tif", np.ones((4, 4), np.float32),
                                     crs=None))
