@@ -105,7 +105,8 @@ class Covariate:
             raise InputError(f"Cannot open covariate raster '{path}': {exc}") from exc
         if crs is None:
             raise InputError(f"Covariate raster '{path}' has no CRS: assign one in QGIS first.")
-        return cls(os.path.abspath(path) if os.path.isfile(path) else path, count, bool(categorical), categories,
+        return cls(os.path.abspath(path) if os.path.isfile(path) else path, count,
+                   bool(categorical), categories,
                    checksum if checksum is not None else _checksum(path), nodata, tuple(desc))
 
     @property

@@ -21,7 +21,7 @@ import rasterio
 from .aoa import aoa_predict, fit_aoa
 from .backbone import Backbone, backbone_name, load_backbone, load_file, resolve_device
 from .cache import FeatureCache, cache_dir, digest  # noqa: F401 (cache_dir: public here too)
-from .covariates import MapBlocks, PixelStack, open_covariates, resolve_covariates
+from .covariates import PixelStack, open_covariates, resolve_covariates
 from .cv import (COMPARE, CONTEXT, FEATURE_METHODS, FEATURES, PIXELS, MethodSpec,
                  cross_validate, method_specs, spatial_folds)
 from .errors import BackboneError, InputError
