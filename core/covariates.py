@@ -355,18 +355,22 @@ class PixelStack:
                     v = raw[:, j]
                     cov.categories.append(sorted(float(x) for x in np.unique(v[np.isfinite(v)])))
 
+    def valid(self, raw: np.ndarray) -> np.ndarray:
+        """(n,) rows of raw values whose continuous channels are all valid (a categorical
+        band without data encodes as all zeros, see :meth:`encode`)."""
+        return np.isfinite(raw[:, self.continuous]).all(axis=1)
+
     def encode(self, raw: np.ndarray) -> np.ndarray:
-        """Raw values (n, raw channels) -> PIXELS (n, p): categorical bands one-hot (0/1;
-        a category not seen at fit time gives all zeros; NaN stays NaN)."""
+        """Raw values (n, raw channels) -> PIXELS (n, p): categorical bands one-hot (0/1; a
+        category not seen at fit time, nodata or outside the raster give all zeros, like
+        an unmapped class; a continuous NaN stays NaN)."""
         cols = []
         for j, cats in enumerate(self._categories()):
             v = raw[:, j:j + 1].astype(np.float32)
             if cats is None:
                 cols.append(v)
             else:
-                hot = (v == np.asarray(cats, np.float32)[None, :]).astype(np.float32)
-                hot[~np.isfinite(v[:, 0])] = np.nan
-                cols.append(hot)
+                cols.append((v == np.asarray(cats, np.float32)[None, :]).astype(np.float32))
         return np.concatenate(cols, axis=1) if cols else np.empty((len(raw), 0), np.float32)
 
     def context(self, cols, rows, tile: int, progress: Optional[Progress] = None) -> np.ndarray:

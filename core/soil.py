@@ -200,7 +200,7 @@ def fit_points(source: TileSource, points: Points, backbone: Backbone,
     stack = PixelStack(source, covariates)
     pix = np.full((len(cols), stack.raw_count), np.nan, np.float32)
     pix[keep] = stack.sample(cols[keep], rows[keep])
-    on_nodata = keep & ~np.isfinite(pix).all(axis=1)
+    on_nodata = keep & ~stack.valid(pix)
     if on_nodata.any():
         progress.info(f"{int(on_nodata.sum())} points lie on nodata pixels"
                       f"{' (of INPUT or a covariate)' if covariates else ''} and were skipped.")

@@ -100,11 +100,13 @@ def test_categorical_covariate_is_nearest_and_one_hot(image, tmp_path):
         pix = stack.encode(raw)
         hot = pix[:, 5:]
         np.testing.assert_array_equal(hot, (raw[:, 5:6] == np.array(cats)[None]).astype(float))
-        # a category unknown at fit time gives all zeros; NaN stays NaN
-        odd = raw[:2].copy()
-        odd[0, 5], odd[1, 5] = 42, np.nan
+        # a category unknown at fit time, or no data, gives all zeros; a point on a
+        # categorical nodata pixel stays valid, on a continuous one not
+        odd = raw[:3].copy()
+        odd[0, 5], odd[1, 5], odd[2, 0] = 42, np.nan, np.nan
         enc = stack.encode(odd)
-        assert (enc[0, 5:] == 0).all() and np.isnan(enc[1, 5:]).all()
+        assert (enc[:2, 5:] == 0).all() and np.isnan(enc[2, 0]) and (enc[2, 5:].sum() == 1)
+        assert stack.valid(odd).tolist() == [True, True, False]
         # the record keeps the categories, resampling and checksum
         rec = stack.record()["covariates"][0]
         assert rec["categorical"] and rec["resampling"] == "nearest"
