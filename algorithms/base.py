@@ -7,9 +7,10 @@ Engine errors become one ``QgsProcessingException``; see ``running.py`` for the 
 import importlib.util
 import os
 
-from qgis.core import (QgsProcessingAlgorithm, QgsProcessingException, QgsProcessingFeedback,
+from qgis.core import (QgsProcessing, QgsProcessingAlgorithm, QgsProcessingException,
+                       QgsProcessingFeedback,
                        QgsProcessingParameterBand, QgsProcessingParameterDefinition,
-                       QgsProcessingParameterEnum,
+                       QgsProcessingParameterEnum, QgsProcessingParameterMultipleLayers,
                        QgsProcessingParameterFile, QgsProcessingParameterNumber,
                        QgsProcessingParameterRasterLayer, QgsProcessingParameterString)
 from qgis.PyQt.QtGui import QIcon
@@ -150,6 +151,22 @@ class SoilSSLAlgorithm(QgsProcessingAlgorithm):
         self.add(QgsProcessingParameterBand("BANDS", "Bands (default: the first 3)", None,
                                             "INPUT", optional=True, allowMultiple=True))
         self.add(QgsProcessingParameterRasterLayer("DEM", "DEM as extra channel", optional=True))
+
+    def add_covariate_params(self, categorical=True):
+        """COVARIATES (raster layers, any CRS and resolution) and, for fitting, which of
+        them are categorical (COVARIATES_CATEGORICAL)."""
+        self.add(QgsProcessingParameterMultipleLayers(
+            "COVARIATES", "Covariate rasters (terrain, climate...)", QgsProcessing.TypeRaster,
+            optional=True))
+        if categorical:
+            self.add(QgsProcessingParameterMultipleLayers(
+                "COVARIATES_CATEGORICAL", "Categorical covariate rasters (geology, soil "
+                "map...: one-hot)", QgsProcessing.TypeRaster, optional=True))
+
+    def layer_paths(self, parameters, name, context):
+        """The files of a multiple-layers parameter (empty list when not given)."""
+        layers = self.parameterAsLayerList(parameters, name, context) or []
+        return [layer.source().split("|")[0] for layer in layers]
 
     def add_backbone_params(self, name="BACKBONE", label="Backbone checkpoint or timm name",
                             optional=False):

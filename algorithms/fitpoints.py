@@ -45,6 +45,7 @@ class FitPoints(SoilSSLAlgorithm):
                                              "fields)",
                                              parentLayerParameterName="POINTS",
                                              allowMultiple=True))
+        self.add_covariate_params()
         self.add(QgsProcessingParameterEnum("METHOD", "Method", METHODS, defaultValue=0))
         self.add(QgsProcessingParameterEnum("POINT_FEATURE", "Feature at each point",
                                             POINT_FEATURES, defaultValue=0))
@@ -80,6 +81,7 @@ class FitPoints(SoilSSLAlgorithm):
         from ..core.files import Outputs
         from ..core.report import write_report
         from ..core.backbone import load_compared, parse_backbone_list
+        from ..core.covariates import open_covariates
         from ..core.soil import fit_points
         points_src = self.parameterAsSource(parameters, "POINTS", context)
         fields = self.parameterAsFields(parameters, "FIELDS", context)
@@ -90,6 +92,9 @@ class FitPoints(SoilSSLAlgorithm):
         tile = self.parameterAsInt(parameters, "TILE_SIZE", context) or None
         model_path = self.parameterAsFileOutput(parameters, "OUTPUT_MODEL", context)
         report_path = self.parameterAsFileOutput(parameters, "OUTPUT_REPORT", context)
+        covariates = open_covariates(self.layer_paths(parameters, "COVARIATES", context),
+                                     self.layer_paths(parameters, "COVARIATES_CATEGORICAL",
+                                                      context))
         # model, points layer and report are written to temporary files and published
         # together at the end: all of them or none
         with Outputs() as outputs, self.source(parameters, context) as src:
@@ -118,7 +123,8 @@ class FitPoints(SoilSSLAlgorithm):
                              point_feature=self.enum(parameters, "POINT_FEATURE", context),
                              class_weight="balanced" if self.parameterAsBool(
                                  parameters, "CLASS_WEIGHTS", context) else None,
-                             distances=bool(report_path), progress=progress, **compute)
+                             distances=bool(report_path), covariates=covariates,
+                             progress=progress, **compute)
             outputs.save(fit.model, model_path)
             out_fields = oof_fields(points_src.fields(), fit)
             sink = StagedSink(self, parameters, "OUTPUT_POINTS", context, out_fields,

@@ -377,7 +377,7 @@ PARAMS.update({
             "over each tile. Nodata = inaccessible: no site goes there. Sites prefer cheap "
             "tiles by COST_WEIGHT.",
     "EXCLUDE": "Optional polygons where no site may go (buildings, protected areas...).",
-    "COVARIATES": "Optional covariate rasters (DEM, EC, climate...), any grid and CRS, "
+    "COVARIATES_DESIGN": "Optional covariate rasters (DEM, EC, climate...), any grid and CRS, "
                   "averaged over each tile: cLHS stratifies them with the feature components, "
                   "and the report compares with cLHS on the covariates alone.",
     "MODEL_DESIGN": "Optional model from Fit soil heads fitted with the feature raster's "
@@ -398,7 +398,8 @@ PARAMS.update({
                             "feature space.",
 })
 ALIASES.update({"OUTPUT_SIMILARITY": "OUTPUT", "POINTS_EXISTING": "POINTS",
-                "METHOD_DESIGN": "METHOD", "MODEL_DESIGN": "MODEL", "LEVEL_DESIGN": "LEVEL",
+                "METHOD_DESIGN": "METHOD", "MODEL_DESIGN": "MODEL",
+                "COVARIATES_DESIGN": "COVARIATES", "LEVEL_DESIGN": "LEVEL",
                 "OUTPUT_SITES": "OUTPUT", "OUTPUT_REPORT_DESIGN": "OUTPUT_REPORT"})
 ALGS["similaritymap"] = (
     "Similarity map",
@@ -418,6 +419,32 @@ ALGS["samplingdesign"] = (
     "size and, with covariates, cLHS on the covariates alone. Sites are tile centres, at "
     "least MIN_DISTANCE apart, outside EXCLUDE and where COST has a value.",
     ["FEATURES", "POINTS_EXISTING", "N", "MIN_DISTANCE", "METHOD_DESIGN", "COST", "EXCLUDE",
-     "COVARIATES", "MODEL_DESIGN", "LEVEL_DESIGN", "COST_WEIGHT", "N_PCS", "N_RANDOM", "SEED",
+     "COVARIATES_DESIGN", "MODEL_DESIGN", "LEVEL_DESIGN", "COST_WEIGHT", "N_PCS", "N_RANDOM", "SEED",
      "OUTPUT_SITES", "OUTPUT_REPORT_DESIGN"],
 )
+
+# ---------------------------------------------------------------------------------------------
+# Covariates (issue 12): every band of INPUT plus covariate rasters as pixel covariates.
+# ---------------------------------------------------------------------------------------------
+PARAMS.update({
+    "COVARIATES": "Optional covariate rasters (terrain, climate, other satellite bands...), "
+                  "any number, in any CRS and resolution: each is warped onto INPUT's grid "
+                  "(bilinear) and every band of it becomes a pixel covariate, next to every "
+                  "band of INPUT (not only BANDS) and the DEM. rf_pixels uses them at the "
+                  "point; the model records the files (path, bands, checksum).",
+    "COVARIATES_CATEGORICAL": "Covariate rasters holding classes (geology, soil map, land "
+                              "cover codes): sampled with nearest resampling and one-hot "
+                              "encoded (one 0/1 column per class found at the points, named "
+                              "like soilmap=3). Layers listed here are covariates even if not "
+                              "listed in COVARIATES.",
+    "COVARIATES_PRED": "Only if the model's covariate rasters moved, or to map another area: "
+                       "replacements for them, as many as the model has and in the same "
+                       "order, each with the same number of bands. Empty: the files recorded "
+                       "in the model are used.",
+})
+ALIASES["COVARIATES_PRED"] = "COVARIATES"
+ALGS["fitpoints"][2].insert(ALGS["fitpoints"][2].index("FIELDS") + 1, "COVARIATES")
+ALGS["fitpoints"][2].insert(ALGS["fitpoints"][2].index("COVARIATES") + 1,
+                            "COVARIATES_CATEGORICAL")
+ALGS["predictmap"][2].insert(ALGS["predictmap"][2].index("BACKBONE_MOVED") + 1,
+                             "COVARIATES_PRED")

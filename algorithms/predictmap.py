@@ -24,6 +24,7 @@ class PredictMap(SoilSSLAlgorithm):
                                                        "All files (*)"))
         self.add(QgsProcessingParameterFile("BACKBONE", "Backbone (if it moved since fitting)",
                                             optional=True), True)
+        self.add_covariate_params(categorical=False)
         self.add_number("STRIDE", "Stride (px; 0 = tile size)", 0, minimum=0)
         self.add_compute_params()
         self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", "Prediction"))
@@ -65,6 +66,7 @@ class PredictMap(SoilSSLAlgorithm):
                             outputs["OUTPUT_AOA"],
                             stride=self.parameterAsInt(parameters, "STRIDE", context),
                             backbone=backbone, progress=progress, **compute,
+                            covariates=self.layer_paths(parameters, "COVARIATES", context),
                             error=outputs["OUTPUT_ERROR"], lower=outputs["OUTPUT_LOWER"],
                             upper=outputs["OUTPUT_UPPER"],
                             level=level, probability=outputs.get("OUTPUT_PROBABILITY"),

@@ -40,6 +40,7 @@ MIN_TRAIN_POINTS = 5
 
 # Names of the feature sets the paper's rows use.
 PIXELS, FEATURES, COMPARE = "pixels", "features", "compare"
+CONTEXT = "context"
 FEATURE_METHODS = ("mlp", "rf_features", "ridge")
 ALL_METHODS = ("rf_pixels",) + FEATURE_METHODS
 METRICS = ("rmse", "mae", "r2")

@@ -73,6 +73,7 @@ class Job:
     products: List[Product]
     compute: Callable[[np.ndarray], list]
     fingerprint: dict
+    blocks: Optional[Callable[[int], dict]] = None  # row -> pixel covariate blocks (predict)
 
 
 def _block_units(job: Job, block: int, block_rows: int) -> range:
@@ -110,6 +111,8 @@ def compute_block(job: Job, work: str, block: int, block_rows: int,
     w = job.rows.width
     data = [np.full((p.count, len(out_rows), w), p.nodata, np.float32) for p in job.products]
     for row, feats in job.rows.rows(units, progress):
+        if job.blocks is not None:  # the model's pixel covariates: {FEATURES: feats, ...}
+            feats = {"features": feats, **job.blocks(row)}
         for d, block_data in zip(data, job.compute(feats)):
             d[:, row - out_rows.start, :] = block_data
     transform = job.rows.transform() @ Affine.translation(0, out_rows.start)
@@ -272,10 +275,14 @@ def features_job(source: TileSource, backbone, output: str, tile: Optional[int] 
 def predict_job(source: TileSource, model: dict, model_path: str, output: str,
                 uncertainty: Optional[str] = None, aoa: Optional[str] = None,
                 stride: Optional[int] = None, backbone=None, device: str = "auto",
-                progress: Optional[Progress] = None, **compute) -> Job:
-    """The rasters of :func:`~.soil.predict_map` as a sharded job."""
-    from .soil import PRED_NODATA, MapHeads, check_model_input, model_backbone, model_rows
+                progress: Optional[Progress] = None, covariates=None, **compute) -> Job:
+    """The rasters of :func:`~.soil.predict_map` as a sharded job (``covariates``: paths
+    replacing the model's covariate rasters, as there)."""
+    from .cv import CONTEXT, PIXELS
+    from .soil import (PRED_NODATA, MapHeads, check_model_input, model_backbone, model_blocks,
+                       model_rows, pixel_stack)
     check_model_input(source, model)
+    stack = pixel_stack(source, model, covariates, progress)
     dev = resolve_device(device)
     backbone = backbone or model_backbone(model, device=str(dev))
     rows = model_rows(source, model, backbone, stride, dev, progress, **compute)
@@ -285,9 +292,13 @@ def predict_job(source: TileSource, model: dict, model_path: str, output: str,
                         PRED_NODATA) for name, p in mapper.products.items()]
     fp = dict(_input_fingerprint(source), kind="predict", model=file_sha256(model_path),
               outputs=[p.path for p in products], width=rows.width, height=rows.height,
-              stride=int(stride or 0), amp=compute.get("amp", "auto"))
+              stride=int(stride or 0), amp=compute.get("amp", "auto"),
+              **({"covariates": [c.checksum.get("sha256") for c in stack.covariates]}
+                 if stack else {}))
+    blocks = stack and stack.map_blocks(rows.width, rows.height, rows.transform(),
+                                        model["tile_size"], model_blocks(model) & {PIXELS, CONTEXT})
     # blocks in the order of mapper.products, as the products above
-    return Job(rows, products, lambda feats: list(mapper(feats).values()), fp)
+    return Job(rows, products, lambda feats: list(mapper(feats).values()), fp, blocks or None)
 
 
 # ---------------------------------------------------------------------------
@@ -335,6 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backbone", default="", help="The backbone, if it moved since fitting.")
     s.add_argument("--uncertainty", default="", help="Uncertainty raster (std of fold models).")
     s.add_argument("--aoa", default="", help="Area-of-applicability raster.")
+    s.add_argument("--covariates", default="", help="Replacements for the model's covariate "
+                   "rasters, ;-separated, in the recorded order (default: the recorded "
+                   "files).")
     return p
 
 
@@ -370,7 +384,9 @@ def run(args: argparse.Namespace, progress: Optional[Progress] = None) -> dict:
             from .soil import model_backbone
             bb = model_backbone(model, args.backbone or None, device)
             job = predict_job(src, model, args.model, args.output, args.uncertainty or None,
-                              args.aoa or None, args.stride, bb, device, progress, **compute)
+                              args.aoa or None, args.stride, bb, device, progress,
+                              covariates=[p for p in args.covariates.split(";") if p.strip()],
+                              **compute)
             return run_sharded(job, args.work_dir or None, args.block_rows, ranks,
                                args.keep_parts, progress)
     finally:

@@ -26,7 +26,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from .aoa import aoa_predict
+from .aoa import aoa_matrix, aoa_predict
 from .errorprofile import WINDOW, aoa_state, expected_error, fit_error_profile, point_di
 from .errors import InputError
 from .heads import to_numpy
@@ -213,7 +213,8 @@ class TrustMaps:
         return bool(self.products)
 
     def fill(self, blocks: dict, x: np.ndarray, ok: np.ndarray) -> None:
-        """Fill this object's products in ``blocks`` for the rows ``ok`` (features ``x``)."""
+        """Fill this object's products in ``blocks`` for the rows ``ok``: ``x`` the map's
+        blocks of those rows (set name -> array, or the feature rows alone)."""
         if not self.products:
             return
         di_by_state = {}
@@ -222,7 +223,7 @@ class TrustMaps:
             profile = self.profiles[target]
             if profile is not None:
                 if id(state) not in di_by_state:
-                    di_by_state[id(state)] = aoa_predict(state, x)[0]
+                    di_by_state[id(state)] = aoa_predict(state, aoa_matrix(state, x))[0]
                 s = local_scale(profile, di_by_state[id(state)])
             else:
                 s = np.ones(len(x))

@@ -16,16 +16,18 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 import numpy as np
+import rasterio
 
 from .aoa import MapAOA, fit_model_aoa
 from .backbone import Backbone, backbone_name, load_backbone, load_file, resolve_device
 from .cache import FeatureCache, cache_dir, digest  # noqa: F401 (cache_dir: public here too)
 from .classes import CLASSIFICATION, REGRESSION, choose_class_method, class_block, \
     class_products, class_targets, load_head, make_target_head
-from .cv import (COMPARE, FEATURE_METHODS, FEATURES, PIXELS, MethodSpec, cross_validate,
-                 method_specs, spatial_folds)
+from .covariates import PixelStack, open_covariates, resolve_covariates
+from .cv import (COMPARE, CONTEXT, FEATURE_METHODS, FEATURES, PIXELS, MethodSpec,
+                 cross_validate, method_specs, spatial_folds)
 from .errors import BackboneError, InputError
-from .features import PATCH, pixel_values, point_features, prepare
+from .features import PATCH, point_features, prepare
 from .files import atomic_save
 from .intervals import TrustMaps, fit_trust
 from .knndm import fold_distances, prediction_locations
@@ -143,6 +145,7 @@ class FitResult:
     ranking: list = field(default_factory=list)  # rank_backbones rows (with compared ones)
     geodist: Optional[object] = None  # knndm.GeoDist: CV vs map distances of each FOLD_MODE
     sets: dict = field(repr=False, default_factory=dict)  # the CV's feature sets (report)
+    names: dict = field(default_factory=dict)    # set -> column names (PIXELS, CONTEXT)
 
 
 def _choose(cv, method: str, features: str = FEATURES) -> dict:
@@ -183,7 +186,7 @@ def fit_points(source: TileSource, points: Points, backbone: Backbone,
                model_path: Optional[str] = None, progress: Optional[Progress] = None,
                point_feature: str = "tile", margin: Optional[int] = None,
                class_weight: Optional[str] = None, distances: Optional[bool] = None,
-               **compute) -> FitResult:
+               covariates=None, **compute) -> FitResult:
     """Spatial CV of METHOD(s) on the points, then the model file for mapping.
 
     ``compare``: backbones whose feature methods join the same CV (same folds, same
@@ -196,7 +199,10 @@ def fit_points(source: TileSource, points: Points, backbone: Backbone,
     Targets named in ``points.classes`` are class targets (:mod:`.classes`), with
     ``class_weight`` (None | "balanced") in their heads.
     ``fold_mode`` knndm matches the folds to the raster's valid pixels (the map); with it, or
-    ``distances``, FitResult.geodist compares every FOLD_MODE's CV distances to the map's."""
+    ``distances``, FitResult.geodist compares every FOLD_MODE's CV distances to the map's.
+    ``covariates``: covariate rasters (:class:`~.covariates.Covariate`, or paths of
+    continuous ones): the PIXELS block is every band of INPUT (and the DEM) plus theirs at
+    each point, and CONTEXT their window mean and std (:mod:`.covariates`)."""
     progress = ensure(progress)
     if method not in METHODS:
         raise InputError(f"Unknown METHOD '{method}': use one of {', '.join(METHODS)}.")
@@ -205,11 +211,15 @@ def fit_points(source: TileSource, points: Points, backbone: Backbone,
                          f"{', '.join(POINT_FEATURES)}.")
     pool = PATCH if point_feature == PATCH else pool
     cols, rows, keep = locate(source, points, progress)
-    pix = np.full((len(cols), source.channels), np.nan, np.float32)
-    pix[keep] = pixel_values(source, cols[keep], rows[keep])
-    on_nodata = keep & ~np.isfinite(pix).all(axis=1)
+    covariates = [c for c in covariates or [] if not isinstance(c, str)] + \
+        open_covariates([c for c in covariates or [] if isinstance(c, str)])
+    stack = PixelStack(source, covariates)
+    pix = np.full((len(cols), stack.raw_count), np.nan, np.float32)
+    pix[keep] = stack.sample(cols[keep], rows[keep])
+    on_nodata = keep & ~stack.valid(pix)
     if on_nodata.any():
-        progress.info(f"{int(on_nodata.sum())} points lie on nodata pixels and were skipped.")
+        progress.info(f"{int(on_nodata.sum())} points lie on nodata pixels"
+                      f"{' (of INPUT or a covariate)' if covariates else ''} and were skipped.")
         keep &= ~on_nodata
     y = points.values[keep]
     if not np.isfinite(y).any(axis=0).all():
@@ -236,7 +246,11 @@ def fit_points(source: TileSource, points: Points, backbone: Backbone,
     if PATCH in (pool, point_feature) or point_feature == "both":
         margin = PatchGrid.for_backbone(source.width, source.height, backbone, tile,
                                         margin).margin
-    sets = {PIXELS: pix[keep],
+    stack.fit_categories(pix[keep])
+    names = stack.pixel_names
+    progress.info(f"Pixel covariates ({len(names)} columns): {', '.join(names[:12])}"
+                  f"{', ...' if len(names) > 12 else ''}.")
+    sets = {PIXELS: stack.encode(pix[keep]),
             FEATURES: cached_point_features(source, backbone, c, r, pool, tile, cache,
                                             progress.sub(0.0, 0.3), norm.to_dict(),
                                             margin=margin, **compute)}
@@ -256,6 +270,11 @@ def fit_points(source: TileSource, points: Points, backbone: Backbone,
                                             margin=margin, **compute)
         specs += [MethodSpec(s.method, PATCH) for s in specs
                   if s.features == FEATURES and s.method in FEATURE_METHODS]
+    if any(CONTEXT in getattr(s, "blocks", ()) for s in specs):
+        progress.info(f"Covariate context: mean and std over the {tile} px window of each "
+                      f"point...")
+        sets[CONTEXT] = stack.context(c, r, tile, progress.sub(0.3, 0.4))
+    stack.close()
     kinds = [CLASSIFICATION if t in (points.classes or {}) else REGRESSION
              for t in points.names]
     cv = cross_validate(sets, y, folds, specs, target_names=points.names, loss=loss,
@@ -278,11 +297,19 @@ def fit_points(source: TileSource, points: Points, backbone: Backbone,
     model["fold_mode"] = fold_mode
     if dist is not None:
         model["geodist"] = dist.table()
+    model.update(stack.record(), blocks={t: list(_spec_blocks(cv.methods[cv.labels.index(m)]))
+                                         for t, m in chosen.items()})
     if model_path:
         atomic_save(model, model_path)
     return FitResult(cv, keep, folds, chosen, coords, model,
                      {"outside": int((~source.inside(cols, rows)).sum()),
-                      "on_nodata": int(on_nodata.sum())}, ranking, geodist=dist, sets=sets)
+                      "on_nodata": int(on_nodata.sum())}, ranking, geodist=dist, sets=sets,
+                     names={PIXELS: stack.pixel_names, CONTEXT: stack.context_names})
+
+
+def _spec_blocks(spec) -> tuple:
+    """The sets a method row uses (MethodSpec.blocks when it has them)."""
+    return tuple(getattr(spec, "blocks", None) or (spec.features,))
 
 
 def compared_sets(compare) -> dict:
@@ -409,7 +436,7 @@ def predict_map(source: TileSource, model: dict, output: str,
                 progress: Optional[Progress] = None, error: Optional[str] = None,
                 lower: Optional[str] = None, upper: Optional[str] = None,
                 level: float = 0.9, probability: Optional[str] = None,
-                lpd: bool = False) -> dict:
+                lpd: bool = False, covariates=None) -> dict:
     """Prediction (one band per target), uncertainty and AOA rasters, window by window;
     the AOA raster has per target the bands inside (1/0), DI and with ``lpd`` the local
     point density; ``error``: expected RMSE from the DI error profile, ``lower``/``upper``:
@@ -417,17 +444,22 @@ def predict_map(source: TileSource, model: dict, output: str,
     Class targets: the prediction band holds the class index (int16 when every target is a
     class target; names in the tags "classes"), uncertainty the share of fold models that
     disagree, and ``probability`` (class targets only) the mapped class's probability and
-    the normalised entropy per class target (:func:`.classes.class_products`)."""
+    the normalised entropy per class target (:func:`.classes.class_products`).
+    ``covariates``: paths replacing the model's covariate rasters (see
+    :func:`~.covariates.resolve_covariates`); by default the recorded files."""
     progress = ensure(progress)
     check_model_input(source, model)
     trust = dict(error=bool(error), lower=bool(lower), upper=bool(upper), level=level)
     TrustMaps(model, **trust)  # a model without CV residuals fails before any feature
+    stack = pixel_stack(source, model, covariates, progress)
     dev = resolve_device(device)
     backbone = backbone or model_backbone(model, device=str(dev))
     fr = model_rows(source, model, backbone, stride, dev, progress, batch_size=batch_size,
                     amp=amp, workers=workers)
     mapper = MapHeads(model, bool(uncertainty), bool(aoa), bool(probability), lpd=lpd, **trust)
     w, h = fr.width, fr.height
+    covrows = stack and stack.map_blocks(w, h, fr.transform(), model["tile_size"],
+                                         model_blocks(model) & {PIXELS, CONTEXT})
     paths = {"prediction": output, "uncertainty": uncertainty, "aoa": aoa,
              "error": error, "lower": lower, "upper": upper, "probability": probability}
     writers = {}  # product name -> writer; blocks are paired with writers by that name
@@ -438,13 +470,16 @@ def predict_map(source: TileSource, model: dict, output: str,
                                          fr.transform(), nodata=PRED_NODATA, tags=p["tags"],
                                          band_names=p["band_names"])
         for row, feats in fr.rows(progress=progress):
-            for name, block in mapper(feats).items():
+            blocks = {FEATURES: feats, **(covrows(row) if covrows else {})}
+            for name, block in mapper(blocks).items():
                 writers[name].write(block[:, None, :], ((row, row + 1), (0, w)))
         commit_all(list(writers.values()))
     finally:
         for wr in writers.values():
             if not wr.done:
                 wr.abort()
+        if stack:
+            stack.close()
     return {"output": output, "uncertainty": uncertainty,
             "aoa": aoa if mapper.aoa is not None else None, "width": w, "height": h,
             "inside_aoa": mapper.inside_count,
@@ -462,9 +497,43 @@ def check_model_input(source: TileSource, model: dict) -> None:
                          f"{' + DEM' if model['dem'] else ''}; the input gives "
                          f"{list(source.bands)}{' + DEM' if source.dem else ''}.")
     bad = [t for t in targets if model["methods"][t] == "rf_pixels"]
-    if bad:
-        raise InputError(f"The model maps {bad} with rf_pixels, a pixel baseline: fit with "
+    if bad and "pixel_names" not in model:  # made before covariates: no pixel record
+        raise InputError(f"The model maps {bad} with rf_pixels, a pixel baseline, and was made "
+                         f"before SoilSSL recorded pixel covariates: fit it again, or fit with "
                          f"METHOD mlp, ridge, rf_features or all to map predictions.")
+
+
+def model_blocks(model: dict) -> set:
+    """The blocks (PIXELS, CONTEXT, FEATURES) the model's mapped methods use."""
+    blocks = model.get("blocks") or {t: [FEATURES] for t in model["targets"]}
+    return {b if b in (PIXELS, CONTEXT) else FEATURES for t in model["targets"]
+            for b in blocks[t]}
+
+
+def pixel_stack(source: TileSource, model: dict, covariates=None,
+                progress: Optional[Progress] = None) -> Optional[PixelStack]:
+    """The model's pixel covariates on ``source`` (None when its methods use none): the
+    recorded covariate files or their ``covariates`` replacements, INPUT's recorded bands,
+    and the same PIXELS columns as at fit time (else :class:`InputError`)."""
+    if not model_blocks(model) & {PIXELS, CONTEXT}:
+        if covariates:
+            ensure(progress).info("COVARIATES is not used: the model maps with ViT features "
+                                  "only.")
+        return None
+    rec = model.get("pixel_input") or {}
+    with rasterio.open(source.path) as ds:
+        count = ds.count
+    want = [int(b) for b in rec.get("bands", [])]
+    if want and max(want) > count:
+        raise InputError(f"The model uses INPUT bands {want} as pixel covariates; "
+                         f"'{os.path.basename(source.path)}' has {count} band(s).")
+    stack = PixelStack(source, resolve_covariates(model.get("covariates"), covariates,
+                                                  progress), want or None)
+    if len(stack.pixel_names) != len(model["pixel_names"]):
+        stack.close()
+        raise InputError(f"The pixel covariates differ from the model's: the model was fitted "
+                         f"with {model['pixel_names']}, these give {stack.pixel_names}.")
+    return stack
 
 
 def model_rows(source: TileSource, model: dict, backbone: Backbone, stride: Optional[int],
@@ -516,23 +585,28 @@ class MapHeads:
             self.products["aoa"] = self.aoa.product
         self.trust = TrustMaps(model, tags=tags, **trust)  # error, lower, upper (as asked)
         self.products.update(self.trust.products)
+        blocks = model.get("blocks") or {}  # the sets each target's head reads, in order
+        self.inputs = [[b if b in (PIXELS, CONTEXT) else FEATURES
+                        for b in blocks.get(t, [FEATURES])] for t in targets]
 
     @property
     def inside_count(self) -> int:
         """Rows inside the AOA of every target."""
         return self.aoa.inside_all if self.aoa is not None else 0
 
-    def __call__(self, feats: np.ndarray) -> dict:
-        ok = np.isfinite(feats).all(axis=1)
+    def __call__(self, feats) -> dict:
+        data = feats if isinstance(feats, dict) else {FEATURES: feats}
+        feats = data[FEATURES]
+        ok = np.all([np.isfinite(b).all(axis=1) for b in data.values()], axis=0)
         blocks = {name: np.full((p["count"], len(feats)), PRED_NODATA, np.float32)
                   for name, p in self.products.items()}
         if not ok.any():
             return blocks
-        x = feats[ok]
         for t in range(len(self.targets)):
+            xt = np.hstack([data[b][ok] for b in self.inputs[t]])
             if self.targets[t] in self.class_targets:
                 pred, prob, ent, spread = class_block(
-                    self.heads[t], self.folds[t] if self.folds else None, x)
+                    self.heads[t], self.folds[t] if self.folds else None, xt)
                 blocks["prediction"][t, ok] = pred
                 if "probability" in blocks:
                     j = 2 * self.class_targets.index(self.targets[t])
@@ -540,11 +614,11 @@ class MapHeads:
                 if spread is not None:
                     blocks["uncertainty"][t, ok] = spread
                 continue
-            blocks["prediction"][t, ok] = self.heads[t].predict(x)
+            blocks["prediction"][t, ok] = self.heads[t].predict(xt)
             if "uncertainty" in blocks:
                 blocks["uncertainty"][t, ok] = np.stack(
-                    [f.predict(x) for f in self.folds[t]]).std(axis=0)
-        self.trust.fill(blocks, x, ok)
+                    [f.predict(xt) for f in self.folds[t]]).std(axis=0)
+        self.trust.fill(blocks, {k: v[ok] for k, v in data.items()}, ok)
         if "aoa" in blocks:
-            blocks["aoa"] = self.aoa(feats)
+            blocks["aoa"] = self.aoa(data)
         return blocks
