@@ -20,18 +20,20 @@ import numpy as np
 from .aoa import aoa_predict, fit_aoa
 from .backbone import Backbone, backbone_name, load_backbone, load_file, resolve_device
 from .cache import FeatureCache, cache_dir, digest  # noqa: F401 (cache_dir: public here too)
-from .cv import (COMPARE, FEATURE_METHODS, FEATURES, PIXELS, MethodSpec, cross_validate,
-                 method_specs, spatial_folds)
+from .cv import (ALL_METHODS, COMPARE, FEATURE_METHODS, FEATURES, HYBRID_METHODS,
+                 PIXELS, MethodSpec, cross_validate, make_head, method_specs, spatial_folds,
+                 stack_blocks)
 from .errors import BackboneError, InputError
 from .features import PATCH, pixel_values, point_features, prepare
 from .files import atomic_save
-from .heads import load_regressor, make_regressor
+from .heads import load_regressor
 from .progress import Progress, ensure
 from .patches import FeatureRows, PatchGrid, patch_point_features
 from .raster import RasterWriter, TileSource, commit_all
+from .selection import candidates, choose_best, nested_selection
 
 MODEL_FORMAT = "soilssl-model"
-METHODS = ("all", "mlp", "ridge", "rf_features", "rf_pixels")
+METHODS = ("all",) + ALL_METHODS
 POINT_FEATURES = ("tile", PATCH, "both")  # tile feature, patch under the point, or CV both
 PRED_NODATA = -9999.0
 
@@ -140,16 +142,14 @@ class FitResult:
 
 
 def _choose(cv, method: str, features: str = FEATURES) -> dict:
-    """Per target: METHOD itself, or for 'all' the best feature method by mean RMSE (on the
-    feature set ``features``)."""
+    """Per target: METHOD itself, or for 'all' the best of every candidate row (pixel
+    covariates, context, ViT features on the set ``features``, hybrids) by mean RMSE over
+    the folds of all points (:func:`~.selection.choose_best`)."""
     if method != "all":
-        label = MethodSpec(method, features if method != "rf_pixels" else PIXELS).label
+        uses = method in FEATURE_METHODS + HYBRID_METHODS
+        label = MethodSpec(method, features if uses else "").label
         return {t: label for t in cv.target_names}
-    mean, _ = cv.summary()
-    rows = [m for m, s in enumerate(cv.methods) if s.features == features
-            and s.method in FEATURE_METHODS]
-    return {t: cv.methods[min(rows, key=lambda m: mean[i, m, 0])].label
-            for i, t in enumerate(cv.target_names)}
+    return choose_best(cv, candidates(cv, features))
 
 
 def _choose_scale(cv, method: str) -> str:
@@ -225,20 +225,21 @@ def fit_points(source: TileSource, points: Points, backbone: Backbone,
                                            progress.sub(0.3 + i * part, 0.3 + (i + 1) * part),
                                            margin=margin, **compute)
     weights = None if points.weights is None else points.weights[keep]
-    specs = method_specs(method) + [MethodSpec(s.method, name) for name in compared
-                                    for s in method_specs(method) if s.features == FEATURES]
+    specs = _available(method_specs(method), sets, method, progress)
+    specs += [MethodSpec(s.method, name) for name in compared
+              for s in specs if s.features == FEATURES and s.method in FEATURE_METHODS]
     if point_feature == "both":
         sets[PATCH] = cached_point_features(source, backbone, c, r, PATCH, tile, cache,
                                             progress.sub(0.0, 0.4), norm.to_dict(),
                                             margin=margin, **compute)
-        specs += [MethodSpec(s.method, PATCH) for s in specs
-                  if s.features == FEATURES and s.method in FEATURE_METHODS]
+        specs += [MethodSpec(s.method, PATCH) for s in specs if s.features == FEATURES
+                  and s.method in FEATURE_METHODS + HYBRID_METHODS]
     cv = cross_validate(sets, y, folds, specs, target_names=points.names, loss=loss,
                         weights=weights, seed=seed, progress=progress.sub(0.4, 0.9),
                         keep_models=True)
     progress.info(cv.format_table())
-    scale = _choose_scale(cv, method) if point_feature == "both" and method != "rf_pixels" \
-        else FEATURES
+    scale = _choose_scale(cv, method) if point_feature == "both" and \
+        method not in ("rf_pixels", "rf_context") else FEATURES
     if point_feature == "both":
         progress.info(f"Mapping with {'patch' if scale == PATCH else 'tile'} features (the "
                       f"lower CV error relative to each property's spread).")
@@ -246,6 +247,11 @@ def fit_points(source: TileSource, points: Points, backbone: Backbone,
     ranking = rank_backbones(cv, {FEATURES: backbone, **compared})
     if compared:
         progress.info(format_ranking(ranking))
+    if method == "all":  # the honest score of "choose by CV": the row 'selected'
+        cv = nested_selection(cv, sets, candidates(cv, scale), loss, weights, seed,
+                              progress=progress.sub(0.85, 0.9))
+        progress.info(f"Nested selection (outer-loop score of choosing the method by an "
+                      f"inner CV):\n{cv.format_table()}")
     model = _model_dict(source, backbone, cv, sets, y, weights, folds, chosen, loss, seed,
                         PATCH if scale == PATCH else pool, tile, norm.to_dict(),
                         progress.sub(0.9, 1.0), scale, margin)
@@ -254,6 +260,21 @@ def fit_points(source: TileSource, points: Points, backbone: Backbone,
     return FitResult(cv, keep, folds, chosen, coords, model,
                      {"outside": int((~source.inside(cols, rows)).sum()),
                       "on_nodata": int(on_nodata.sum())}, ranking)
+
+
+def _available(specs: list, sets: dict, method: str, progress: Progress) -> list:
+    """The rows whose blocks exist; for METHOD=all a missing block (e.g. no context
+    covariates) drops its rows with a message, for one METHOD it is an input error."""
+    missing = [s for s in specs if not set(s.blocks) <= set(sets)]
+    if missing and method != "all":
+        need = sorted({b for s in missing for b in s.blocks} - set(sets))
+        raise InputError(f"METHOD {method} needs the {', '.join(need)} covariates, which "
+                         "this run does not have.")
+    if missing:
+        need = sorted({b for s in missing for b in s.blocks} - set(sets))
+        progress.info(f"Not run (no {', '.join(need)} block): "
+                      f"{', '.join(s.label for s in missing)}.")
+    return [s for s in specs if s not in missing]
 
 
 def compared_sets(compare) -> dict:
@@ -314,22 +335,24 @@ def format_ranking(rows: list) -> str:
 
 def _model_dict(source, backbone, cv, sets, y, weights, folds, chosen, loss, seed, pool, tile,
                 normalization, progress, scale=FEATURES, margin=None) -> dict:
-    heads, fold_heads = {}, {}
+    heads, fold_heads, blocks = {}, {}, {}
     for t, target in enumerate(cv.target_names):
         label = chosen[target]
         spec = cv.methods[cv.labels.index(label)]
         ok = np.isfinite(y[:, t])
         progress.info(f"{target}: refitting {label} on all {int(ok.sum())} points for mapping.")
-        head = make_regressor(spec.method, loss=loss, seed=seed)
-        head.fit(sets[spec.features][ok], y[ok, t],
+        head = make_head(spec, [sets[b].shape[1] for b in spec.blocks], loss, seed)
+        head.fit(stack_blocks(sets, spec.blocks, ok), y[ok, t],
                  sample_weight=None if weights is None else weights[ok])
         heads[target] = head.state_dict()
         fold_heads[target] = [h.state_dict() for h in cv.fold_models[(target, label)]]
-    uses_features = any(cv.methods[cv.labels.index(chosen[t])].features == scale
-                        for t in cv.target_names)
+        # on the map the model's feature set (tile or patch pooling) is the FEATURES block
+        blocks[target] = [FEATURES if b == scale else b for b in spec.blocks]
+    uses_features = any(FEATURES in blocks[t] for t in cv.target_names)
     return {
         "soilssl": {"format": MODEL_FORMAT, "version": 1},
-        "targets": list(cv.target_names), "methods": dict(chosen), "loss": loss, "seed": seed,
+        "targets": list(cv.target_names), "methods": dict(chosen), "blocks": blocks,
+        "loss": loss, "seed": seed,
         "backbone": backbone.reference, "bands": list(source.bands), "dem": bool(source.dem),
         "dem_path": os.path.abspath(source.dem) if source.dem else None,
         "pool": pool, "tile_size": int(tile), **({"margin": margin} if pool == PATCH else {}),
@@ -381,6 +404,10 @@ def predict_map(source: TileSource, model: dict, output: str,
     fr = model_rows(source, model, backbone, stride, dev, progress, batch_size=batch_size,
                     amp=amp, workers=workers)
     mapper = MapHeads(model, bool(uncertainty), bool(aoa))
+    if not mapper.needs <= {FEATURES, PIXELS}:
+        extra = ", ".join(sorted(mapper.needs - {FEATURES, PIXELS}))
+        raise InputError(f"The model needs the {extra} covariates on the map, which this "
+                         "SoilSSL cannot compute yet.")
     w, h = fr.width, fr.height
     paths = {"prediction": output, "uncertainty": uncertainty, "aoa": aoa}
     writers = {}  # product name -> writer; blocks are paired with writers by that name
@@ -390,7 +417,10 @@ def predict_map(source: TileSource, model: dict, output: str,
                                          fr.transform(), nodata=PRED_NODATA, tags=p["tags"],
                                          band_names=p["band_names"])
         for row, feats in fr.rows(progress=progress):
-            for name, block in mapper(feats).items():
+            blocks = {FEATURES: feats}
+            if PIXELS in mapper.needs:
+                blocks[PIXELS] = _pixel_row(source, fr, row)
+            for name, block in mapper(blocks).items():
                 writers[name].write(block[:, None, :], ((row, row + 1), (0, w)))
         commit_all(list(writers.values()))
     finally:
@@ -402,16 +432,28 @@ def predict_map(source: TileSource, model: dict, output: str,
 
 
 def check_model_input(source: TileSource, model: dict) -> None:
-    """The raster gives the model's bands and DEM, and the model maps features."""
-    targets = model["targets"]
+    """The raster gives the model's bands and DEM (every method maps, rf_pixels too)."""
     if list(source.bands) != list(model["bands"]) or bool(source.dem) != model["dem"]:
         raise InputError(f"The model was fitted on bands {model['bands']}"
                          f"{' + DEM' if model['dem'] else ''}; the input gives "
                          f"{list(source.bands)}{' + DEM' if source.dem else ''}.")
-    bad = [t for t in targets if model["methods"][t] == "rf_pixels"]
-    if bad:
-        raise InputError(f"The model maps {bad} with rf_pixels, a pixel baseline: fit with "
-                         f"METHOD mlp, ridge, rf_features or all to map predictions.")
+
+
+def _pixel_row(source: TileSource, fr: FeatureRows, row: int) -> np.ndarray:
+    """(width, channels) PIXELS block of one output row: the input's band (+DEM) values
+    at the pixel under each output cell's centre, as :func:`~.features.pixel_values`
+    reads them at the points (NaN on nodata).  Stands in until the covariate rows of
+    core/covariates.py feed the map."""
+    from rasterio.windows import Window
+    xs, ys = fr.transform() * (np.arange(fr.width) + 0.5, np.full(fr.width, row + 0.5))
+    cols, rows = ~source.transform * (np.asarray(xs), np.asarray(ys))
+    cols = np.clip(np.floor(cols).astype(int), 0, source.width - 1)
+    rows = np.clip(np.floor(rows).astype(int), 0, source.height - 1)
+    c0, r0 = int(cols.min()), int(rows.min())
+    arr, valid = source.read(Window(c0, r0, int(cols.max()) - c0 + 1, int(rows.max()) - r0 + 1))
+    out = arr[:, rows - r0, cols - c0].T.astype(np.float32)
+    out[~valid[rows - r0, cols - c0]] = np.nan
+    return out
 
 
 def model_rows(source: TileSource, model: dict, backbone: Backbone, stride: Optional[int],
@@ -427,11 +469,14 @@ def model_rows(source: TileSource, model: dict, backbone: Backbone, stride: Opti
 
 
 class MapHeads:
-    """A model's heads applied to feature rows: prediction, and optionally the uncertainty
+    """A model's heads applied to map rows: prediction, and optionally the uncertainty
     (std of the fold models) and the area of applicability.  ``products`` maps each asked
     product ("prediction", "uncertainty", "aoa") to its raster's count, band names and tags;
-    calling it on feats (n, D) gives {product: (count, n) float32 block} for the same
-    products (PRED_NODATA where a feature is NaN), so blocks meet writers by name."""
+    calling it on a dict of blocks of one output row, {PIXELS: (n, p), CONTEXT: (n, q),
+    FEATURES: (n, D)} (the keys in ``needs``; an (n, D) array means {FEATURES: it}), gives
+    {product: (count, n) float32 block} for the same products (PRED_NODATA where a needed
+    value is NaN), so blocks meet writers by name.  Each target's head gets its method's
+    blocks (the model's ``blocks``; models without it map FEATURES) stacked in order."""
 
     def __init__(self, model: dict, uncertainty: bool = False, aoa: bool = False):
         if aoa and model.get("aoa") is None:
@@ -439,6 +484,9 @@ class MapHeads:
         self.model = model
         self.targets = targets = model["targets"]
         self.heads = [load_regressor(model["heads"][t]) for t in targets]
+        stored = model.get("blocks") or {}
+        self.blocks = [list(stored.get(t, [FEATURES])) for t in targets]
+        self.needs = {b for bl in self.blocks for b in bl} | ({FEATURES} if aoa else set())
         self.folds = [[load_regressor(s) for s in model["fold_heads"][t]] for t in targets] \
             if uncertainty else None
         tags = {"soilssl_product": "prediction", "targets": targets, "methods": model["methods"],
@@ -455,20 +503,27 @@ class MapHeads:
                 "tags": dict(tags, soilssl_product="aoa", threshold=model["aoa"]["threshold"])}
         self.inside_count = 0
 
-    def __call__(self, feats: np.ndarray) -> dict:
-        ok = np.isfinite(feats).all(axis=1)
-        blocks = {name: np.full((p["count"], len(feats)), PRED_NODATA, np.float32)
+    def __call__(self, rows) -> dict:
+        rows = rows if isinstance(rows, dict) else {FEATURES: rows}
+        missing = sorted(self.needs - set(rows))
+        if missing:
+            raise InputError(f"The model needs the {', '.join(missing)} block(s) on the map.")
+        n = len(rows[next(iter(self.needs))])
+        ok = np.ones(n, bool)
+        for name in self.needs:
+            ok &= np.isfinite(rows[name]).all(axis=1)
+        blocks = {name: np.full((p["count"], n), PRED_NODATA, np.float32)
                   for name, p in self.products.items()}
         if not ok.any():
             return blocks
-        x = feats[ok]
         for t in range(len(self.targets)):
+            x = stack_blocks(rows, self.blocks[t], ok)
             blocks["prediction"][t, ok] = self.heads[t].predict(x)
             if "uncertainty" in blocks:
                 blocks["uncertainty"][t, ok] = np.stack(
                     [f.predict(x) for f in self.folds[t]]).std(axis=0)
         if "aoa" in blocks:
-            di, inside = aoa_predict(self.model["aoa"], x)
+            di, inside = aoa_predict(self.model["aoa"], rows[FEATURES][ok])
             blocks["aoa"][0, ok] = inside
             blocks["aoa"][1, ok] = di
             self.inside_count += int(inside.sum())
