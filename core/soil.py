@@ -235,9 +235,11 @@ def fit_points(source: TileSource, points: Points, backbone: Backbone,
         specs += [MethodSpec(s.method, PATCH) for s in specs if s.features == FEATURES
                   and s.method in FEATURE_METHODS + HYBRID_METHODS]
     cv = cross_validate(sets, y, folds, specs, target_names=points.names, loss=loss,
-                        weights=weights, seed=seed, progress=progress.sub(0.4, 0.9),
+                        weights=weights, seed=seed,
+                        progress=progress.sub(0.4, 0.75 if method == "all" else 0.9),
                         keep_models=True)
-    progress.info(cv.format_table())
+    if method != "all":
+        progress.info(cv.format_table())
     scale = _choose_scale(cv, method) if point_feature == "both" and \
         method not in ("rf_pixels", "rf_context") else FEATURES
     if point_feature == "both":
@@ -249,9 +251,11 @@ def fit_points(source: TileSource, points: Points, backbone: Backbone,
         progress.info(format_ranking(ranking))
     if method == "all":  # the honest score of "choose by CV": the row 'selected'
         cv = nested_selection(cv, sets, candidates(cv, scale), loss, weights, seed,
-                              progress=progress.sub(0.85, 0.9))
-        progress.info(f"Nested selection (outer-loop score of choosing the method by an "
-                      f"inner CV):\n{cv.format_table()}")
+                              progress=progress.sub(0.75, 0.9))
+        progress.info(cv.format_table())
+        progress.info("Row 'selected': each fold predicted by the method an inner CV on the "
+                      "other folds chose (the honest score of choosing by CV); the map uses "
+                      f"the best method on all folds: {_format_chosen(chosen)}.")
     model = _model_dict(source, backbone, cv, sets, y, weights, folds, chosen, loss, seed,
                         PATCH if scale == PATCH else pool, tile, norm.to_dict(),
                         progress.sub(0.9, 1.0), scale, margin)
@@ -260,6 +264,10 @@ def fit_points(source: TileSource, points: Points, backbone: Backbone,
     return FitResult(cv, keep, folds, chosen, coords, model,
                      {"outside": int((~source.inside(cols, rows)).sum()),
                       "on_nodata": int(on_nodata.sum())}, ranking)
+
+
+def _format_chosen(chosen: dict) -> str:
+    return ", ".join(f"{t}: {label}" for t, label in chosen.items())
 
 
 def _available(specs: list, sets: dict, method: str, progress: Progress) -> list:
