@@ -69,20 +69,28 @@ def _inner_options(options: Optional[Mapping[str, dict]]) -> Dict[str, dict]:
     return merged
 
 
+def rmse(y_true, y_pred) -> float:
+    """The default inner score (lower is better)."""
+    return float(regression_metrics(y_true, y_pred)[0])
+
+
 def inner_scores(feature_sets: Mapping[str, np.ndarray], y: np.ndarray, folds: np.ndarray,
                  specs: Sequence[MethodSpec], loss: str = "mse", weights=None, seed: int = 0,
                  head_options: Optional[Mapping[str, dict]] = None,
-                 progress: Optional[Progress] = None, on_fit=None) -> np.ndarray:
-    """(K outer, M candidates) mean inner-fold RMSE of each candidate for each outer fold
+                 progress: Optional[Progress] = None, on_fit=None, score=rmse,
+                 factory=make_head) -> np.ndarray:
+    """(K outer, M candidates) mean inner-fold score of each candidate for each outer fold
     (NaN where no inner fold could be scored), for one target ``y`` (N,) (NaN = missing).
 
-    ``on_fit(spec, train_mask)`` is called before each inner fit (tests use it to check
-    what each fit sees)."""
+    ``score(y_true, y_pred)``: lower is better (RMSE; a class target would pass e.g.
+    1 - kappa); ``factory(spec, widths, loss, seed, options)``: a new head (a class
+    target's heads would come from its own factory); ``on_fit(spec, train_mask)`` is called
+    before each inner fit (tests use it to check what each fit sees)."""
     progress = ensure(progress)
     fold_ids = np.unique(folds)
     K, M = len(fold_ids), len(specs)
     valid = np.isfinite(y)
-    rmse = np.full((K, K, M), np.nan)  # [outer k, inner j, candidate]
+    scores = np.full((K, K, M), np.nan)  # [outer k, inner j, candidate]
     options = _inner_options(head_options)
     pairs = list(itertools.combinations(range(K), 2))
     for p, (a, b) in enumerate(pairs):
@@ -94,32 +102,35 @@ def inner_scores(feature_sets: Mapping[str, np.ndarray], y: np.ndarray, folds: n
             progress.check()
             if on_fit is not None:
                 on_fit(spec, train)
-            head = make_head(spec, [feature_sets[s].shape[1] for s in spec.blocks], loss,
-                             seed, options)
+            head = factory(spec, [feature_sets[s].shape[1] for s in spec.blocks], loss,
+                           seed, options)
             head.fit(stack_blocks(feature_sets, spec.blocks, train), y[train],
                      sample_weight=w_train)
             for outer, inner in ((a, b), (b, a)):
                 test = valid & (folds == fold_ids[inner])
                 if test.any():
                     pred = head.predict(stack_blocks(feature_sets, spec.blocks, test))
-                    rmse[outer, inner, m] = regression_metrics(y[test], pred)[0]
+                    scores[outer, inner, m] = score(y[test], pred)
             progress.set((p * M + m + 1) / (len(pairs) * M))
     with warnings.catch_warnings():  # an outer fold without any scored inner fold -> NaN
         warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmean(rmse, axis=1)
+        return np.nanmean(scores, axis=1)
 
 
 def nested_selection(cv: CVResult, feature_sets: Mapping[str, np.ndarray],
                      labels: Sequence[str], loss: str = "mse", weights=None, seed: int = 0,
                      head_options: Optional[Mapping[str, dict]] = None,
                      progress: Optional[Progress] = None, weighted_metrics: bool = False,
-                     on_fit=None) -> CVResult:
+                     on_fit=None, inner: Optional[Mapping[str, dict]] = None) -> CVResult:
     """``cv`` with the row ``selected`` appended (see the module docstring).
 
     ``labels``: the candidate rows (e.g. :func:`candidates`); ``feature_sets``, ``loss``,
-    ``weights``, ``seed`` as given to :func:`~.cv.cross_validate`.  The result's
-    ``selection`` maps each target to the label chosen for each outer fold (in
-    ``fold_ids`` order)."""
+    ``weights``, ``seed`` as given to :func:`~.cv.cross_validate`; ``inner``: per target,
+    extra :func:`inner_scores` arguments (``score``, ``factory``; e.g. for class targets).
+    Fold k of the ``selected`` row is a copy of fold k of the row chosen for it: its
+    predictions, fold metrics, and any other per-row array the CVResult carries (class
+    probabilities and metrics).  The result's ``selection`` maps each target to the label
+    chosen for each outer fold (in ``fold_ids`` order)."""
     progress = ensure(progress)
     if not labels:
         raise InputError("Nested selection needs at least one candidate method.")
@@ -128,16 +139,24 @@ def nested_selection(cv: CVResult, feature_sets: Mapping[str, np.ndarray],
     rows = [cv.labels.index(label) for label in labels]
     specs = [cv.methods[m] for m in rows]
     w = None if weights is None else np.asarray(weights, np.float64)
-    T, K, n = len(cv.target_names), len(cv.fold_ids), cv.y.shape[0]
+    T, n = len(cv.target_names), cv.y.shape[0]
     pred = np.full((T, 1, n), np.nan)
-    metrics = np.full((T, 1, K, cv.fold_metrics.shape[-1]), np.nan)
+    metrics = np.full((T, 1) + cv.fold_metrics.shape[2:], np.nan)
     selection: Dict[str, List[str]] = {}
     models = dict(cv.fold_models) if cv.fold_models is not None else None
+    # per-row arrays of class targets, when the CVResult has them (copied like predictions)
+    probs = getattr(cv, "probabilities", None)  # target -> (M, N, C)
+    class_fold = getattr(cv, "class_fold_metrics", None)  # (T, M, K, n metrics)
+    sel_probs = {g: np.full((1,) + p.shape[1:], np.nan) for g, p in probs.items()} \
+        if probs else None
+    sel_class = None if class_fold is None else \
+        np.full(class_fold.shape[:1] + (1,) + class_fold.shape[2:], np.nan)
     for t, target in enumerate(cv.target_names):
         progress.info(f"{target}: nested selection among {len(specs)} methods (inner CV on "
                       f"the training folds of each outer fold)...")
         scores = inner_scores(feature_sets, cv.y[:, t], cv.folds, specs, loss, w, seed,
-                              head_options, progress.sub(t / T, (t + 1) / T), on_fit)
+                              head_options, progress.sub(t / T, (t + 1) / T), on_fit,
+                              **dict((inner or {}).get(target, {})))
         chosen = []
         for k, fold in enumerate(cv.fold_ids):
             s = np.where(np.isfinite(scores[k]), scores[k], np.inf)
@@ -145,22 +164,29 @@ def nested_selection(cv: CVResult, feature_sets: Mapping[str, np.ndarray],
             chosen.append(cv.labels[m])
             test = (cv.folds == fold) & np.isfinite(cv.y[:, t])
             pred[t, 0, test] = cv.predictions[t, m, test]
-            if test.any():
-                w_test = w[test] if (w is not None and weighted_metrics) else None
-                metrics[t, 0, k] = regression_metrics(cv.y[test, t], pred[t, 0, test],
-                                                      sample_weight=w_test)
+            metrics[t, 0, k] = cv.fold_metrics[t, m, k]
+            if sel_probs is not None and target in sel_probs:
+                sel_probs[target][0, test] = probs[target][m, test]
+            if sel_class is not None:
+                sel_class[t, 0, k] = class_fold[t, m, k]
         selection[target] = chosen
         if models is not None and all((target, c) in models for c in chosen):
             models[(target, SELECTED)] = [models[(target, c)][k] for k, c in enumerate(chosen)]
         progress.info(f"{target}: per outer fold the inner CV chose {', '.join(chosen)}.")
     r2 = np.full((T, 1), np.nan)
-    for t in range(T):
+    for t, target in enumerate(cv.target_names):
         ok = np.isfinite(cv.y[:, t])
-        if ok.sum() > 1:
+        kind = cv.kind(target) if hasattr(cv, "kind") else "regression"
+        if ok.sum() > 1 and kind == "regression":
             r2[t, 0] = r2_score(cv.y[ok, t], pred[t, 0, ok], sample_weight=w[ok] if (
                 w is not None and weighted_metrics) else None)
     spec = MethodSpec(SELECTED, SELECTED, SELECTED)
-    out = replace(cv, methods=list(cv.methods) + [spec],
+    extra = {}
+    if sel_probs is not None:
+        extra["probabilities"] = {g: np.concatenate([probs[g], sel_probs[g]]) for g in probs}
+    if sel_class is not None:
+        extra["class_fold_metrics"] = np.concatenate([class_fold, sel_class], axis=1)
+    out = replace(cv, **extra, methods=list(cv.methods) + [spec],
                   predictions=np.concatenate([cv.predictions, pred], axis=1),
                   fold_metrics=np.concatenate([cv.fold_metrics, metrics], axis=1),
                   r2_pooled=np.concatenate([cv.r2_pooled, r2], axis=1), fold_models=models,

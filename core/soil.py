@@ -225,7 +225,7 @@ def fit_points(source: TileSource, points: Points, backbone: Backbone,
                                            progress.sub(0.3 + i * part, 0.3 + (i + 1) * part),
                                            margin=margin, **compute)
     weights = None if points.weights is None else points.weights[keep]
-    specs = _available(method_specs(method), sets, method, progress)
+    specs = method_specs(method)
     specs += [MethodSpec(s.method, name) for name in compared
               for s in specs if s.features == FEATURES and s.method in FEATURE_METHODS]
     if point_feature == "both":
@@ -234,6 +234,7 @@ def fit_points(source: TileSource, points: Points, backbone: Backbone,
                                             margin=margin, **compute)
         specs += [MethodSpec(s.method, PATCH) for s in specs if s.features == FEATURES
                   and s.method in FEATURE_METHODS + HYBRID_METHODS]
+    specs = _available(specs, sets, method, progress)  # after every block is computed
     cv = cross_validate(sets, y, folds, specs, target_names=points.names, loss=loss,
                         weights=weights, seed=seed,
                         progress=progress.sub(0.4, 0.75 if method == "all" else 0.9),
