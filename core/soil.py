@@ -454,8 +454,8 @@ def _pixel_row(source: TileSource, fr: FeatureRows, row: int) -> np.ndarray:
     reads them at the points (NaN on nodata).  Stands in until the covariate rows of
     core/covariates.py feed the map."""
     from rasterio.windows import Window
-    xs, ys = fr.transform() * (np.arange(fr.width) + 0.5, np.full(fr.width, row + 0.5))
-    cols, rows = ~source.transform * (np.asarray(xs), np.asarray(ys))
+    xs, ys = fr.transform() @ (np.arange(fr.width) + 0.5, np.full(fr.width, row + 0.5))
+    cols, rows = ~source.transform @ (np.asarray(xs), np.asarray(ys))
     cols = np.clip(np.floor(cols).astype(int), 0, source.width - 1)
     rows = np.clip(np.floor(rows).astype(int), 0, source.height - 1)
     c0, r0 = int(cols.min()), int(rows.min())

@@ -127,8 +127,8 @@ def test_predict_map_maps_rf_pixels_and_refuses_band_mismatch(scene, vit, tmp_pa
         assert pred.shape == (4, 6)
         # each cell: the pixel-value head at the input pixel under the cell's centre
         rows, cols = np.mgrid[0:4, 0:6]
-        xs, ys = t * (cols.ravel() + 0.5, rows.ravel() + 0.5)
-        c, r = ~ds.transform * (np.asarray(xs), np.asarray(ys))
+        xs, ys = t @ (cols.ravel() + 0.5, rows.ravel() + 0.5)
+        c, r = ~ds.transform @ (np.asarray(xs), np.asarray(ys))
         pix = img[:, np.floor(r).astype(int), np.floor(c).astype(int)].T
     expected = load_regressor(model["heads"]["ph"]).predict(pix).reshape(4, 6)
     np.testing.assert_allclose(pred, expected, rtol=1e-6)
