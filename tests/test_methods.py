@@ -352,3 +352,18 @@ def test_fit_points_all_maps_the_chosen_method_with_pixels_and_features(tmp_path
                 pred = ds.read(1)
             assert pred.shape == (2, 3) and (pred != PRED_NODATA).all()
             assert np.isfinite(pred).all() and pred.std() > 0
+
+
+def test_rows_without_their_blocks_are_dropped_for_all_and_refused_alone():
+    from soilssl.core.progress import Progress
+    from soilssl.core.soil import _available
+    sets = {PIXELS: np.zeros((4, 2)), FEATURES: np.zeros((4, 3))}
+    messages = []
+    kept = _available(method_specs("all"), sets, "all", Progress(on_info=messages.append))
+    assert [s.label for s in kept] == ["rf_pixels", "mlp", "rf_features", "ridge",
+                                       "rf_hybrid", "gbm_hybrid"]
+    assert messages == ["Not run (no context block): rf_context."]
+    with pytest.raises(InputError, match="METHOD rf_context needs the context covariates"):
+        _available(method_specs("rf_context"), sets, "rf_context", Progress())
+    assert _available(method_specs("rf_context"), dict(sets, context=np.zeros((4, 4))),
+                      "rf_context", Progress()) == method_specs("rf_context")
