@@ -12,7 +12,8 @@ from .base import POINT_FEATURES, SoilSSLAlgorithm
 from .points import StagedSink, column, oof_fields, read_points, write_oof
 from .styles import class_points_style, on_load, residual_style
 
-METHODS = ["all", "mlp", "ridge", "rf_features", "rf_pixels"]
+METHODS = ["all", "mlp", "ridge", "rf_features", "rf_pixels", "rf_context", "rf_hybrid",
+           "gbm_hybrid"]
 FOLD_MODES = ["kmeans", "random", "knndm"]
 LOSSES = ["mse", "huber", "l1"]
 TARGET_TYPES = ["auto", "regression", "classification"]

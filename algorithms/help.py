@@ -60,8 +60,12 @@ PARAMS = {
               "a,b or a;b. NULLs are skipped per field.",
     "METHOD": "mlp: the paper's head on frozen features (768-512-512-1); ridge: linear probe; "
               "rf_features: random forest on ViT features; rf_pixels: random forest on the "
-              "pixel values (baseline); all: every method on the same folds (the chosen model "
-              "for mapping is the feature method with the lowest mean RMSE).",
+              "pixel covariates (the everyday baseline); rf_context: the covariates plus their "
+              "mean and std over the tile window; rf_hybrid / gbm_hybrid: random forest / "
+              "gradient boosting on the covariates plus the ViT features reduced by PCA "
+              "(fitted in each training fold); all: every method on the same folds, mapped "
+              "with the one of lowest mean RMSE; its honest score is the row 'selected' "
+              "(per fold, the method chosen by an inner CV on the other folds).",
     "FOLDS": "Number of spatial folds: K-means clusters of the point coordinates (paper: 6).",
     "FOLD_MODE": "kmeans (spatial, paper), random folds for comparison, or knndm: folds "
                  "whose test-to-training distances match the distances from the raster's "

@@ -8,14 +8,15 @@ statistics (feature standardisation, target scaling, early stopping, hyper-param
 search) live inside the heads' ``fit`` and therefore only see training folds.
 
 A method row is a :class:`MethodSpec`: a head (``mlp``, ``ridge``, ``rf_features``,
-``rf_pixels``) on a named feature set.  The paper's rows come from
-:func:`method_specs`::
+``rf_pixels``, ``rf_context``, ``rf_hybrid``, ``gbm_hybrid``) on the blocks (named
+feature sets) it stacks.  The rows come from :func:`method_specs`::
 
     rows = method_specs("all", compare=True)
-    # rf_pixels on "pixels"; mlp, rf_features, ridge on "features";
+    # rf_pixels on "pixels"; rf_context on "pixels" + "context"; mlp, rf_features, ridge
+    # on "features"; rf_hybrid, gbm_hybrid on "pixels" + "features" (PCA in the head);
     # "mlp [compare]", "rf_features [compare]", "ridge [compare]" on "compare"
-    result = cross_validate({"pixels": P, "features": F, "compare": G}, y, folds, rows,
-                            target_names=["pH", "Si"])
+    result = cross_validate({"pixels": P, "context": C, "features": F, "compare": G}, y,
+                            folds, rows, target_names=["pH", "Si"])
     print(result.format_table())
 """
 from __future__ import annotations
@@ -29,9 +30,9 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import mean_absolute_error, r2_score, root_mean_squared_error
 
 from .classes import CLASS_METRICS, CLASSIFICATION, REGRESSION, check_kind, class_metrics, \
-    confusion, make_classifier
+    CLASS_HEADS, class_head_name, confusion, make_classifier
 from .errors import InputError
-from .heads import canonical_method, make_regressor
+from .heads import HEADS, canonical_method, make_regressor
 from .progress import Progress, ensure
 
 FOLD_MODES = ("kmeans", "random", "knndm")
@@ -42,7 +43,9 @@ MIN_TRAIN_POINTS = 5
 PIXELS, FEATURES, COMPARE = "pixels", "features", "compare"
 CONTEXT = "context"
 FEATURE_METHODS = ("mlp", "rf_features", "ridge")
-ALL_METHODS = ("rf_pixels",) + FEATURE_METHODS
+HYBRID_METHODS = ("rf_hybrid", "gbm_hybrid")
+ALL_METHODS = ("rf_pixels", "rf_context") + FEATURE_METHODS + HYBRID_METHODS
+SELECTED = "selected"  # the nested-selection row (core/selection.py)
 METRICS = ("rmse", "mae", "r2")
 
 
@@ -109,30 +112,43 @@ def regression_metrics(y_true, y_pred, sample_weight=None) -> np.ndarray:
 # ----------------------------------------------------------------------------- method rows
 
 def _natural_features(method: str) -> str:
-    return PIXELS if method == "rf_pixels" else FEATURES
+    return PIXELS if method in ("rf_pixels", "rf_context") else FEATURES
 
 
 @dataclass(frozen=True)
 class MethodSpec:
     """One row of the comparison: head ``method`` on feature set ``features``.
 
-    ``features`` defaults to "pixels" for rf_pixels and "features" otherwise; ``label``
-    defaults to the method name, with " [set]" appended on any other set
-    (e.g. "mlp [compare]").
+    ``features`` defaults to "pixels" for rf_pixels/rf_context and "features" otherwise;
+    ``label`` defaults to the method name, with " [set]" appended on any other set
+    (e.g. "mlp [compare]").  ``blocks``: the feature sets stacked column-wise, in order,
+    as the head's input: (features,) for mlp/ridge/rf_features, (pixels,) for rf_pixels,
+    (pixels, context) for rf_context, (pixels, features) for the hybrids.  The row
+    ``selected`` (method SELECTED) is nested selection's, filled by core/selection.py.
     """
 
     method: str
     features: str = ""
     label: str = ""
+    blocks: Tuple[str, ...] = ()
 
     def __post_init__(self):
-        canonical_method(self.method)
+        if self.method != SELECTED:
+            canonical_method(self.method)
         features = self.features or _natural_features(self.method)
         object.__setattr__(self, "features", features)
         if not self.label:
             label = self.method if features == _natural_features(self.method) \
                 else f"{self.method} [{features}]"
             object.__setattr__(self, "label", label)
+        blocks = self.blocks
+        if not blocks and self.method == "rf_context":
+            blocks = (features, CONTEXT)
+        elif not blocks and self.method in HYBRID_METHODS:
+            blocks = (PIXELS, features)
+        elif not blocks and self.method != SELECTED:
+            blocks = (features,)
+        object.__setattr__(self, "blocks", tuple(blocks))
 
 
 MethodLike = Union[MethodSpec, str, Tuple[str, ...]]
@@ -153,8 +169,33 @@ def method_specs(method: str = "all", compare: bool = False) -> List[MethodSpec]
     names = ALL_METHODS if method == "all" else (method,)
     specs = [MethodSpec(m) for m in names]
     if compare:
-        specs += [MethodSpec(m, COMPARE) for m in names if m != "rf_pixels"]
+        specs += [MethodSpec(m, COMPARE) for m in names if m in FEATURE_METHODS]
     return specs
+
+
+def stack_blocks(sets: Mapping[str, np.ndarray], blocks: Sequence[str], rows=None) -> np.ndarray:
+    """The head input of a method row: its ``blocks`` (MethodSpec.blocks) side by side,
+    rows ``rows`` of each (one block: as it is; several: float64)."""
+    parts = [np.asarray(sets[b]) if rows is None else np.asarray(sets[b])[rows]
+             for b in blocks]
+    return parts[0] if len(parts) == 1 else np.hstack([p.astype(np.float64) for p in parts])
+
+
+def make_head(spec: MethodSpec, widths: Sequence[int], loss: str = "mse", seed: int = 0,
+              options: Optional[Mapping[str, dict]] = None, kind: str = REGRESSION,
+              n_classes: int = 2, class_weight: Optional[str] = None):
+    """A new head for a row: the factory's head with ``options[canonical name]`` and the
+    options that follow from its blocks' widths (the hybrids: how many covariate columns
+    precede the features); a class head (:mod:`.classes`) for a ``classification`` target."""
+    name = canonical_method(spec.method)
+    opts = dict((options or {}).get(name, {}))
+    factory = HEADS[name] if kind == REGRESSION else CLASS_HEADS[class_head_name(spec.method)]
+    block_params = getattr(factory, "block_params", None)
+    if block_params is not None:
+        opts.update(block_params(list(widths)))
+    if kind == REGRESSION:
+        return make_regressor(spec.method, loss=loss, seed=seed, **opts)
+    return make_classifier(spec.method, n_classes, class_weight, seed, **opts)
 
 
 # ----------------------------------------------------------------------------- result
@@ -166,7 +207,8 @@ class CVResult:
     Arrays are indexed [target, method row, ...] in the order of ``target_names`` and
     ``methods``; ``fold_metrics[..., k, :]`` holds RMSE, MAE, R² of fold ``fold_ids[k]``
     (NaN where the fold had no point with that target).  ``fold_models`` (when kept)
-    maps (target, label) to the fitted heads in ``fold_ids`` order.
+    maps (target, label) to the fitted heads in ``fold_ids`` order; ``selection`` (after
+    :func:`~.selection.nested_selection`) the label chosen for each outer fold per target.
     """
 
     target_names: List[str]
@@ -199,6 +241,7 @@ class CVResult:
         """(C, C) out-of-fold confusion matrix (rows observed, columns predicted)."""
         t, m = self.index(target, label)
         return confusion(self.y[:, t], self.predictions[t, m], len(self.classes[target]))
+    selection: Optional[Dict[str, List[str]]] = None  # nested selection: label per fold
 
     @property
     def labels(self) -> List[str]:
@@ -378,7 +421,7 @@ def cross_validate(feature_sets: Mapping[str, np.ndarray], y, folds,
         raise InputError(f"Method rows need distinct labels, got {labels}.")
     y, names = _targets(y, target_names)
     n = y.shape[0]
-    X = _feature_sets(feature_sets, sorted({s.features for s in specs}), n)
+    X = _feature_sets(feature_sets, sorted({b for s in specs for b in s.blocks}), n)
     folds = _folds(folds, n)
     w = _weights(weights, n)
     fold_ids = np.unique(folds)
@@ -409,19 +452,19 @@ def cross_validate(feature_sets: Mapping[str, np.ndarray], y, folds,
             w_test = w[test] if (w is not None and weighted_metrics) else None
             for m, spec in enumerate(specs):
                 progress.check()
-                opts = options.get(canonical_method(spec.method), {})
-                head = make_regressor(spec.method, loss=loss, seed=seed, **opts) \
-                    if kinds[t] == REGRESSION else \
-                    make_classifier(spec.method, len(classes[target]), class_weight, seed, **opts)
-                head.fit(X[spec.features][train], y[train, t], sample_weight=w_train)
+                head = make_head(spec, [X[b].shape[1] for b in spec.blocks], loss, seed,
+                                 options, kinds[t],
+                                 len(classes[target]) if kinds[t] == CLASSIFICATION else 2,
+                                 class_weight)
+                head.fit(stack_blocks(X, spec.blocks, train), y[train, t], sample_weight=w_train)
                 if test.any() and kinds[t] == CLASSIFICATION:
-                    proba = head.predict_proba(X[spec.features][test])
+                    proba = head.predict_proba(stack_blocks(X, spec.blocks, test))
                     probabilities[target][m, test] = proba
                     predictions[t, m, test] = proba.argmax(axis=1)
                     class_fold[t, m, k] = class_metrics(y[test, t], predictions[t, m, test],
                                                         sample_weight=w_test)
                 elif test.any():
-                    predictions[t, m, test] = head.predict(X[spec.features][test])
+                    predictions[t, m, test] = head.predict(stack_blocks(X, spec.blocks, test))
                     fold_metrics[t, m, k] = regression_metrics(
                         y[test, t], predictions[t, m, test], sample_weight=w_test)
                 if models is not None:

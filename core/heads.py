@@ -532,12 +532,13 @@ class ForestHead(Regressor):
 # ----------------------------------------------------------------------------- factory
 
 HEADS: Dict[str, Type[Regressor]] = {"mlp": MLPHead, "ridge": RidgeHead, "rf": ForestHead}
-# Names of the paper's baselines: the same forest on ViT features or on pixel values.
-METHOD_ALIASES = {"rf_features": "rf", "rf_pixels": "rf"}
+# Names of the paper's baselines: the same forest on ViT features or on pixel values
+# (rf_context: pixel values plus their mean and std over the tile window).
+METHOD_ALIASES = {"rf_features": "rf", "rf_pixels": "rf", "rf_context": "rf"}
 
 
 def canonical_method(method: str) -> str:
-    """'rf_features'/'rf_pixels' -> 'rf'; raises InputError for unknown names."""
+    """'rf_features'/'rf_pixels'/'rf_context' -> 'rf'; raises InputError for unknown names."""
     name = METHOD_ALIASES.get(method, method)
     if name not in HEADS:
         known = ", ".join(sorted(set(HEADS) | set(METHOD_ALIASES)))
@@ -559,3 +560,9 @@ def make_regressor(method: str, loss: str = "mse", seed: int = 0, **opts) -> Reg
 def load_regressor(state: dict) -> Regressor:
     """Rebuild any head from its ``state_dict()``."""
     return HEADS[canonical_method(str(state.get("method")))].from_state(state)
+
+
+# The hybrid heads (covariates + PCA of the features) and gradient boosting: core/hybrid.py.
+from .hybrid import ForestHybrid, GBMHead, GBMHybrid  # noqa: E402  (they subclass Regressor)
+
+HEADS.update({"gbm": GBMHead, "rf_hybrid": ForestHybrid, "gbm_hybrid": GBMHybrid})

@@ -22,10 +22,11 @@ from .aoa import MapAOA, fit_model_aoa
 from .backbone import Backbone, backbone_name, load_backbone, load_file, resolve_device
 from .cache import FeatureCache, cache_dir, digest  # noqa: F401 (cache_dir: public here too)
 from .classes import CLASSIFICATION, REGRESSION, choose_class_method, class_block, \
-    class_products, class_targets, load_head, make_target_head
+    class_products, class_targets, load_head
 from .covariates import PixelStack, open_covariates, resolve_covariates
-from .cv import (COMPARE, CONTEXT, FEATURE_METHODS, FEATURES, PIXELS, MethodSpec,
-                 cross_validate, method_specs, spatial_folds)
+from .cv import (ALL_METHODS, COMPARE, CONTEXT, FEATURE_METHODS, FEATURES, HYBRID_METHODS,
+                 PIXELS, MethodSpec, cross_validate, make_head, method_specs, spatial_folds,
+                 stack_blocks)
 from .errors import BackboneError, InputError
 from .features import PATCH, point_features, prepare
 from .files import atomic_save
@@ -34,9 +35,10 @@ from .knndm import fold_distances, prediction_locations
 from .progress import Progress, ensure
 from .patches import FeatureRows, PatchGrid, patch_point_features
 from .raster import RasterWriter, TileSource, commit_all
+from .selection import candidates, choose_best, class_inner, nested_selection
 
 MODEL_FORMAT = "soilssl-model"
-METHODS = ("all", "mlp", "ridge", "rf_features", "rf_pixels")
+METHODS = ("all",) + ALL_METHODS
 POINT_FEATURES = ("tile", PATCH, "both")  # tile feature, patch under the point, or CV both
 PRED_NODATA = -9999.0
 
@@ -149,16 +151,17 @@ class FitResult:
 
 
 def _choose(cv, method: str, features: str = FEATURES) -> dict:
-    """Per target: METHOD itself, or for 'all' the best feature method by mean RMSE (on the
-    feature set ``features``)."""
+    """Per target: METHOD itself, or for 'all' the best of every candidate row (pixel
+    covariates, context, ViT features on the set ``features``, hybrids) by mean RMSE over
+    the folds of all points (:func:`~.selection.choose_best`)."""
     if method != "all":
-        label = MethodSpec(method, features if method != "rf_pixels" else PIXELS).label
+        uses = method in FEATURE_METHODS + HYBRID_METHODS
+        label = MethodSpec(method, features if uses else "").label
         return {t: label for t in cv.target_names}
-    mean, _ = cv.summary()
-    rows = [m for m, s in enumerate(cv.methods) if s.features == features
-            and s.method in FEATURE_METHODS]
-    return {t: cv.methods[min(rows, key=lambda m: mean[i, m, 0])].label
-            if cv.kind(t) == REGRESSION else choose_class_method(cv, i, rows)
+    labels = candidates(cv, features)
+    best = choose_best(cv, labels)  # regression: the lowest mean RMSE
+    rows = [cv.labels.index(label) for label in labels]
+    return {t: best[t] if cv.kind(t) == REGRESSION else choose_class_method(cv, i, rows)
             for i, t in enumerate(cv.target_names)}
 
 
@@ -262,28 +265,32 @@ def fit_points(source: TileSource, points: Points, backbone: Backbone,
                                            progress.sub(0.3 + i * part, 0.3 + (i + 1) * part),
                                            margin=margin, **compute)
     weights = None if points.weights is None else points.weights[keep]
-    specs = method_specs(method) + [MethodSpec(s.method, name) for name in compared
-                                    for s in method_specs(method) if s.features == FEATURES]
+    specs = method_specs(method)
+    specs += [MethodSpec(s.method, name) for name in compared
+              for s in specs if s.features == FEATURES and s.method in FEATURE_METHODS]
     if point_feature == "both":
         sets[PATCH] = cached_point_features(source, backbone, c, r, PATCH, tile, cache,
                                             progress.sub(0.0, 0.4), norm.to_dict(),
                                             margin=margin, **compute)
-        specs += [MethodSpec(s.method, PATCH) for s in specs
-                  if s.features == FEATURES and s.method in FEATURE_METHODS]
+        specs += [MethodSpec(s.method, PATCH) for s in specs if s.features == FEATURES
+                  and s.method in FEATURE_METHODS + HYBRID_METHODS]
     if any(CONTEXT in getattr(s, "blocks", ()) for s in specs):
         progress.info(f"Covariate context: mean and std over the {tile} px window of each "
                       f"point...")
         sets[CONTEXT] = stack.context(c, r, tile, progress.sub(0.3, 0.4))
     stack.close()
+    specs = _available(specs, sets, method, progress)  # after every block is computed
     kinds = [CLASSIFICATION if t in (points.classes or {}) else REGRESSION
              for t in points.names]
     cv = cross_validate(sets, y, folds, specs, target_names=points.names, loss=loss,
-                        weights=weights, seed=seed, progress=progress.sub(0.4, 0.9),
+                        weights=weights, seed=seed,
+                        progress=progress.sub(0.4, 0.75 if method == "all" else 0.9),
                         keep_models=True, kinds=kinds, classes=points.classes,
                         class_weight=class_weight)
-    progress.info(cv.format_table())
-    scale = _choose_scale(cv, method) if point_feature == "both" and method != "rf_pixels" \
-        else FEATURES
+    if method != "all":
+        progress.info(cv.format_table())
+    scale = _choose_scale(cv, method) if point_feature == "both" and \
+        method not in ("rf_pixels", "rf_context") else FEATURES
     if point_feature == "both":
         progress.info(f"Mapping with {'patch' if scale == PATCH else 'tile'} features (the "
                       f"lower CV error relative to each property's spread).")
@@ -291,14 +298,22 @@ def fit_points(source: TileSource, points: Points, backbone: Backbone,
     ranking = rank_backbones(cv, {FEATURES: backbone, **compared})
     if compared:
         progress.info(format_ranking(ranking))
+    if method == "all":  # the honest score of "choose by CV": the row 'selected'
+        cv = nested_selection(cv, sets, candidates(cv, scale), loss, weights, seed,
+                              progress=progress.sub(0.75, 0.9),
+                              inner={t: class_inner(len(names), class_weight)
+                                     for t, names in (points.classes or {}).items()})
+        progress.info(cv.format_table())
+        progress.info("Row 'selected': each fold predicted by the method an inner CV on the "
+                      "other folds chose (the honest score of choosing by CV); the map uses "
+                      f"the best method on all folds: {_format_chosen(chosen)}.")
     model = _model_dict(source, backbone, cv, sets, y, weights, folds, chosen, loss, seed,
                         PATCH if scale == PATCH else pool, tile, norm.to_dict(),
                         progress.sub(0.9, 1.0), scale, margin, class_weight)
     model["fold_mode"] = fold_mode
     if dist is not None:
         model["geodist"] = dist.table()
-    model.update(stack.record(), blocks={t: list(_spec_blocks(cv.methods[cv.labels.index(m)]))
-                                         for t, m in chosen.items()})
+    model.update(stack.record())
     if model_path:
         atomic_save(model, model_path)
     return FitResult(cv, keep, folds, chosen, coords, model,
@@ -307,9 +322,24 @@ def fit_points(source: TileSource, points: Points, backbone: Backbone,
                      names={PIXELS: stack.pixel_names, CONTEXT: stack.context_names})
 
 
-def _spec_blocks(spec) -> tuple:
-    """The sets a method row uses (MethodSpec.blocks when it has them)."""
-    return tuple(getattr(spec, "blocks", None) or (spec.features,))
+
+def _format_chosen(chosen: dict) -> str:
+    return ", ".join(f"{t}: {label}" for t, label in chosen.items())
+
+
+def _available(specs: list, sets: dict, method: str, progress: Progress) -> list:
+    """The rows whose blocks exist; for METHOD=all a missing block (e.g. no context
+    covariates) drops its rows with a message, for one METHOD it is an input error."""
+    missing = [s for s in specs if not set(s.blocks) <= set(sets)]
+    if missing and method != "all":
+        need = sorted({b for s in missing for b in s.blocks} - set(sets))
+        raise InputError(f"METHOD {method} needs the {', '.join(need)} covariates, which "
+                         "this run does not have.")
+    if missing:
+        need = sorted({b for s in missing for b in s.blocks} - set(sets))
+        progress.info(f"Not run (no {', '.join(need)} block): "
+                      f"{', '.join(s.label for s in missing)}.")
+    return [s for s in specs if s not in missing]
 
 
 def compared_sets(compare) -> dict:
@@ -370,23 +400,26 @@ def format_ranking(rows: list) -> str:
 
 def _model_dict(source, backbone, cv, sets, y, weights, folds, chosen, loss, seed, pool, tile,
                 normalization, progress, scale=FEATURES, margin=None, class_weight=None) -> dict:
-    heads, fold_heads, refitted = {}, {}, {}
+    heads, fold_heads, refitted, blocks = {}, {}, {}, {}
     for t, target in enumerate(cv.target_names):
         label = chosen[target]
         spec = cv.methods[cv.labels.index(label)]
         ok = np.isfinite(y[:, t])
         progress.info(f"{target}: refitting {label} on all {int(ok.sum())} points for mapping.")
-        head = make_target_head(spec.method, cv.kind(target), loss=loss, seed=seed,
-                                n_classes=len((cv.classes or {}).get(target, ())),
-                                class_weight=class_weight)
-        head.fit(sets[spec.features][ok], y[ok, t],
+        head = make_head(spec, [sets[b].shape[1] for b in spec.blocks], loss, seed, None,
+                         cv.kind(target), len((cv.classes or {}).get(target, ())) or 2,
+                         class_weight)
+        head.fit(stack_blocks(sets, spec.blocks, ok), y[ok, t],
                  sample_weight=None if weights is None else weights[ok])
         heads[target] = head.state_dict()
         refitted[target] = head
         fold_heads[target] = [h.state_dict() for h in cv.fold_models[(target, label)]]
+        # on the map the model's feature set (tile or patch pooling) is the FEATURES block
+        blocks[target] = [FEATURES if b == scale else b for b in spec.blocks]
     model = {
         "soilssl": {"format": MODEL_FORMAT, "version": 1},
-        "targets": list(cv.target_names), "methods": dict(chosen), "loss": loss, "seed": seed,
+        "targets": list(cv.target_names), "methods": dict(chosen), "blocks": blocks,
+        "loss": loss, "seed": seed,
         "backbone": backbone.reference, "bands": list(source.bands), "dem": bool(source.dem),
         "dem_path": os.path.abspath(source.dem) if source.dem else None,
         "pool": pool, "tile_size": int(tile), **({"margin": margin} if pool == PATCH else {}),
@@ -490,13 +523,12 @@ def predict_map(source: TileSource, model: dict, output: str,
 
 
 def check_model_input(source: TileSource, model: dict) -> None:
-    """The raster gives the model's bands and DEM, and the model maps features."""
-    targets = model["targets"]
+    """The raster gives the model's bands and DEM (every method maps, rf_pixels too)."""
     if list(source.bands) != list(model["bands"]) or bool(source.dem) != model["dem"]:
         raise InputError(f"The model was fitted on bands {model['bands']}"
                          f"{' + DEM' if model['dem'] else ''}; the input gives "
                          f"{list(source.bands)}{' + DEM' if source.dem else ''}.")
-    bad = [t for t in targets if model["methods"][t] == "rf_pixels"]
+    bad = [t for t in model["targets"] if model["methods"][t] in ("rf_pixels", "rf_context")]
     if bad and "pixel_names" not in model:  # made before covariates: no pixel record
         raise InputError(f"The model maps {bad} with rf_pixels, a pixel baseline, and was made "
                          f"before SoilSSL recorded pixel covariates: fit it again, or fit with "
@@ -549,13 +581,16 @@ def model_rows(source: TileSource, model: dict, backbone: Backbone, stride: Opti
 
 
 class MapHeads:
-    """A model's heads applied to feature rows: prediction, and optionally the uncertainty
+    """A model's heads applied to map rows: prediction, and optionally the uncertainty
     (std of the fold models), the area of applicability and (``trust``: error, lower, upper,
     level; see :class:`~.intervals.TrustMaps`) the expected error and interval bounds.
     ``products`` maps each asked product ("prediction", "uncertainty", "aoa", "error",
-    "lower", "upper") to its raster's count, band names and tags;
-    calling it on feats (n, D) gives {product: (count, n) float32 block} for the same
-    products (PRED_NODATA where a feature is NaN), so blocks meet writers by name."""
+    "lower", "upper", "probability") to its raster's count, band names and tags; calling it
+    on a dict of blocks of one output row, {PIXELS: (n, p), CONTEXT: (n, q), FEATURES:
+    (n, D)} (an (n, D) array means {FEATURES: it}), gives {product: (count, n) float32
+    block} for the same products (PRED_NODATA where a value is NaN), so blocks meet
+    writers by name.  Each target's head gets its method's blocks (the model's ``blocks``;
+    models without it map FEATURES) stacked in order."""
 
     def __init__(self, model: dict, uncertainty: bool = False, aoa: bool = False,
                  probability: bool = False, lpd: bool = False, **trust):

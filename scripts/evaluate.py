@@ -1,15 +1,21 @@
-"""`make evaluate`: SoilSSL against the everyday baseline on real soil data (eval/data).
+"""`make evaluate`: SoilSSL's own rows against the everyday baseline on real soil data (eval/data).
 
 For each data set, as a user would through qgis_process:
   1. a randomly initialised ViT (no ImageNet weights can be downloaded here);
   2. soilssl:pretrain (DINO) on the set's image from that initialisation;
-  3. soilssl:fitpoints METHOD=all with COMPARE_BACKBONE = the random initialisation, on 6
-     K-means spatial folds (rf_pixels, mlp, ridge, rf_features, and the [random] rows);
-  4. on the very same folds (read back from the out-of-fold points layer), the soil
-     scientist's everyday baseline that SoilSSL does not run itself yet: a random forest on
-     *every* covariate band at the point (the image's bands plus the set's covariate rasters).
-Writes eval_out/results.json and eval_out/table.md. Nothing is tuned per set: every set gets
-the same settings below.
+  3. soilssl:fitpoints METHOD=all with the set's covariate rasters as COVARIATES (every band
+     of the image is a pixel covariate too) and COMPARE_BACKBONE = the random
+     initialisation, on 6 K-means spatial folds.  Its CV table holds, on the same folds:
+     rf_pixels (the everyday baseline: RF on all pixel covariates at the point),
+     rf_context (plus their mean/std over the tile window), the SSL-based rows (mlp, ridge,
+     rf_features on ViT features; rf_hybrid, gbm_hybrid on covariates + PCA of the
+     features), and `selected` (each fold predicted by the method an inner CV on the other
+     folds chose: the honest score of what SoilSSL maps with).
+Per set and target the table shows rf_pixels, rf_context, the best SSL-based row, the
+selected row and the winner, with selected vs rf_pixels in %: RMSE for numeric targets,
+Cohen's kappa (higher is better) for class targets (CV_TABLE rows with a "kappa" key).
+Writes eval_out/results.json and eval_out/table.md.  Nothing is tuned per set: every set
+gets the same settings below.
 
   .venv/bin/python scripts/evaluate.py [--epochs 4] [--sets dk_vindum eberg ...]
 """
@@ -20,25 +26,27 @@ import subprocess
 import sys
 import time
 
-import numpy as np
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "eval", "data")
 QP = os.path.join(ROOT, "scripts", "qgis_process")
 ARCH = "vit_tiny_patch16_224"
 
-# Same settings for every set; only what the data dictate differs (fields, covariate files).
+# Same settings for every set; only what the data dictate differs (fields, covariate files,
+# which covariate rasters hold classes).
 SETS = {
     "dk_vindum": dict(image="rgb.tif", fields=["clay", "silt", "sand", "humus"],
-                      covariates=["covariates.tif"]),
+                      covariates=["covariates.tif"], categorical=[]),
     "dk_faardrup": dict(image="rgb.tif", fields=["clay", "silt", "sand", "humus"],
-                        covariates=["covariates.tif"]),
+                        covariates=["covariates.tif"], categorical=[]),
     "dk_jyndevad": dict(image="rgb.tif", fields=["clay", "silt", "sand", "humus"],
-                        covariates=["covariates.tif"]),
-    "eberg": dict(image="terrain_ndvi_25m.tif", fields=["sand", "silt", "clay"],
-                  covariates=["soilmap_25m.tif", "covariates_100m.tif"]),
+                        covariates=["covariates.tif"], categorical=[]),
+    "eberg": dict(image="terrain_ndvi_25m.tif", fields=["sand", "silt", "clay", "soiltype"],
+                  covariates=["soilmap_25m.tif", "covariates_100m.tif"],
+                  categorical=["soilmap_25m.tif"]),
 }
-SSL_METHODS = ("mlp", "ridge", "rf_features")
+BASELINES = ("rf_pixels", "rf_context")
+SSL_METHODS = ("mlp", "ridge", "rf_features", "rf_hybrid", "gbm_hybrid")
+SELECTED = "selected"
 
 
 def qgis_process(alg, **params):
@@ -62,57 +70,42 @@ def random_init(path, tile):
     save_backbone(path, create_model(ARCH, 3, tile), ARCH, 3, tile)
 
 
-def read_oof(path, fields):
-    """Coordinates, fold and targets of the points fitpoints used, from its output layer."""
-    from osgeo import ogr
-    ds = ogr.Open(path)
-    layer = ds.GetLayer()
-    xy, folds, y = [], [], []
-    for feat in layer:
-        geom = feat.GetGeometryRef()
-        xy.append((geom.GetX(), geom.GetY()))
-        folds.append(feat.GetField("cv_fold"))
-        y.append([np.nan if feat.GetField(f) is None else float(feat.GetField(f))
-                  for f in fields])
-    return np.array(xy), np.array(folds), np.array(y)
+def score_of(row):
+    """(score, std, higher_is_better) of a CV_TABLE row: kappa for class targets, else RMSE."""
+    if "kappa" in row or "kappa_mean" in row:
+        return row.get("kappa_mean", row.get("kappa")), row.get("kappa_std", float("nan")), True
+    return row["rmse_mean"], row["rmse_std"], False
 
 
-def sample_covariates(paths, xy, crs_points):
-    """Every band of every raster at the points (nearest pixel; reprojected where needed)."""
-    import rasterio
-    from rasterio.warp import transform as warp
-    cols = []
-    for path in paths:
-        with rasterio.open(path) as ds:
-            xs, ys = warp(crs_points, ds.crs, xy[:, 0], xy[:, 1]) \
-                if ds.crs.to_string() != crs_points else (xy[:, 0], xy[:, 1])
-            vals = np.array(list(ds.sample(zip(xs, ys), masked=True)), dtype=object)
-            arr = np.array([[np.nan if np.ma.is_masked(v) else float(v) for v in row]
-                            for row in vals], dtype=float)
-            if ds.nodata is not None and np.isfinite(ds.nodata):
-                arr[arr == ds.nodata] = np.nan
-            cols.append(arr)
-    return np.hstack(cols)
+def summarise(name, field, rows):
+    """The table row of one set and target from its CV_TABLE rows."""
+    cv = {r["method"]: r for r in rows}
+    scores = {m: score_of(r) for m, r in cv.items()}
+    higher = next(iter(scores.values()))[2]
+    best = max if higher else min
 
+    def pick(methods):
+        have = [m for m in methods if m in scores]
+        return best(have, key=lambda m: scores[m][0]) if have else None
 
-def rf_all_covariates(X, y, folds, seed=0):
-    """RMSE per fold of a random forest on all covariates, the everyday DSM baseline
-    (500 trees, sklearn defaults otherwise; NaN covariates imputed by the training median)."""
-    from sklearn.ensemble import RandomForestRegressor
-    rmse = []
-    for k in np.unique(folds):
-        test, train = folds == k, folds != k
-        train &= np.isfinite(y)
-        test &= np.isfinite(y)
-        if test.sum() == 0:
-            continue
-        med = np.nanmedian(X[train], axis=0)
-        fill = lambda a: np.where(np.isfinite(a), a, med)  # noqa: E731
-        rf = RandomForestRegressor(n_estimators=500, n_jobs=2, random_state=seed)
-        rf.fit(fill(X[train]), y[train])
-        pred = rf.predict(fill(X[test]))
-        rmse.append(float(np.sqrt(np.mean((pred - y[test]) ** 2))))
-    return float(np.mean(rmse)), float(np.std(rmse))
+    ssl = pick(SSL_METHODS)
+    winner = pick(BASELINES + SSL_METHODS)
+    rnd = [scores[m][0] for m in scores if m.endswith("[compare]")]
+    base = scores.get("rf_pixels", (None,))[0]
+    sel = scores.get(SELECTED, (None,))[0]
+    gain = None
+    if base is not None and sel is not None and base:
+        # positive = selected better than rf_pixels (lower RMSE or higher kappa)
+        gain = 100 * ((sel - base) / abs(base) if higher else (base - sel) / base)
+    return dict(set=name, target=field, n=int(next(iter(cv.values()))["n"]),
+                metric="kappa" if higher else "rmse",
+                rf_pixels=scores.get("rf_pixels", (None, None))[:2],
+                rf_context=scores.get("rf_context", (None, None))[:2],
+                ssl_best=ssl, ssl=scores[ssl][:2] if ssl else (None, None),
+                selected=scores.get(SELECTED, (None, None))[:2],
+                winner=winner, selected_vs_rf_pixels=gain,
+                random_best=(best(rnd) if rnd else None), all={m: list(v) for m, v in
+                                                              scores.items()})
 
 
 def evaluate(name, spec, out, epochs, tile, stride):
@@ -128,48 +121,54 @@ def evaluate(name, spec, out, epochs, tile, stride):
                        STRIDE=stride, EPOCHS=epochs, BATCH_SIZE=32, OUT_DIM=1024,
                        LOCAL_CROPS=4, LR=0.005, BUFFER=0, DEVICE="cpu",
                        OUTPUT=os.path.join(work, "ssl.pth"))
-    fit = qgis_process("fitpoints", INPUT=image, BACKBONE=os.path.join(work, "ssl.pth"),
-                       COMPARE_BACKBONE=init, POINTS=points, FIELDS=spec["fields"],
-                       METHOD="all", FOLDS=6, DEVICE="cpu",
-                       OUTPUT_POINTS=os.path.join(work, "oof.gpkg"),
-                       OUTPUT_MODEL=os.path.join(work, "model.pth"))
+    covariates = [os.path.join(folder, c) for c in spec["covariates"]]
+    categorical = [os.path.join(folder, c) for c in spec["categorical"]]
+    params = dict(INPUT=image, BACKBONE=os.path.join(work, "ssl.pth"),
+                  COMPARE_BACKBONE=init, POINTS=points, FIELDS=spec["fields"],
+                  METHOD="all", FOLDS=6, DEVICE="cpu",
+                  COVARIATES=covariates, OUTPUT_POINTS=os.path.join(work, "oof.gpkg"),
+                  OUTPUT_MODEL=os.path.join(work, "model.pth"))
+    if categorical:
+        params["COVARIATES_CATEGORICAL"] = categorical
+    fit = qgis_process("fitpoints", **params)
     table = json.loads(fit["CV_TABLE"])
-    xy, folds, y = read_oof(os.path.join(work, "oof.gpkg"), spec["fields"])
-    import rasterio
-    with rasterio.open(image) as ds:
-        crs = ds.crs.to_string()
-    X = sample_covariates([image] + [os.path.join(folder, c) for c in spec["covariates"]],
-                          xy, crs)
-    rows = []
-    for t, field in enumerate(spec["fields"]):
-        cv = {r["method"]: (r["rmse_mean"], r["rmse_std"], r["r2_pooled"])
-              for r in table if r["target"] == field}
-        base = rf_all_covariates(X, y[:, t], folds)
-        ssl_best = min(SSL_METHODS, key=lambda m: cv[m][0])
-        rnd = {m: cv[f"{m} [compare]"][0] for m in SSL_METHODS if f"{m} [compare]" in cv}
-        rows.append(dict(set=name, target=field, n=int(np.isfinite(y[:, t]).sum()),
-                         rf_all_covariates=base, rf_pixels=cv["rf_pixels"][:2],
-                         ssl_best=ssl_best, ssl=cv[ssl_best][:2],
-                         random_best=min(rnd.values()) if rnd else None,
-                         all=cv))
-    print(f"{name}: {len(xy)} points, {int(pre['TILES'])} pretraining tiles, "
-          f"{time.time() - t0:.0f} s", flush=True)
+    with open(os.path.join(work, "cv_table.json"), "w") as f:
+        json.dump(table, f, indent=1)
+    rows = [summarise(name, field, [r for r in table if r["target"] == field])
+            for field in spec["fields"] if any(r["target"] == field for r in table)]
+    print(f"{name}: {int(pre['TILES'])} pretraining tiles, mapped with "
+          f"{fit.get('METHODS')}, {time.time() - t0:.0f} s", flush=True)
     return rows
+
+
+def _pm(pair, digits=2):
+    mean, std = pair
+    if mean is None:
+        return "–"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if std == std else f"{mean:.{digits}f}"
 
 
 def markdown(rows, settings):
     lines = [f"Settings (all sets): {settings}.", "",
-             "RMSE, mean ± std over 6 K-means spatial folds (same folds in every column).", "",
-             "| set | target | n | RF all covariates | rf_pixels (image bands) | best SSL method "
-             "| SSL vs RF all | best random-init ViT |",
-             "|---|---|---|---|---|---|---|---|"]
+             "RMSE (numeric targets) or Cohen's kappa (class targets, higher is better), mean "
+             "± std over 6 K-means spatial folds; every column on the same folds. "
+             "`selected`: each fold predicted by the method an inner CV on the other folds "
+             "chose (what SoilSSL maps with, scored honestly).", "",
+             "| set | target | n | metric | rf_pixels (all covariates) | rf_context "
+             "| best SSL-based | selected | winner | selected vs rf_pixels | best random-init "
+             "ViT |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        base, ssl = r["rf_all_covariates"][0], r["ssl"][0]
+        gain = r["selected_vs_rf_pixels"]
         lines.append(
-            f"| {r['set']} | {r['target']} | {r['n']} | {base:.2f} ± {r['rf_all_covariates'][1]:.2f}"
-            f" | {r['rf_pixels'][0]:.2f} ± {r['rf_pixels'][1]:.2f} | {r['ssl_best']} "
-            f"{ssl:.2f} ± {r['ssl'][1]:.2f} | {100 * (ssl - base) / base:+.1f} % | "
+            f"| {r['set']} | {r['target']} | {r['n']} | {r['metric']} "
+            f"| {_pm(r['rf_pixels'])} | {_pm(r['rf_context'])} "
+            f"| {r['ssl_best'] or '–'} {_pm(r['ssl'])} | {_pm(r['selected'])} "
+            f"| {r['winner'] or '–'} | "
+            + (f"{gain:+.1f} %" if gain is not None else "–") + " | "
             + (f"{r['random_best']:.2f}" if r["random_best"] is not None else "–") + " |")
+    lines += ["", "selected vs rf_pixels: positive = SoilSSL's selected method is better "
+              "(lower RMSE or higher kappa) than the everyday baseline."]
     return "\n".join(lines) + "\n"
 
 

@@ -13,7 +13,11 @@ from soilssl.core.progress import Progress
 
 # Small heads so that every test runs in about a second.
 FAST = {"mlp": {"max_epochs": 40, "hidden": 64},
-        "rf": {"n_estimators": 20, "search_estimators": 10, "min_samples_leaf": (1,)}}
+        "rf": {"n_estimators": 20, "search_estimators": 10, "min_samples_leaf": (1,)},
+        "gbm": {"max_iter": 30},
+        "rf_hybrid": {"inner": {"n_estimators": 20, "search_estimators": 10,
+                                "min_samples_leaf": (1,)}},
+        "gbm_hybrid": {"inner": {"max_iter": 30}}}
 
 
 def field(n=120, d=8, seed=0):
@@ -24,7 +28,8 @@ def field(n=120, d=8, seed=0):
     features = np.c_[signal, rng.normal(size=(n, d - 2))] @ rng.normal(size=(d, d)) * 3 + 10
     pixels = signal + 0.1 * rng.normal(size=(n, 2))
     y = np.c_[8 + signal[:, 0] + 0.1 * rng.normal(size=n), 60 + 10 * signal[:, 1]]
-    return coords, {"features": features, "pixels": pixels,
+    context = np.c_[pixels + 0.05 * rng.normal(size=(n, 2)), rng.uniform(0.1, 1, (n, 2))]
+    return coords, {"features": features, "pixels": pixels, "context": context,
                     "compare": rng.normal(size=(n, 5))}, y
 
 
@@ -94,10 +99,13 @@ def test_too_few_points_and_tiny_folds_are_input_errors():
 
 def test_method_specs_express_the_paper_table():
     rows = method_specs("all", compare=True)
-    assert [r.label for r in rows] == ["rf_pixels", "mlp", "rf_features", "ridge",
-                                       "mlp [compare]", "rf_features [compare]",
-                                       "ridge [compare]"]
-    assert [r.features for r in rows] == ["pixels"] + ["features"] * 3 + ["compare"] * 3
+    assert [r.label for r in rows] == ["rf_pixels", "rf_context", "mlp", "rf_features", "ridge",
+                                       "rf_hybrid", "gbm_hybrid", "mlp [compare]",
+                                       "rf_features [compare]", "ridge [compare]"]
+    assert [r.features for r in rows] == ["pixels"] * 2 + ["features"] * 5 + ["compare"] * 3
+    assert [r.blocks for r in rows[:7]] == [
+        ("pixels",), ("pixels", "context"), ("features",), ("features",), ("features",),
+        ("pixels", "features"), ("pixels", "features")]
     assert [r.label for r in method_specs("mlp")] == ["mlp"]
     assert MethodSpec("rf", "pixels", "RF RGB").label == "RF RGB"
     with pytest.raises(InputError, match="Unknown METHOD"):
@@ -158,12 +166,14 @@ def test_all_rows_use_the_same_folds_and_match_independent_fits():
     rows = method_specs("all", compare=True)
     result = cross_validate(sets, y[:, 1], folds, rows, target_names=["Si"], seed=2,
                             head_options=FAST)
-    assert result.predictions.shape == (1, 7, 90) and np.isfinite(result.predictions).all()
+    assert result.predictions.shape == (1, 10, 90) and np.isfinite(result.predictions).all()
     for m, spec in enumerate(rows):
-        X = sets[spec.features]
+        X = np.hstack([sets[b] for b in spec.blocks])
         for k in range(3):
             train, test = folds != k, folds == k
-            opts = FAST.get(heads.canonical_method(spec.method), {})
+            opts = dict(FAST.get(heads.canonical_method(spec.method), {}))
+            if spec.method in ("rf_hybrid", "gbm_hybrid"):
+                opts["n_keep"] = 2  # the pixel columns before the features
             model = make_regressor(spec.method, seed=2, **opts).fit(X[train], y[train, 1])
             np.testing.assert_array_equal(result.predictions[0, m, test], model.predict(X[test]))
 

@@ -114,7 +114,8 @@ def test_predict_map_alignment_uncertainty_and_aoa(scene, vit, tmp_path, tiny_ck
         assert np.abs(u.read()).max() < 1e-6
 
 
-def test_predict_map_refuses_pixel_models_and_band_mismatch(scene, vit, tmp_path):
+def test_predict_map_maps_rf_pixels_and_refuses_band_mismatch(scene, vit, tmp_path):
+    from soilssl.core.heads import load_regressor
     with TileSource(scene) as src:
         fit_points(src, _points(src), vit, method="rf_pixels", n_folds=3,
                    model_path=str(tmp_path / "m.pth"))
@@ -122,10 +123,24 @@ def test_predict_map_refuses_pixel_models_and_band_mismatch(scene, vit, tmp_path
         del old["pixel_names"]  # a model made before pixel covariates were recorded
         with pytest.raises(InputError, match="rf_pixels, a pixel baseline"):
             predict_map(src, old, str(tmp_path / "p.tif"))
+        model = load_model(str(tmp_path / "m.pth"))
+        assert model["blocks"] == {"ph": ["pixels"], "si": ["pixels"]}
+        predict_map(src, model, str(tmp_path / "p.tif"), str(tmp_path / "u.tif"), stride=32)
+    with rasterio.open(tmp_path / "p.tif") as p, rasterio.open(scene) as ds:
+        pred, img, t = p.read(1), ds.read().astype(np.float32), p.transform
+        assert pred.shape == (4, 6)
+        # each cell: the pixel-value head at the input pixel under the cell's centre
+        rows, cols = np.mgrid[0:4, 0:6]
+        xs, ys = t @ (cols.ravel() + 0.5, rows.ravel() + 0.5)
+        c, r = ~ds.transform @ (np.asarray(xs), np.asarray(ys))
+        pix = img[:, np.floor(r).astype(int), np.floor(c).astype(int)].T
+    expected = load_regressor(model["heads"]["ph"]).predict(pix).reshape(4, 6)
+    np.testing.assert_allclose(pred, expected, rtol=1e-6)
+    assert pred[:, 4:].std() < 1e-6  # the flat bright third: one pixel value
     with TileSource(scene, bands=[1, 2]) as src:
         with pytest.raises(InputError, match=r"fitted on bands \[1, 2, 3\]"):
-            predict_map(src, load_model(str(tmp_path / "m.pth")), str(tmp_path / "p.tif"))
-    assert not os.path.exists(tmp_path / "p.tif")
+            predict_map(src, load_model(str(tmp_path / "m.pth")), str(tmp_path / "p2.tif"))
+    assert not os.path.exists(tmp_path / "p2.tif")
 
 
 def test_predict_map_one_and_three_targets_with_an_empty_row(scene, vit, tmp_path):

@@ -1,0 +1,250 @@
+"""Hybrid heads: pixel covariates plus ViT features reduced by PCA, and gradient boosting.
+
+``rf_hybrid`` and ``gbm_hybrid`` get one stacked matrix per point, ``[covariates |
+features]`` (:func:`~.cv.cross_validate` stacks the method's blocks in order); the first
+``n_keep`` columns (the covariates) are kept as they are and the remaining columns (the
+ViT features) are replaced by their first principal components.  The PCA is fitted in
+the head's ``fit``, so under cross-validation it only ever sees the training folds.  Its
+size: the fewest components explaining ``variance`` (90 %) of the features' variance,
+at most ``max_components`` (20) and at most the number of training points minus one.
+The reduced matrix goes to the random forest of :mod:`.heads` (``rf_hybrid``) or to
+:class:`GBMHead` (``gbm_hybrid``).
+
+:class:`GBMHead` is scikit-learn's
+:class:`~sklearn.ensemble.HistGradientBoostingRegressor` with fixed, conservative
+settings (early stopping on an inner split of the training data only).  Its trees are
+stored as flat node arrays (tensors) and predicted by a vectorised traversal equal to
+scikit-learn's, so model files stay ``torch.load(weights_only=True)``-loadable.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+from sklearn.decomposition import PCA
+from sklearn.ensemble import HistGradientBoostingRegressor
+from threadpoolctl import threadpool_limits
+
+from .errors import InputError
+from .heads import ForestHead, Regressor, to_numpy
+
+GBM_ARRAYS = ("left", "right", "feature", "threshold", "missing_left", "is_leaf", "value")
+
+
+# ----------------------------------------------------------------------------- gradient boosting
+
+def gbm_arrays(model: HistGradientBoostingRegressor) -> Dict[str, np.ndarray]:
+    """The fitted regressor's trees as flat node arrays with global child indices.
+
+    Only numerical splits exist (the head never declares categorical features)."""
+    parts = {k: [] for k in GBM_ARRAYS}
+    roots, offset = [], 0
+    for iteration in model._predictors:
+        nodes = iteration[0].nodes
+        if nodes["is_categorical"].any():
+            raise InputError("Categorical splits are not supported by the gbm head.")
+        leaf = nodes["is_leaf"].astype(bool)
+        parts["left"].append(np.where(leaf, -1, nodes["left"].astype(np.int64) + offset))
+        parts["right"].append(np.where(leaf, -1, nodes["right"].astype(np.int64) + offset))
+        parts["feature"].append(nodes["feature_idx"].astype(np.int64))
+        parts["threshold"].append(nodes["num_threshold"].astype(np.float64))
+        parts["missing_left"].append(nodes["missing_go_to_left"].astype(bool))
+        parts["is_leaf"].append(leaf)
+        parts["value"].append(nodes["value"].astype(np.float64))
+        roots.append(offset)
+        offset += len(nodes)
+    arrays = {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
+    arrays["roots"] = np.asarray(roots, dtype=np.int64)
+    arrays["baseline"] = np.asarray(model._baseline_prediction, np.float64).reshape(-1)[:1]
+    return arrays
+
+
+def gbm_predict(arrays: Dict[str, np.ndarray], X: np.ndarray) -> np.ndarray:
+    """Baseline plus the leaf value of every tree, trees added in order (as scikit-learn
+    does): NaN follows ``missing_left``, otherwise ``x <= threshold`` goes left."""
+    X = np.asarray(X, dtype=np.float64)
+    out = np.full(X.shape[0], float(arrays["baseline"][0]))
+    roots = arrays["roots"]
+    if len(roots) == 0:
+        return out
+    left, right, leaf = arrays["left"], arrays["right"], arrays["is_leaf"].astype(bool)
+    feature, threshold = np.maximum(arrays["feature"], 0), arrays["threshold"]
+    missing_left = arrays["missing_left"].astype(bool)
+    nodes = np.repeat(roots[:, None], X.shape[0], axis=1)  # (trees, points)
+    cols = np.arange(X.shape[0])[None, :]
+    while True:
+        inner = ~leaf[nodes]
+        if not inner.any():
+            break
+        x = X[cols, feature[nodes]]
+        go_left = np.where(np.isnan(x), missing_left[nodes], x <= threshold[nodes])
+        nodes = np.where(inner, np.where(go_left, left[nodes], right[nodes]), nodes)
+    for tree_values in arrays["value"][nodes]:
+        out += tree_values
+    return out
+
+
+class GBMHead(Regressor):
+    """HistGradientBoostingRegressor (squared error) with fixed settings: ``max_iter``
+    boosting rounds at ``learning_rate``, trees of ``max_leaf_nodes`` leaves with at least
+    ``min_samples_leaf`` points (fewer on tiny training sets), L2 ``l2_regularization``,
+    early stopping on a seeded ``validation_fraction`` of the training points (from 40
+    points on; none below).  It fits with ``threads`` OpenMP threads (1: on a few
+    thousand points one thread is about 3x faster than several, which mostly wait on
+    each other; the CV's heads run one after the other anyway)."""
+
+    method = "gbm"
+    chunk_rows = 8192
+    threads = 1
+
+    def __init__(self, seed: int = 0, max_iter: int = 300, learning_rate: float = 0.05,
+                 max_leaf_nodes: int = 15, min_samples_leaf: int = 10,
+                 l2_regularization: float = 1.0, validation_fraction: float = 0.15,
+                 n_iter_no_change: int = 20):
+        super().__init__()
+        self.seed = int(seed)
+        self.max_iter = int(max_iter)
+        self.learning_rate = float(learning_rate)
+        self.max_leaf_nodes = int(max_leaf_nodes)
+        self.min_samples_leaf = int(min_samples_leaf)
+        self.l2_regularization = float(l2_regularization)
+        self.validation_fraction = float(validation_fraction)
+        self.n_iter_no_change = int(n_iter_no_change)
+        self.arrays: Optional[Dict[str, np.ndarray]] = None
+        self.model_: Optional[HistGradientBoostingRegressor] = None  # not in the state
+        self.n_iter_ = 0
+
+    @classmethod
+    def create(cls, loss: str = "mse", seed: int = 0, **opts) -> "GBMHead":
+        return cls(seed=seed, **opts)
+
+    def params(self) -> dict:
+        return {"seed": self.seed, "max_iter": self.max_iter,
+                "learning_rate": self.learning_rate, "max_leaf_nodes": self.max_leaf_nodes,
+                "min_samples_leaf": self.min_samples_leaf,
+                "l2_regularization": self.l2_regularization,
+                "validation_fraction": self.validation_fraction,
+                "n_iter_no_change": self.n_iter_no_change}
+
+    def _fit(self, X, y, w) -> None:
+        n = X.shape[0]
+        early = n >= 40 and self.validation_fraction > 0
+        model = HistGradientBoostingRegressor(
+            loss="squared_error", learning_rate=self.learning_rate, max_iter=self.max_iter,
+            max_leaf_nodes=self.max_leaf_nodes,
+            min_samples_leaf=max(1, min(self.min_samples_leaf, n // 4)),
+            l2_regularization=self.l2_regularization, early_stopping=early,
+            validation_fraction=self.validation_fraction if early else None,
+            n_iter_no_change=self.n_iter_no_change, random_state=self.seed)
+        with threadpool_limits(limits=self.threads, user_api="openmp"):
+            model.fit(X, y, sample_weight=w)
+        self.model_, self.n_iter_ = model, int(model.n_iter_)
+        self.arrays = gbm_arrays(model)
+
+    def _predict_chunk(self, X: np.ndarray) -> np.ndarray:
+        return gbm_predict(self.arrays, X)
+
+    def _state(self) -> dict:
+        return {"trees": {k: torch.from_numpy(np.ascontiguousarray(v))
+                          for k, v in self.arrays.items()}, "n_iter": self.n_iter_}
+
+    def _load(self, state: dict) -> None:
+        self.arrays = {k: to_numpy(v) for k, v in dict(state["trees"]).items()}
+        self.n_iter_ = int(state["n_iter"])
+
+
+# ----------------------------------------------------------------------------- hybrids
+
+class HybridHead(Regressor):
+    """``[covariates | features]``: covariates kept, features replaced by their PCA scores
+    (fitted on the training data given to ``fit``), then the ``inner`` head.
+
+    ``n_keep``: how many leading columns are covariates (set from the block widths by
+    :meth:`block_params`); ``inner``: constructor options of the inner head.
+    """
+
+    method = ""
+    inner_class = ForestHead
+
+    def __init__(self, seed: int = 0, n_keep: int = 0, variance: float = 0.9,
+                 max_components: int = 20, inner: Optional[dict] = None):
+        super().__init__()
+        self.seed = int(seed)
+        self.n_keep = int(n_keep)
+        self.variance = float(variance)
+        self.max_components = int(max_components)
+        self.inner = dict(inner or {})
+        self.pca_mean = self.pca_components = None
+        self.head: Optional[Regressor] = None
+
+    @classmethod
+    def create(cls, loss: str = "mse", seed: int = 0, **opts) -> "HybridHead":
+        return cls(seed=seed, **opts)
+
+    @classmethod
+    def block_params(cls, widths) -> dict:
+        """Constructor options that follow from the widths of the stacked blocks: every
+        block but the last (the features) is kept as it is."""
+        return {"n_keep": int(sum(widths[:-1]))}
+
+    def params(self) -> dict:
+        return {"seed": self.seed, "n_keep": self.n_keep, "variance": self.variance,
+                "max_components": self.max_components, "inner": dict(self.inner)}
+
+    def n_components(self, pca: PCA) -> int:
+        """The fewest components reaching ``variance`` of the explained variance."""
+        ratio = np.cumsum(pca.explained_variance_ratio_)
+        return int(min(np.searchsorted(ratio, self.variance - 1e-12) + 1, len(ratio)))
+
+    def reduce(self, X: np.ndarray) -> np.ndarray:
+        """The covariates and the features' principal component scores, side by side."""
+        scores = (X[:, self.n_keep:] - self.pca_mean) @ self.pca_components.T
+        return np.hstack([X[:, :self.n_keep], scores])
+
+    def _fit(self, X, y, w) -> None:
+        if not 0 <= self.n_keep < X.shape[1]:
+            raise InputError(f"The {self.method} head needs feature columns after its "
+                             f"{self.n_keep} covariate column(s), got {X.shape[1]} columns.")
+        F = X[:, self.n_keep:]
+        k_max = max(1, min(self.max_components, F.shape[1], X.shape[0] - 1))
+        with warnings.catch_warnings():  # constant features: zero explained variance
+            warnings.simplefilter("ignore", RuntimeWarning)
+            pca = PCA(n_components=k_max, svd_solver="full").fit(F)
+        k = self.n_components(pca) if np.isfinite(pca.explained_variance_ratio_).all() else 1
+        self.pca_mean = pca.mean_.astype(np.float64)
+        self.pca_components = pca.components_[:k].astype(np.float64)
+        self.head = self.inner_class.create(seed=self.seed, **self.inner)
+        self.head.fit(self.reduce(X), y, sample_weight=w)
+
+    def _predict_chunk(self, X: np.ndarray) -> np.ndarray:
+        return self.head.predict(self.reduce(X))
+
+    def _state(self) -> dict:
+        return {"pca_mean": torch.from_numpy(self.pca_mean),
+                "pca_components": torch.from_numpy(np.ascontiguousarray(self.pca_components)),
+                "head": self.head.state_dict()}
+
+    def _load(self, state: dict) -> None:
+        self.pca_mean = to_numpy(state["pca_mean"]).astype(np.float64)
+        self.pca_components = to_numpy(state["pca_components"]).astype(np.float64)
+        self.head = self.inner_class.from_state(dict(state["head"]))
+
+    @property
+    def components(self) -> int:
+        return 0 if self.pca_components is None else int(self.pca_components.shape[0])
+
+
+class ForestHybrid(HybridHead):
+    """``rf_hybrid``: the random forest of :class:`~.heads.ForestHead` on covariates + PCs."""
+
+    method = "rf_hybrid"
+    inner_class = ForestHead
+
+
+class GBMHybrid(HybridHead):
+    """``gbm_hybrid``: :class:`GBMHead` on covariates + PCs."""
+
+    method = "gbm_hybrid"
+    inner_class = GBMHead
