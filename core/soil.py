@@ -623,6 +623,7 @@ class MapHeads:
         blocks = model.get("blocks") or {}  # the sets each target's head reads, in order
         self.inputs = [[b if b in (PIXELS, CONTEXT) else FEATURES
                         for b in blocks.get(t, [FEATURES])] for t in targets]
+        self.needs = {b for bl in self.inputs for b in bl}  # the blocks a map row must give
 
     @property
     def inside_count(self) -> int:
@@ -631,9 +632,14 @@ class MapHeads:
 
     def __call__(self, feats) -> dict:
         data = feats if isinstance(feats, dict) else {FEATURES: feats}
-        feats = data[FEATURES]
-        ok = np.all([np.isfinite(b).all(axis=1) for b in data.values()], axis=0)
-        blocks = {name: np.full((p["count"], len(feats)), PRED_NODATA, np.float32)
+        missing = sorted(self.needs - set(data))
+        if missing:
+            raise InputError(f"The model needs the {', '.join(missing)} block(s) on the map.")
+        n = len(data[FEATURES] if FEATURES in data else data[next(iter(self.needs))])
+        ok = np.ones(n, bool)  # a cell is mapped where every block its heads read is valid
+        for name in self.needs:
+            ok &= np.isfinite(data[name]).all(axis=1)
+        blocks = {name: np.full((p["count"], n), PRED_NODATA, np.float32)
                   for name, p in self.products.items()}
         if not ok.any():
             return blocks

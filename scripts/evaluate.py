@@ -63,7 +63,11 @@ def qgis_process(alg, **params):
 
 
 def random_init(path, tile):
-    sys.path.insert(0, os.path.join(ROOT, ".build", "plugins"))
+    plugins = os.path.join(ROOT, ".build", "plugins")
+    os.makedirs(plugins, exist_ok=True)
+    if not os.path.lexists(os.path.join(plugins, "soilssl")):
+        os.symlink(ROOT, os.path.join(plugins, "soilssl"))  # the repo imports as soilssl
+    sys.path.insert(0, plugins)
     import torch
     from soilssl.core.backbone import create_model, save_backbone
     torch.manual_seed(0)
