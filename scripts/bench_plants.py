@@ -72,8 +72,8 @@ def apply(pkg: str = "soilssl") -> list:
 def _plant_leak_windows(pkg, raster, features):
     read = raster.TileSource.read
 
-    def leaky_read(self, window):
-        arr, valid = read(self, window)
+    def leaky_read(self, window, *a, **kw):
+        arr, valid = read(self, window, *a, **kw)
         _keep.append(valid.copy())
         return arr, valid
 
