@@ -434,23 +434,34 @@ def _fmt(b) -> str:
 # GDAL's block cache (GDAL_CACHEMAX, 5 % of the RAM by default) is shared by every
 # dataset and keeps decoded blocks until it is full: reading a large raster tile row by
 # tile row fills it with blocks that are never read again (a 20k x 20k GeoTIFF peaked at
-# 1.4 GB RSS).  While iter_batches runs it is capped to what a band of tile rows needs
-# (neighbouring tiles share blocks), unless the user set GDAL_CACHEMAX.
-_CACHE_FLOOR = 64 << 20
+# 1.4 GB RSS).  While iter_batches runs it is capped, unless the user set GDAL_CACHEMAX,
+# to what the tiles being read need: the blocks of two neighbouring tiles per reading
+# thread, and at least _CACHE_FLOOR.  The cap does not depend on the raster's size (one
+# sized to a band of tile rows grew with the raster's width: 16 MB of cache on a 2k x 2k
+# raster, 82 MB on a 20k x 20k one); on wide rasters a block row shared by two tile rows
+# is decoded twice instead.  Writers keep nothing dirty in it across rows (RasterWriter
+# hands GDAL whole block rows).
+_CACHE_FLOOR = 16 << 20
 _cache_lock = threading.Lock()
 _cache_caps: list = []   # caps of the iter_batches running now (any thread)
 _cache_saved: list = []  # GDAL_CACHEMAX before the first of them
 
 
-def _block_cache_cap(source: TileSource, tile_rows: int) -> int:
-    """Bytes of decoded blocks that a band of ``tile_rows``-high tiles touches, x 1.5."""
+def _block_cache_cap(source: TileSource, tile_h: int, tile_w: int, workers: int = 2) -> int:
+    """Bytes of decoded blocks that ``workers`` threads reading neighbouring tiles touch:
+    two tiles' blocks per thread (and one more pair), at least the floor.  A raster
+    stored in strips (blocks as wide as the raster) needs a band of tile rows instead."""
     with _open(source.path) as ds:
-        block_h = int(ds.block_shapes[0][0])
+        block_h, block_w = (int(v) for v in ds.block_shapes[0])
         # a pixel-interleaved block holds every band, selected or not
         px = sum(np.dtype(t).itemsize for t in ds.dtypes)
     if source.dem:
         px += 8  # warped DEM blocks and, roughly, their source blocks
-    return max(_CACHE_FLOOR, int(1.5 * (tile_rows + 2 * block_h) * source.width * px))
+    rows = (-(-tile_h // block_h) + 1) * block_h  # the block rows a tile may touch
+    if block_w >= source.width:
+        return max(_CACHE_FLOOR, int(1.5 * (rows + block_h) * source.width * px))
+    cols = (-(-tile_w // block_w) + 1) * block_w
+    return max(_CACHE_FLOOR, 2 * (max(1, workers) + 1) * rows * cols * px)
 
 
 class _CappedBlockCache:
@@ -509,13 +520,13 @@ def iter_batches(source: TileSource, windows: Sequence[Window], norm: Normalizat
     Tiles are read and normalised by ``workers`` threads (None: :func:`reader_threads`);
     at most ``prefetch``
     batches are in flight beyond the one being consumed, so memory is bounded.
-    GDAL's block cache is capped meanwhile (see ``_CappedBlockCache``), so it
-    stays bounded whatever the raster size.  With ``pin`` (a CUDA run) each batch is
-    written straight into page-locked memory (torch's caching host allocator), so the
-    copy to the GPU needs no extra pinning pass in the thread that drives the GPU.
-    The reading threads open their own
-    dataset handles, closed when the iteration ends (exhausted, closed, or left on
-    an error), so repeated calls hold no files.  Cancel is checked before each batch.
+    GDAL's block cache is capped meanwhile to what the tiles being read need
+    (``_block_cache_cap``), so memory does not grow with the raster's size.  With ``pin``
+    (a CUDA run) each batch is written straight into page-locked memory (torch's caching
+    host allocator), so the copy to the GPU needs no extra pinning pass in the thread that
+    drives the GPU.  The reading threads open their own dataset handles, closed when the
+    iteration ends (exhausted, closed, or left on an error), so repeated calls hold no
+    files.  Cancel is checked before each batch.
     """
     progress = ensure(progress)
     workers = reader_threads(workers, pin)
@@ -542,7 +553,8 @@ def iter_batches(source: TileSource, windows: Sequence[Window], norm: Normalizat
             frac[i] = source.valid_fraction(win, valid)
         return start, batch, frac
 
-    limit = _block_cache_cap(source, int(windows[0].height)) if n else None
+    limit = (_block_cache_cap(source, int(windows[0].height), int(windows[0].width), workers)
+             if n else None)
     # the pool is shut down (its threads done) before the handles close
     with handles, _CappedBlockCache(limit):
         if workers <= 0:
@@ -609,6 +621,12 @@ class RasterWriter:
             for i, name in enumerate(band_names, start=1):
                 self.ds.set_band_description(i, str(name))
         self.done = False
+        # tiled outputs written row by row: rows are gathered into the block row they
+        # fill and handed to GDAL as whole blocks, so that no half-written block waits
+        # (dirty) in GDAL's block cache, or is flushed, compressed and rewritten when
+        # the reads evict it
+        self._block_h = int(self.ds.block_shapes[0][0]) if tiled else 1
+        self._band = None  # [first row, rows filled, (count, rows, width) buffer]
 
     def write(self, data: np.ndarray, window) -> None:
         """Write (count, h, w) data at ``window`` (a Window or ((row0, row1), (col0, col1))).
@@ -624,6 +642,45 @@ class RasterWriter:
                 f"{tuple(np.shape(data))} cannot go into {want[0]} band(s) of {want[1]} x "
                 f"{want[2]} px at row {int(win.row_off)}, column {int(win.col_off)}. Nothing "
                 f"was written.")
+        if not (self._block_h > 1 and int(win.col_off) == 0
+                and int(win.width) == self.ds.width and self._gather(data, win)):
+            self._flush()
+            self._write(data, win)
+
+    def _gather(self, data: np.ndarray, win: Window) -> bool:
+        """Add full-width rows to the block row being filled, handing GDAL each block
+        row when it is complete; False when they do not follow the rows gathered."""
+        r0, h = int(win.row_off), int(win.height)
+        if self._band is not None and r0 != self._band[0] + self._band[1]:
+            return False
+        data = np.asarray(data)
+        i = 0
+        while i < h:
+            r = r0 + i
+            if self._band is None:
+                end = min((r // self._block_h + 1) * self._block_h, self.ds.height)
+                if h - i >= end - r:  # the rest of a block row at once: no copy
+                    self._write(data[:, i:i + end - r], Window(0, r, self.ds.width, end - r))
+                    i += end - r
+                    continue
+                self._band = [r, 0, np.empty((self.ds.count, end - r, self.ds.width),
+                                             self.ds.dtypes[0])]
+            top, filled, buf = self._band
+            n = min(buf.shape[1] - filled, h - i)
+            buf[:, filled:filled + n] = data[:, i:i + n]
+            self._band[1] += n
+            i += n
+            if self._band[1] == buf.shape[1]:
+                self._flush()
+        return True
+
+    def _flush(self) -> None:
+        """Write the rows gathered so far."""
+        band, self._band = self._band, None
+        if band is not None and band[1]:
+            self._write(band[2][:, :band[1]], Window(0, band[0], self.ds.width, band[1]))
+
+    def _write(self, data: np.ndarray, win: Window) -> None:
         try:
             self.ds.write(data, window=win)
         except (OSError, CPLE_BaseError) as exc:  # disk full and friends
@@ -632,6 +689,7 @@ class RasterWriter:
     def finish(self) -> None:
         """Close the temporary file and check it is complete (not yet published)."""
         try:
+            self._flush()
             self.ds.close()
             check_raster(self.tmp)
         except (OSError, CPLE_BaseError) as exc:
@@ -647,6 +705,7 @@ class RasterWriter:
 
     def abort(self) -> None:
         """Remove the temporary file; ``path`` is left as it was."""
+        self._band = None
         try:
             if getattr(self, "ds", None) is not None and not self.ds.closed:
                 self.ds.close()
