@@ -44,6 +44,7 @@ from .errors import InputError, SoilSSLError, TrainingError
 from .heads import (ForestHead, Regressor, _check_fit_data, _standardisation,
                     METHOD_ALIASES, build_head, forest_leaves, load_regressor, make_regressor,
                     to_numpy)
+from .hybrid import FoldPCA
 
 REGRESSION, CLASSIFICATION = "regression", "classification"
 KINDS = (REGRESSION, CLASSIFICATION)
@@ -594,7 +595,7 @@ class GBMClassifier(Classifier):
         self.arrays = {k: to_numpy(v) for k, v in dict(state["trees"]).items()}
 
 
-class ClassHybrid(Classifier):
+class ClassHybrid(FoldPCA, Classifier):
     """A class head on ``[covariates | features]``: the first ``n_keep`` columns kept, the
     features replaced by their first principal components (fitted in ``fit``: training
     folds only; the fewest reaching ``variance``, at most ``max_components`` and n - 1),
@@ -618,35 +619,13 @@ class ClassHybrid(Classifier):
     def create(cls, loss: str = "mse", seed: int = 0, **opts) -> "ClassHybrid":
         return cls(seed=seed, **opts)
 
-    @classmethod
-    def block_params(cls, widths) -> dict:
-        """Every stacked block but the last (the features) is kept as it is."""
-        return {"n_keep": int(sum(widths[:-1]))}
-
     def params(self) -> dict:
         return {**self.base_params(), "seed": self.seed, "n_keep": self.n_keep,
                 "variance": self.variance, "max_components": self.max_components,
                 "inner": dict(self.inner)}
 
-    def reduce(self, X: np.ndarray) -> np.ndarray:
-        scores = (X[:, self.n_keep:] - self.pca_mean) @ self.pca_components.T
-        return np.hstack([X[:, :self.n_keep], scores])
-
     def _fit(self, X, y, w) -> None:
-        from sklearn.decomposition import PCA
-        if not 0 <= self.n_keep < X.shape[1]:
-            raise InputError(f"The {self.method} head needs feature columns after its "
-                             f"{self.n_keep} covariate column(s), got {X.shape[1]} columns.")
-        F = X[:, self.n_keep:]
-        with warnings.catch_warnings():  # constant features: zero explained variance
-            warnings.simplefilter("ignore", RuntimeWarning)
-            pca = PCA(n_components=max(1, min(self.max_components, F.shape[1], len(y) - 1)),
-                      svd_solver="full").fit(F)
-        ratio = np.cumsum(pca.explained_variance_ratio_)
-        k = int(min(np.searchsorted(ratio, self.variance - 1e-12) + 1, len(ratio))) \
-            if np.isfinite(ratio).all() else 1
-        self.pca_mean = pca.mean_.astype(np.float64)
-        self.pca_components = pca.components_[:k].astype(np.float64)
+        self.fit_pca(X)
         # the class weights are already in w: the inner head takes them as they are
         self.head = make_classifier(self.inner_method, self.n_classes, None, self.seed,
                                     **self.inner)
@@ -656,13 +635,10 @@ class ClassHybrid(Classifier):
         return self.head.predict_proba(self.reduce(X))[:, self.seen]
 
     def _state(self) -> dict:
-        return {"pca_mean": torch.from_numpy(self.pca_mean),
-                "pca_components": torch.from_numpy(np.ascontiguousarray(self.pca_components)),
-                "head": self.head.state_dict()}
+        return {**self.pca_state(), "head": self.head.state_dict()}
 
     def _load(self, state: dict) -> None:
-        self.pca_mean = to_numpy(state["pca_mean"]).astype(np.float64)
-        self.pca_components = to_numpy(state["pca_components"]).astype(np.float64)
+        self.load_pca(state)
         self.head = load_head(dict(state["head"]))
 
 

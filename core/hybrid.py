@@ -157,7 +157,59 @@ class GBMHead(Regressor):
 
 # ----------------------------------------------------------------------------- hybrids
 
-class HybridHead(Regressor):
+class FoldPCA:
+    """What the hybrid heads share, the regression and the class ones: the first ``n_keep``
+    columns (the covariates) kept, the rest (the ViT features) replaced by their first
+    principal components, fitted in ``fit`` (training folds only): the fewest reaching
+    ``variance``, at most ``max_components`` and n - 1."""
+
+    method = ""
+    n_keep, variance, max_components = 0, 0.9, 20
+    pca_mean = pca_components = None
+
+    @classmethod
+    def block_params(cls, widths) -> dict:
+        """Constructor options that follow from the widths of the stacked blocks: every
+        block but the last (the features) is kept as it is."""
+        return {"n_keep": int(sum(widths[:-1]))}
+
+    def fit_pca(self, X: np.ndarray) -> None:
+        if not 0 <= self.n_keep < X.shape[1]:
+            raise InputError(f"The {self.method} head needs feature columns after its "
+                             f"{self.n_keep} covariate column(s), got {X.shape[1]} columns.")
+        F = X[:, self.n_keep:]
+        k_max = max(1, min(self.max_components, F.shape[1], X.shape[0] - 1))
+        with warnings.catch_warnings():  # constant features: zero explained variance
+            warnings.simplefilter("ignore", RuntimeWarning)
+            pca = PCA(n_components=k_max, svd_solver="full").fit(F)
+        k = self.n_components(pca) if np.isfinite(pca.explained_variance_ratio_).all() else 1
+        self.pca_mean = pca.mean_.astype(np.float64)
+        self.pca_components = pca.components_[:k].astype(np.float64)
+
+    def n_components(self, pca: PCA) -> int:
+        """The fewest components reaching ``variance`` of the explained variance."""
+        ratio = np.cumsum(pca.explained_variance_ratio_)
+        return int(min(np.searchsorted(ratio, self.variance - 1e-12) + 1, len(ratio)))
+
+    def reduce(self, X: np.ndarray) -> np.ndarray:
+        """The covariates and the features' principal component scores, side by side."""
+        scores = (X[:, self.n_keep:] - self.pca_mean) @ self.pca_components.T
+        return np.hstack([X[:, :self.n_keep], scores])
+
+    def pca_state(self) -> dict:
+        return {"pca_mean": torch.from_numpy(self.pca_mean),
+                "pca_components": torch.from_numpy(np.ascontiguousarray(self.pca_components))}
+
+    def load_pca(self, state: dict) -> None:
+        self.pca_mean = to_numpy(state["pca_mean"]).astype(np.float64)
+        self.pca_components = to_numpy(state["pca_components"]).astype(np.float64)
+
+    @property
+    def components(self) -> int:
+        return 0 if self.pca_components is None else int(self.pca_components.shape[0])
+
+
+class HybridHead(FoldPCA, Regressor):
     """``[covariates | features]``: covariates kept, features replaced by their PCA scores
     (fitted on the training data given to ``fit``), then the ``inner`` head.
 
@@ -183,38 +235,12 @@ class HybridHead(Regressor):
     def create(cls, loss: str = "mse", seed: int = 0, **opts) -> "HybridHead":
         return cls(seed=seed, **opts)
 
-    @classmethod
-    def block_params(cls, widths) -> dict:
-        """Constructor options that follow from the widths of the stacked blocks: every
-        block but the last (the features) is kept as it is."""
-        return {"n_keep": int(sum(widths[:-1]))}
-
     def params(self) -> dict:
         return {"seed": self.seed, "n_keep": self.n_keep, "variance": self.variance,
                 "max_components": self.max_components, "inner": dict(self.inner)}
 
-    def n_components(self, pca: PCA) -> int:
-        """The fewest components reaching ``variance`` of the explained variance."""
-        ratio = np.cumsum(pca.explained_variance_ratio_)
-        return int(min(np.searchsorted(ratio, self.variance - 1e-12) + 1, len(ratio)))
-
-    def reduce(self, X: np.ndarray) -> np.ndarray:
-        """The covariates and the features' principal component scores, side by side."""
-        scores = (X[:, self.n_keep:] - self.pca_mean) @ self.pca_components.T
-        return np.hstack([X[:, :self.n_keep], scores])
-
     def _fit(self, X, y, w) -> None:
-        if not 0 <= self.n_keep < X.shape[1]:
-            raise InputError(f"The {self.method} head needs feature columns after its "
-                             f"{self.n_keep} covariate column(s), got {X.shape[1]} columns.")
-        F = X[:, self.n_keep:]
-        k_max = max(1, min(self.max_components, F.shape[1], X.shape[0] - 1))
-        with warnings.catch_warnings():  # constant features: zero explained variance
-            warnings.simplefilter("ignore", RuntimeWarning)
-            pca = PCA(n_components=k_max, svd_solver="full").fit(F)
-        k = self.n_components(pca) if np.isfinite(pca.explained_variance_ratio_).all() else 1
-        self.pca_mean = pca.mean_.astype(np.float64)
-        self.pca_components = pca.components_[:k].astype(np.float64)
+        self.fit_pca(X)
         self.head = self.inner_class.create(seed=self.seed, **self.inner)
         self.head.fit(self.reduce(X), y, sample_weight=w)
 
@@ -222,18 +248,11 @@ class HybridHead(Regressor):
         return self.head.predict(self.reduce(X))
 
     def _state(self) -> dict:
-        return {"pca_mean": torch.from_numpy(self.pca_mean),
-                "pca_components": torch.from_numpy(np.ascontiguousarray(self.pca_components)),
-                "head": self.head.state_dict()}
+        return {**self.pca_state(), "head": self.head.state_dict()}
 
     def _load(self, state: dict) -> None:
-        self.pca_mean = to_numpy(state["pca_mean"]).astype(np.float64)
-        self.pca_components = to_numpy(state["pca_components"]).astype(np.float64)
+        self.load_pca(state)
         self.head = self.inner_class.from_state(dict(state["head"]))
-
-    @property
-    def components(self) -> int:
-        return 0 if self.pca_components is None else int(self.pca_components.shape[0])
 
 
 class ForestHybrid(HybridHead):
