@@ -169,7 +169,7 @@ class TrustMaps:
                  upper: bool = False, level: float = 0.9, tags: Optional[dict] = None):
         self.model, self.level = model, float(level)
         self.targets = list(model["targets"])
-        self.products = {}
+        self.products, self.notes = {}, []
         if not (error or lower or upper):
             return
         asked = [n for n, on in (("OUTPUT_ERROR", error), ("OUTPUT_LOWER", lower),
@@ -180,18 +180,26 @@ class TrustMaps:
                              f"SoilSSL. Fit it again with Fit soil heads on points.")
         profiles = model.get("error_profile") or {}
         conformal = model["conformal"]
+        # targets without a calibration (class targets: they have class probabilities
+        # instead) keep nodata bands; only a model with none for any target is refused
         missing = [t for t in self.targets if t not in conformal]
         if (lower or upper) and missing:
-            raise InputError(f"No prediction intervals for {missing} (classification targets "
-                             f"have class probabilities instead).")
+            if len(missing) == len(self.targets):
+                raise InputError(f"No prediction intervals for {missing} (classification "
+                                 f"targets have class probabilities instead).")
+            self.notes.append(f"No prediction intervals for {missing} (class targets have "
+                              f"class probabilities instead): their bounds are nodata.")
         if error:
             missing = [t for t in self.targets if t not in profiles]
-            if missing:
+            if len(missing) == len(self.targets):
                 raise InputError(f"No error profile for {missing}: the model has no DI "
                                  f"reference for them (no area of applicability).")
+            if missing:
+                self.notes.append(f"No error profile for {missing}: their expected-error "
+                                  f"bands are nodata.")
         self.profiles = {t: profiles.get(t) for t in self.targets}
         self.q = {t: interval_factor(conformal[t], self.level) for t in self.targets
-                  if (lower or upper)}
+                  if (lower or upper) and t in conformal}
         tags = dict(tags or {})
         if error:
             self.products["error"] = {
@@ -206,7 +214,7 @@ class TrustMaps:
                     "count": len(self.targets),
                     "band_names": [f"{t} {name} {self.level:.0%}" for t in self.targets],
                     "tags": dict(tags, soilssl_product=name, level=self.level,
-                                 factor={t: self.q[t] for t in self.targets},
+                                 factor=dict(self.q),
                                  note=f"prediction {sign} factor x scale (conformal)")}
 
     def __bool__(self):
@@ -218,6 +226,7 @@ class TrustMaps:
         if not self.products:
             return
         di_by_state = {}
+        n = int(np.count_nonzero(ok))
         for t, target in enumerate(self.targets):
             state = aoa_state(self.model, target)
             profile = self.profiles[target]
@@ -226,8 +235,8 @@ class TrustMaps:
                     di_by_state[id(state)] = aoa_predict(state, aoa_matrix(state, x))[0]
                 s = local_scale(profile, di_by_state[id(state)])
             else:
-                s = np.ones(len(x))
-            if "error" in blocks:
+                s = np.ones(n)
+            if "error" in blocks and profile is not None:
                 blocks["error"][t, ok] = expected_error(profile, di_by_state[id(state)])
             pred = blocks["prediction"][t, ok].astype(np.float64)
             if target in self.q:

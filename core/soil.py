@@ -483,7 +483,8 @@ def predict_map(source: TileSource, model: dict, output: str,
     progress = ensure(progress)
     check_model_input(source, model)
     trust = dict(error=bool(error), lower=bool(lower), upper=bool(upper), level=level)
-    TrustMaps(model, **trust)  # a model without CV residuals fails before any feature
+    for note in TrustMaps(model, **trust).notes:  # a model without CV residuals fails here,
+        progress.info(note)                       # before any feature is computed
     stack = pixel_stack(source, model, covariates, progress)
     dev = resolve_device(device)
     backbone = backbone or model_backbone(model, device=str(dev))

@@ -120,6 +120,33 @@ def test_fit_trust_states_round_trip_weights_only(tmp_path):
     assert fit_trust(model, cv) == {"error_profile": {}, "conformal": {}}
 
 
+def test_mixed_model_maps_bounds_of_its_numeric_targets_only():
+    """A model with a numeric and a class target (no calibration): the numeric target gets
+    its error and bounds, the class target's bands stay nodata with a note; a model with
+    no calibrated target at all is refused."""
+    from soilssl.core.intervals import TrustMaps
+    X, folds, cv = _synthetic_cv(n=120)
+    model = {"targets": ["ph"], "methods": {"ph": "ridge"}, "aoa": fit_aoa(X, folds)}
+    model.update(fit_trust(model, cv))
+    mixed = dict(model, targets=["ph", "soil"], methods={"ph": "ridge", "soil": "rf_pixels"},
+                 kinds={"ph": "regression", "soil": "classification"})
+    maps = TrustMaps(mixed, error=True, lower=True, upper=True, level=0.9)
+    assert any("soil" in n and "nodata" in n for n in maps.notes)
+    assert set(maps.q) == {"ph"}
+    n = 10
+    ok = np.ones(n, bool)
+    blocks = {name: np.full((2, n), -9999.0, np.float32) for name in maps.products}
+    blocks["prediction"] = np.stack([np.full(n, 7.0), np.full(n, 2.0)]).astype(np.float32)
+    maps.fill(blocks, X[:n], ok)
+    assert (blocks["lower"][0] < 7.0).all() and (blocks["upper"][0] > 7.0).all()
+    assert (blocks["error"][0] > 0).all()
+    for name in ("lower", "upper", "error"):
+        assert (blocks[name][1] == -9999.0).all()
+    only_class = dict(mixed, targets=["soil"], methods={"soil": "rf_pixels"})
+    with pytest.raises(InputError, match="No prediction intervals"):
+        TrustMaps(only_class, lower=True)
+
+
 # ----------------------------------------------------------------------------- QGIS
 
 @pytest.fixture(scope="module")
