@@ -26,7 +26,6 @@ n / (C_seen * count of its class) in the training fold (scikit-learn's
 """
 from __future__ import annotations
 
-import copy
 import math
 import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -40,10 +39,10 @@ from sklearn.metrics import (accuracy_score, balanced_accuracy_score, cohen_kapp
 from sklearn.utils.class_weight import compute_sample_weight
 from torch.nn import functional as F
 
-from .errors import InputError, SoilSSLError, TrainingError
+from .errors import InputError, SoilSSLError
 from .heads import (ForestHead, Regressor, _check_fit_data, _standardisation,
-                    METHOD_ALIASES, build_head, forest_leaves, load_regressor, make_regressor,
-                    to_numpy)
+                    METHOD_ALIASES, build_head, forest_leaves, inner_split, load_regressor,
+                    make_regressor, to_numpy, train_head)
 from .hybrid import FoldPCA
 
 REGRESSION, CLASSIFICATION = "regression", "classification"
@@ -419,44 +418,19 @@ class MLPClassifier(Classifier):
         xs = torch.from_numpy(((X - self.x_mean) / self.x_scale).astype(np.float32))
         ys = torch.from_numpy(y)
         ws = torch.from_numpy((np.ones(len(y)) if w is None else w).astype(np.float32))
-        order = np.random.default_rng(self.seed).permutation(len(y))
-        n_val = min(int(round(self.val_fraction * len(y))), len(y) - 1) if len(y) >= 10 else 0
-        tr, va = torch.from_numpy(np.sort(order[n_val:])), torch.from_numpy(np.sort(order[:n_val]))
+        tr, va = (torch.from_numpy(i) for i in inner_split(len(y), self.val_fraction,
+                                                           self.seed))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             net = build_head(X.shape[1], self.hidden, self.n_classes)
-        gen = torch.Generator().manual_seed(self.seed)
-        opt = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
 
-        def weighted_loss(idx):
-            per_point = F.cross_entropy(net(xs[idx]), ys[idx], reduction="none")
-            return (per_point * ws[idx]).sum() / ws[idx].sum().clamp_min(1e-12)
-
-        best_loss, best_state, best_epoch, epoch = math.inf, None, 0, 0
-        for epoch in range(1, self.max_epochs + 1):
-            net.train()
-            perm = tr[torch.randperm(len(tr), generator=gen)]
-            for start in range(0, len(perm), self.batch_size):
-                opt.zero_grad(set_to_none=True)
-                loss = weighted_loss(perm[start:start + self.batch_size])
-                if not torch.isfinite(loss):
-                    raise TrainingError(f"The mlp class head diverged (loss {loss.item()}) at "
-                                        f"epoch {epoch}: lower the learning rate.")
-                loss.backward()
-                opt.step()
-            if len(va) == 0:
-                continue
-            net.eval()
-            with torch.no_grad():
-                val = float(weighted_loss(va))
-            if val < best_loss:
-                best_loss, best_epoch, best_state = val, epoch, copy.deepcopy(net.state_dict())
-            elif epoch - best_epoch >= self.patience:
-                break
-        if best_state is not None:
-            net.load_state_dict(best_state)
-        net.eval()
-        self.net, self.epochs_trained, self.best_epoch = net, epoch, best_epoch or epoch
+        def per_point(idx):
+            return F.cross_entropy(net(xs[idx]), ys[idx], reduction="none")
+        self.epochs_trained, self.best_epoch = train_head(
+            net, per_point, ws, tr, va, self,
+            "The mlp class head diverged (loss {loss}) at epoch {epoch}: lower the learning "
+            "rate.")
+        self.net = net
 
     def _proba_chunk(self, X: np.ndarray) -> np.ndarray:
         xs = torch.from_numpy(((X - self.x_mean) / self.x_scale).astype(np.float32))

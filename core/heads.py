@@ -197,6 +197,55 @@ def _pointwise_loss(kind: str, pred: torch.Tensor, target: torch.Tensor,
     return F.l1_loss(pred, target, reduction="none")
 
 
+def inner_split(n: int, val_fraction: float, seed: int):
+    """Seeded random (train, validation) indices of n training points (no validation part
+    under 10 points): the early-stopping split of the MLP heads."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = min(int(round(val_fraction * n)), n - 1) if n >= 10 else 0
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def train_head(net: nn.Module, per_point, ws: torch.Tensor, tr: torch.Tensor, va: torch.Tensor,
+               opts, diverged: str) -> tuple:
+    """The MLP heads' training loop (regression and class heads alike): Adam on the
+    ``ws``-weighted mean of ``per_point(idx)`` over seeded mini-batches of ``tr``, early
+    stopping on ``va`` with ``opts.patience``, the best epoch's weights restored; ``opts``
+    gives seed, lr, weight_decay, batch_size, max_epochs.  ``diverged`` (with {loss},
+    {epoch}) is the TrainingError of a non-finite loss.  Returns (epochs trained, best
+    epoch)."""
+    gen = torch.Generator().manual_seed(opts.seed)
+    opt = torch.optim.Adam(net.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+
+    def weighted_loss(idx: torch.Tensor) -> torch.Tensor:
+        return (per_point(idx) * ws[idx]).sum() / ws[idx].sum().clamp_min(1e-12)
+
+    best_loss, best_state, best_epoch, epoch = math.inf, None, 0, 0
+    for epoch in range(1, opts.max_epochs + 1):
+        net.train()
+        order = tr[torch.randperm(len(tr), generator=gen)]
+        for start in range(0, len(order), opts.batch_size):
+            opt.zero_grad(set_to_none=True)
+            loss = weighted_loss(order[start:start + opts.batch_size])
+            if not torch.isfinite(loss):
+                raise TrainingError(diverged.format(loss=loss.item(), epoch=epoch))
+            loss.backward()
+            opt.step()
+        if len(va) == 0:
+            continue
+        net.eval()
+        with torch.no_grad():
+            val = float(weighted_loss(va))
+        if val < best_loss:
+            best_loss, best_epoch = val, epoch
+            best_state = copy.deepcopy(net.state_dict())
+        elif epoch - best_epoch >= opts.patience:
+            break
+    if best_state is not None:
+        net.load_state_dict(best_state)
+    net.eval()
+    return epoch, best_epoch or epoch
+
+
 class MLPHead(Regressor):
     """The paper's MLP head on standardised features and targets.
 
@@ -240,10 +289,7 @@ class MLPHead(Regressor):
                 "val_fraction": self.val_fraction, "huber_delta": self.huber_delta}
 
     def _inner_split(self, n: int):
-        """Seeded random (train, validation) indices of the training points."""
-        order = np.random.default_rng(self.seed).permutation(n)
-        n_val = min(int(round(self.val_fraction * n)), n - 1) if n >= 10 else 0
-        return np.sort(order[n_val:]), np.sort(order[:n_val])
+        return inner_split(n, self.val_fraction, self.seed)
 
     def _fit(self, X, y, w) -> None:
         self.x_mean, self.x_scale = _standardisation(X)
@@ -257,41 +303,15 @@ class MLPHead(Regressor):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             net = build_head(X.shape[1], self.hidden)
-        gen = torch.Generator().manual_seed(self.seed)
-        opt = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
 
-        def weighted_loss(idx: torch.Tensor) -> torch.Tensor:
-            per_point = _pointwise_loss(self.loss, net(xs[idx]).squeeze(1), ys[idx],
-                                        self.huber_delta)
-            return (per_point * ws[idx]).sum() / ws[idx].sum().clamp_min(1e-12)
-
-        best_loss, best_state, best_epoch, epoch = math.inf, None, 0, 0
-        for epoch in range(1, self.max_epochs + 1):
-            net.train()
-            order = tr[torch.randperm(len(tr), generator=gen)]
-            for start in range(0, len(order), self.batch_size):
-                opt.zero_grad(set_to_none=True)
-                loss = weighted_loss(order[start:start + self.batch_size])
-                if not torch.isfinite(loss):
-                    raise TrainingError(f"The mlp head diverged (loss {loss.item()}) at epoch "
-                                        f"{epoch}: lower the learning rate or check the targets.")
-                loss.backward()
-                opt.step()
-            if len(va) == 0:
-                continue
-            net.eval()
-            with torch.no_grad():
-                val = float(weighted_loss(va))
-            if val < best_loss:
-                best_loss, best_epoch = val, epoch
-                best_state = copy.deepcopy(net.state_dict())
-            elif epoch - best_epoch >= self.patience:
-                break
-        if best_state is not None:
-            net.load_state_dict(best_state)
-        net.eval()
+        def per_point(idx: torch.Tensor) -> torch.Tensor:
+            return _pointwise_loss(self.loss, net(xs[idx]).squeeze(1), ys[idx],
+                                   self.huber_delta)
+        self.epochs_trained, self.best_epoch = train_head(
+            net, per_point, ws, tr, va, self,
+            "The mlp head diverged (loss {loss}) at epoch {epoch}: lower the learning rate "
+            "or check the targets.")
         self.net = net
-        self.epochs_trained, self.best_epoch = epoch, best_epoch or epoch
 
     def _predict_chunk(self, X: np.ndarray) -> np.ndarray:
         xs = torch.from_numpy(((X - self.x_mean) / self.x_scale).astype(np.float32))
