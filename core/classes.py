@@ -43,7 +43,7 @@ from .errors import InputError, SoilSSLError
 from .heads import (ForestHead, Regressor, _check_fit_data, _standardisation,
                     METHOD_ALIASES, build_head, forest_leaves, inner_split, load_regressor,
                     make_regressor, to_numpy, train_head)
-from .hybrid import FoldPCA
+from .hybrid import FoldPCA, gbm_arrays, gbm_raw
 
 REGRESSION, CLASSIFICATION = "regression", "classification"
 KINDS = (REGRESSION, CLASSIFICATION)
@@ -506,52 +506,11 @@ class GBMClassifier(Classifier):
             n_iter_no_change=self.n_iter_no_change, random_state=self.seed)
         model.fit(X, y, sample_weight=w)
         self.model_ = model
-        parts = {k: [] for k in ("left", "right", "feature", "threshold", "missing_left",
-                                 "is_leaf", "value", "column")}
-        roots, offset = [], 0
-        for iteration in model._predictors:
-            for column, predictor in enumerate(iteration):
-                nodes = predictor.nodes
-                if nodes["is_categorical"].any():
-                    raise InputError("Categorical splits are not supported by the gbm head.")
-                leaf = nodes["is_leaf"].astype(bool)
-                parts["left"].append(np.where(leaf, -1, nodes["left"].astype(np.int64) + offset))
-                parts["right"].append(np.where(leaf, -1,
-                                               nodes["right"].astype(np.int64) + offset))
-                parts["feature"].append(nodes["feature_idx"].astype(np.int64))
-                parts["threshold"].append(nodes["num_threshold"].astype(np.float64))
-                parts["missing_left"].append(nodes["missing_go_to_left"].astype(bool))
-                parts["is_leaf"].append(leaf)
-                parts["value"].append(nodes["value"].astype(np.float64))
-                roots.append(offset)
-                parts["column"].append(np.array([column], np.int64))
-                offset += len(nodes)
-        self.arrays = {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
-        self.arrays["roots"] = np.asarray(roots, dtype=np.int64)
-        self.arrays["baseline"] = np.asarray(model._baseline_prediction,
-                                             np.float64).reshape(-1)
+        self.arrays = gbm_arrays(model)
 
     def raw(self, X: np.ndarray) -> np.ndarray:
         """(N, columns) raw scores: baseline plus each tree's leaf value, in order."""
-        a = self.arrays
-        out = np.repeat(a["baseline"][None, :], X.shape[0], axis=0)
-        if len(a["roots"]) == 0:
-            return out
-        leaf, feature = a["is_leaf"].astype(bool), np.maximum(a["feature"], 0)
-        nodes = np.repeat(a["roots"][:, None], X.shape[0], axis=1)  # (trees, points)
-        cols = np.arange(X.shape[0])[None, :]
-        while True:
-            inner = ~leaf[nodes]
-            if not inner.any():
-                break
-            x = X[cols, feature[nodes]]
-            go_left = np.where(np.isnan(x), a["missing_left"].astype(bool)[nodes],
-                               x <= a["threshold"][nodes])
-            nodes = np.where(inner, np.where(go_left, a["left"][nodes], a["right"][nodes]),
-                             nodes)
-        for column, tree_values in zip(a["column"], a["value"][nodes]):
-            out[:, column] += tree_values
-        return out
+        return gbm_raw(self.arrays, X)
 
     def _proba_seen(self, X: np.ndarray) -> np.ndarray:
         z = self.raw(X)

@@ -35,37 +35,45 @@ GBM_ARRAYS = ("left", "right", "feature", "threshold", "missing_left", "is_leaf"
 
 # ----------------------------------------------------------------------------- gradient boosting
 
-def gbm_arrays(model: HistGradientBoostingRegressor) -> Dict[str, np.ndarray]:
-    """The fitted regressor's trees as flat node arrays with global child indices.
+def gbm_arrays(model) -> Dict[str, np.ndarray]:
+    """A fitted HistGradientBoosting model's trees (regressor: one score column;
+    classifier: one per class, or one for two classes) as flat node arrays with global
+    child indices, each tree's score ``column`` and the ``baseline`` per column.
 
-    Only numerical splits exist (the head never declares categorical features)."""
-    parts = {k: [] for k in GBM_ARRAYS}
+    Only numerical splits exist (the heads never declare categorical features)."""
+    parts = {k: [] for k in GBM_ARRAYS + ("column",)}
     roots, offset = [], 0
     for iteration in model._predictors:
-        nodes = iteration[0].nodes
-        if nodes["is_categorical"].any():
-            raise InputError("Categorical splits are not supported by the gbm head.")
-        leaf = nodes["is_leaf"].astype(bool)
-        parts["left"].append(np.where(leaf, -1, nodes["left"].astype(np.int64) + offset))
-        parts["right"].append(np.where(leaf, -1, nodes["right"].astype(np.int64) + offset))
-        parts["feature"].append(nodes["feature_idx"].astype(np.int64))
-        parts["threshold"].append(nodes["num_threshold"].astype(np.float64))
-        parts["missing_left"].append(nodes["missing_go_to_left"].astype(bool))
-        parts["is_leaf"].append(leaf)
-        parts["value"].append(nodes["value"].astype(np.float64))
-        roots.append(offset)
-        offset += len(nodes)
+        for column, predictor in enumerate(iteration):
+            nodes = predictor.nodes
+            if nodes["is_categorical"].any():
+                raise InputError("Categorical splits are not supported by the gbm head.")
+            leaf = nodes["is_leaf"].astype(bool)
+            parts["left"].append(np.where(leaf, -1, nodes["left"].astype(np.int64) + offset))
+            parts["right"].append(np.where(leaf, -1,
+                                           nodes["right"].astype(np.int64) + offset))
+            parts["feature"].append(nodes["feature_idx"].astype(np.int64))
+            parts["threshold"].append(nodes["num_threshold"].astype(np.float64))
+            parts["missing_left"].append(nodes["missing_go_to_left"].astype(bool))
+            parts["is_leaf"].append(leaf)
+            parts["value"].append(nodes["value"].astype(np.float64))
+            parts["column"].append(np.array([column], np.int64))
+            roots.append(offset)
+            offset += len(nodes)
     arrays = {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
+    arrays["column"] = arrays["column"].astype(np.int64)
     arrays["roots"] = np.asarray(roots, dtype=np.int64)
-    arrays["baseline"] = np.asarray(model._baseline_prediction, np.float64).reshape(-1)[:1]
+    arrays["baseline"] = np.asarray(model._baseline_prediction, np.float64).reshape(-1)
     return arrays
 
 
-def gbm_predict(arrays: Dict[str, np.ndarray], X: np.ndarray) -> np.ndarray:
-    """Baseline plus the leaf value of every tree, trees added in order (as scikit-learn
-    does): NaN follows ``missing_left``, otherwise ``x <= threshold`` goes left."""
+def gbm_raw(arrays: Dict[str, np.ndarray], X: np.ndarray) -> np.ndarray:
+    """(N, columns) raw scores: the baseline plus the leaf value of every tree, trees
+    added in order (as scikit-learn does): NaN follows ``missing_left``, otherwise
+    ``x <= threshold`` goes left."""
     X = np.asarray(X, dtype=np.float64)
-    out = np.full(X.shape[0], float(arrays["baseline"][0]))
+    out = np.repeat(np.asarray(arrays["baseline"], np.float64).reshape(1, -1), X.shape[0],
+                    axis=0)
     roots = arrays["roots"]
     if len(roots) == 0:
         return out
@@ -81,9 +89,16 @@ def gbm_predict(arrays: Dict[str, np.ndarray], X: np.ndarray) -> np.ndarray:
         x = X[cols, feature[nodes]]
         go_left = np.where(np.isnan(x), missing_left[nodes], x <= threshold[nodes])
         nodes = np.where(inner, np.where(go_left, left[nodes], right[nodes]), nodes)
-    for tree_values in arrays["value"][nodes]:
-        out += tree_values
+    columns = arrays.get("column")
+    columns = np.zeros(len(roots), np.int64) if columns is None else columns
+    for column, tree_values in zip(columns, arrays["value"][nodes]):
+        out[:, column] += tree_values
     return out
+
+
+def gbm_predict(arrays: Dict[str, np.ndarray], X: np.ndarray) -> np.ndarray:
+    """The regressor's prediction from :func:`gbm_arrays`: its one score column."""
+    return gbm_raw(arrays, X)[:, 0]
 
 
 class GBMHead(Regressor):
