@@ -542,10 +542,7 @@ class ClassHybrid(FoldPCA, Classifier):
                  n_keep: int = 0, variance: float = 0.9, max_components: int = 20,
                  inner: Optional[dict] = None):
         super().__init__(n_classes, class_weight)
-        self.seed, self.n_keep = int(seed), int(n_keep)
-        self.variance, self.max_components = float(variance), int(max_components)
-        self.inner = dict(inner or {})
-        self.pca_mean = self.pca_components = None
+        self.set_pca_options(seed, n_keep, variance, max_components, inner)
         self.head: Optional[Classifier] = None
 
     @classmethod
@@ -553,9 +550,7 @@ class ClassHybrid(FoldPCA, Classifier):
         return cls(seed=seed, **opts)
 
     def params(self) -> dict:
-        return {**self.base_params(), "seed": self.seed, "n_keep": self.n_keep,
-                "variance": self.variance, "max_components": self.max_components,
-                "inner": dict(self.inner)}
+        return {**self.base_params(), **self.pca_params()}
 
     def _fit(self, X, y, w) -> None:
         self.fit_pca(X)

@@ -223,6 +223,17 @@ class FoldPCA:
     def components(self) -> int:
         return 0 if self.pca_components is None else int(self.pca_components.shape[0])
 
+    def set_pca_options(self, seed: int, n_keep: int, variance: float, max_components: int,
+                        inner: Optional[dict]) -> None:
+        self.seed, self.n_keep = int(seed), int(n_keep)
+        self.variance, self.max_components = float(variance), int(max_components)
+        self.inner = dict(inner or {})
+        self.pca_mean = self.pca_components = None
+
+    def pca_params(self) -> dict:
+        return {"seed": self.seed, "n_keep": self.n_keep, "variance": self.variance,
+                "max_components": self.max_components, "inner": dict(self.inner)}
+
 
 class HybridHead(FoldPCA, Regressor):
     """``[covariates | features]``: covariates kept, features replaced by their PCA scores
@@ -238,12 +249,7 @@ class HybridHead(FoldPCA, Regressor):
     def __init__(self, seed: int = 0, n_keep: int = 0, variance: float = 0.9,
                  max_components: int = 20, inner: Optional[dict] = None):
         super().__init__()
-        self.seed = int(seed)
-        self.n_keep = int(n_keep)
-        self.variance = float(variance)
-        self.max_components = int(max_components)
-        self.inner = dict(inner or {})
-        self.pca_mean = self.pca_components = None
+        self.set_pca_options(seed, n_keep, variance, max_components, inner)
         self.head: Optional[Regressor] = None
 
     @classmethod
@@ -251,8 +257,7 @@ class HybridHead(FoldPCA, Regressor):
         return cls(seed=seed, **opts)
 
     def params(self) -> dict:
-        return {"seed": self.seed, "n_keep": self.n_keep, "variance": self.variance,
-                "max_components": self.max_components, "inner": dict(self.inner)}
+        return self.pca_params()
 
     def _fit(self, X, y, w) -> None:
         self.fit_pca(X)
