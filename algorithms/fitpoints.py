@@ -73,8 +73,8 @@ class FitPoints(SoilSSLAlgorithm):
             "OUTPUT_REPORT", "Cross-validation report", "HTML files (*.html)", optional=True))
         self.addOutput(QgsProcessingOutputString("CV_TABLE", "CV table (JSON: one object per "
                                                  "target and method; models and scripts)"))
-        self.addOutput(QgsProcessingOutputString("METHODS", "Method refitted per target (JSON; "
-                                                 "models and scripts)"))
+        self.addOutput(QgsProcessingOutputString("METHODS", "Method refitted per target, for "
+                                                 "METHOD=all the stack's weights (JSON)"))
         self.addOutput(QgsProcessingOutputString("BACKBONE_RANKING", "Backbones ranked per "
                                                  "target by CV RMSE (JSON; models and scripts)"))
 
@@ -146,7 +146,7 @@ class FitPoints(SoilSSLAlgorithm):
                                    fit.cv.classes[target]))
         results = {"OUTPUT_POINTS": sink_id, "OUTPUT_MODEL": model_path}
         if not in_dialog(feedback):  # the dialog prints every result raw under "Results"
-            results.update(CV_TABLE=json.dumps(fit.cv.table()), METHODS=json.dumps(fit.chosen),
+            results.update(CV_TABLE=json.dumps(fit.cv.table()), METHODS=json.dumps(fit.methods),
                            BACKBONE_RANKING=json.dumps(fit.ranking))
         if report_path:
             results["OUTPUT_REPORT"] = report_path

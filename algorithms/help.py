@@ -64,8 +64,10 @@ PARAMS = {
               "mean and std over the tile window; rf_hybrid / gbm_hybrid: random forest / "
               "gradient boosting on the covariates plus the ViT features reduced by PCA "
               "(fitted in each training fold); all: every method on the same folds, mapped "
-              "with the one of lowest mean RMSE; its honest score is the row 'selected' "
-              "(per fold, the method chosen by an inner CV on the other folds).",
+              "with their stack: a weighted mean of the methods, the weights (>= 0, sum 1) "
+              "fitted to their out-of-fold predictions (one method with weight 1 is a plain "
+              "choice). Its honest score is the row 'selected': each fold predicted with "
+              "weights from an inner CV on the other folds.",
     "FOLDS": "Number of spatial folds: K-means clusters of the point coordinates (paper: 6).",
     "FOLD_MODE": "kmeans (spatial, paper), random folds for comparison, or knndm: folds "
                  "whose test-to-training distances match the distances from the raster's "
@@ -76,7 +78,7 @@ PARAMS = {
     "WEIGHT_FIELD": "Optional sample weights, e.g. to up-weight rare land covers.",
     "OUTPUT_POINTS": "The points with their fold, out-of-fold prediction and residual per "
                      "target and method.",
-    "OUTPUT_MODEL": "Model file for Predict soil map: the chosen head refitted on all points, "
+    "OUTPUT_MODEL": "Model file for Predict soil map: the chosen head (or stack) refitted on all points, "
                     "the per-fold heads, the backbone reference and checksum, normalisation.",
     "OUTPUT_REPORT": "HTML report: CV table, observed-vs-predicted plots, folds and residuals, "
                      "and the nearest-neighbour distances of the samples, the map and the "

@@ -620,8 +620,9 @@ def make_target_head(method: str, kind: str = REGRESSION, loss: str = "mse", see
 
 
 def load_head(state: dict) -> Regressor:
-    """Rebuild any head (regressor or classifier) from its ``state_dict()``."""
-    if state.get("kind") == CLASSIFICATION:
+    """Rebuild any head (regressor, classifier or a stack of them) from its
+    ``state_dict()``."""
+    if state.get("kind") == CLASSIFICATION and state.get("method") != "stack":
         return CLASS_HEADS[class_head_name(str(state.get("method")))].from_state(state)
     return load_regressor(state)
 

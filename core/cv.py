@@ -45,7 +45,7 @@ CONTEXT = "context"
 FEATURE_METHODS = ("mlp", "rf_features", "ridge")
 HYBRID_METHODS = ("rf_hybrid", "gbm_hybrid")
 ALL_METHODS = ("rf_pixels", "rf_context") + FEATURE_METHODS + HYBRID_METHODS
-SELECTED = "selected"  # the nested-selection row (core/selection.py)
+SELECTED = "selected"  # the stack's row, scored by nested CV (core/selection.py)
 METRICS = ("rmse", "mae", "r2")
 
 
@@ -208,7 +208,8 @@ class CVResult:
     ``methods``; ``fold_metrics[..., k, :]`` holds RMSE, MAE, R² of fold ``fold_ids[k]``
     (NaN where the fold had no point with that target).  ``fold_models`` (when kept)
     maps (target, label) to the fitted heads in ``fold_ids`` order; ``selection`` (after
-    :func:`~.selection.nested_selection`) the label chosen for each outer fold per target.
+    :func:`~.selection.nested_selection`) the stack's weights for each outer fold per target,
+    ``stacks`` the weights of the mapped stack.
     """
 
     target_names: List[str]
@@ -241,7 +242,9 @@ class CVResult:
         """(C, C) out-of-fold confusion matrix (rows observed, columns predicted)."""
         t, m = self.index(target, label)
         return confusion(self.y[:, t], self.predictions[t, m], len(self.classes[target]))
-    selection: Optional[Dict[str, List[str]]] = None  # nested selection: label per fold
+    selection: Optional[Dict[str, List[str]]] = None  # nested selection: weights per fold
+    stacks: Optional[Dict[str, Dict[str, float]]] = None  # the mapped stack's weights
+    inner_best: Optional[Dict[str, List[str]]] = None  # best single candidate per fold
 
     @property
     def labels(self) -> List[str]:

@@ -578,7 +578,10 @@ def make_regressor(method: str, loss: str = "mse", seed: int = 0, **opts) -> Reg
 
 
 def load_regressor(state: dict) -> Regressor:
-    """Rebuild any head from its ``state_dict()``."""
+    """Rebuild any head from its ``state_dict()`` (a stack of heads too)."""
+    if state.get("method") == "stack":
+        from .stacking import StackedHead
+        return StackedHead.from_state(state)
     return HEADS[canonical_method(str(state.get("method")))].from_state(state)
 
 

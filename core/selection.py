@@ -1,21 +1,25 @@
-"""Nested method selection: an honest score for "the method the CV picks".
+"""Nested selection: an honest score for "the method METHOD=all maps with".
 
-Picking the method with the lowest cross-validated RMSE and reporting that RMSE is
-optimistic: the rows that score the method also chose it.  :func:`nested_selection`
-adds the row ``selected`` to a :class:`~.cv.CVResult`: for every outer fold k the method
-is chosen by an inner CV on the other folds only (never on fold k), and fold k is then
-predicted by that method's outer model (fitted on all folds but k, already in the CV).
-The ``selected`` row's RMSE is therefore the outer-loop score of the whole procedure
-"select by CV, then fit", which is what the map (chosen by CV on all points) gets.
+METHOD=all maps with a *stack* of the candidate rows (:mod:`.stacking`): a weighted mean
+of their predictions, the weights fitted to out-of-fold predictions.  Fitting the weights
+on the same out-of-fold predictions that then score the stack would be optimistic, as
+picking the method with the lowest CV RMSE and reporting that RMSE is.
+:func:`nested_selection` adds the row ``selected`` to a :class:`~.cv.CVResult`: for every
+outer fold k the weights come from an inner CV on the other folds only (never on fold k),
+and fold k is then predicted by the weighted mean of the candidates' outer models
+(fitted on all folds but k, already in the CV).  The ``selected`` row's score is
+therefore the outer-loop score of the whole procedure "weight by CV, then fit", which is
+what the map (weighted by the CV of all points) gets.  A stack with one weight 1 is the
+plain choice of one method.
 
 Inner CV: the inner folds of outer fold k are the other outer folds j.  The inner model
 that predicts fold j for outer fold k is trained on every fold but {k, j}; the same
 model predicts fold k for outer fold j, so one fit per unordered pair of folds serves
 both (K(K-1)/2 fits per candidate instead of K(K-1)).  No inner model used for fold k's
-choice has seen fold k.  The inner fits use cheaper head settings (:data:`INNER_OPTIONS`,
-fewer trees / epochs; options given by the caller take precedence): the inner CV only
-ranks the candidates.  The inner score is the mean over inner folds of the fold RMSE,
-the same criterion as the final choice (mean over folds of the outer RMSE).
+weights has seen fold k.  The inner fits use cheaper head settings
+(:data:`INNER_OPTIONS`, fewer trees / epochs; options given by the caller take
+precedence).  :func:`inner_scores` also ranks the single candidates per outer fold (the
+mean over inner folds of the fold RMSE), for the log.
 """
 from __future__ import annotations
 
@@ -27,10 +31,12 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import numpy as np
 from sklearn.metrics import r2_score
 
+from .classes import CLASSIFICATION, REGRESSION, class_metrics
 from .cv import (CONTEXT, MIN_TRAIN_POINTS, PIXELS, SELECTED, CVResult, MethodSpec,
                  make_head, regression_metrics, stack_blocks)
 from .errors import InputError
 from .progress import Progress, ensure
+from .stacking import StackedHead, describe, member_columns, simplex_weights, union_blocks
 
 # Cheaper settings of the inner fits (ranking only): about half the trees and epochs.
 INNER_OPTIONS: Dict[str, dict] = {
@@ -74,23 +80,25 @@ def rmse(y_true, y_pred) -> float:
     return float(regression_metrics(y_true, y_pred)[0])
 
 
-def inner_scores(feature_sets: Mapping[str, np.ndarray], y: np.ndarray, folds: np.ndarray,
-                 specs: Sequence[MethodSpec], loss: str = "mse", weights=None, seed: int = 0,
-                 head_options: Optional[Mapping[str, dict]] = None,
-                 progress: Optional[Progress] = None, on_fit=None, score=rmse,
-                 factory=make_head) -> np.ndarray:
-    """(K outer, M candidates) mean inner-fold score of each candidate for each outer fold
-    (NaN where no inner fold could be scored), for one target ``y`` (N,) (NaN = missing).
+def inner_predictions(feature_sets: Mapping[str, np.ndarray], y: np.ndarray, folds: np.ndarray,
+                      specs: Sequence[MethodSpec], loss: str = "mse", weights=None,
+                      seed: int = 0, head_options: Optional[Mapping[str, dict]] = None,
+                      progress: Optional[Progress] = None, on_fit=None,
+                      factory=make_head, proba: bool = False) -> np.ndarray:
+    """Inner out-of-fold predictions of each candidate for each outer fold, for one target
+    ``y`` (N,) (NaN = missing): (K outer, N, M candidates), or with ``proba`` the class
+    probabilities (K, N, M, C).  Entry [k, i, m] predicts point i (of an outer fold j != k)
+    by candidate m fitted on every fold but {k, j}; NaN for the points of fold k itself
+    and where no inner model could be fitted.
 
-    ``score(y_true, y_pred)``: lower is better (RMSE; a class target would pass e.g.
-    1 - kappa); ``factory(spec, widths, loss, seed, options)``: a new head (a class
-    target's heads would come from its own factory); ``on_fit(spec, train_mask)`` is called
-    before each inner fit (tests use it to check what each fit sees)."""
+    ``factory(spec, widths, loss, seed, options)``: a new head (a class target's heads come
+    from its own factory); ``on_fit(spec, train_mask)`` is called before each inner fit
+    (tests use it to check what each fit sees)."""
     progress = ensure(progress)
     fold_ids = np.unique(folds)
-    K, M = len(fold_ids), len(specs)
+    K, M, N = len(fold_ids), len(specs), len(y)
     valid = np.isfinite(y)
-    scores = np.full((K, K, M), np.nan)  # [outer k, inner j, candidate]
+    out = None
     options = _inner_options(head_options)
     pairs = list(itertools.combinations(range(K), 2))
     for p, (a, b) in enumerate(pairs):
@@ -109,9 +117,41 @@ def inner_scores(feature_sets: Mapping[str, np.ndarray], y: np.ndarray, folds: n
             for outer, inner in ((a, b), (b, a)):
                 test = valid & (folds == fold_ids[inner])
                 if test.any():
-                    pred = head.predict(stack_blocks(feature_sets, spec.blocks, test))
-                    scores[outer, inner, m] = score(y[test], pred)
+                    x = stack_blocks(feature_sets, spec.blocks, test)
+                    pred = head.predict_proba(x) if proba else head.predict(x)
+                    if out is None:
+                        out = np.full((K, N, M) + np.shape(pred)[1:], np.nan)
+                    out[outer, test, m] = pred
             progress.set((p * M + m + 1) / (len(pairs) * M))
+    return np.full((K, N, M), np.nan) if out is None else out
+
+
+def inner_scores(feature_sets: Mapping[str, np.ndarray], y: np.ndarray, folds: np.ndarray,
+                 specs: Sequence[MethodSpec], loss: str = "mse", weights=None, seed: int = 0,
+                 head_options: Optional[Mapping[str, dict]] = None,
+                 progress: Optional[Progress] = None, on_fit=None, score=rmse,
+                 factory=make_head, predictions: Optional[np.ndarray] = None) -> np.ndarray:
+    """(K outer, M candidates) mean inner-fold score of each candidate for each outer fold
+    (NaN where no inner fold could be scored), for one target ``y`` (N,) (NaN = missing).
+
+    ``score(y_true, y_pred)``: lower is better (RMSE; a class target would pass e.g.
+    1 - kappa, and class probabilities as ``predictions``, scored by their most probable
+    class); ``predictions``: :func:`inner_predictions` when already computed; the other
+    arguments as :func:`inner_predictions` takes them."""
+    if predictions is None:
+        predictions = inner_predictions(feature_sets, y, folds, specs, loss, weights, seed,
+                                        head_options, progress, on_fit, factory)
+    fold_ids = np.unique(folds)
+    K, M = len(fold_ids), len(specs)
+    scores = np.full((K, K, M), np.nan)  # [outer k, inner j, candidate]
+    for k, j in itertools.permutations(range(K), 2):
+        test = np.isfinite(y) & (folds == fold_ids[j])
+        for m in range(M):
+            pred = predictions[k, test, m]
+            if pred.ndim == 2:  # class probabilities -> class index
+                pred = np.where(np.isfinite(pred).all(axis=1), pred.argmax(axis=1), np.nan)
+            if test.any() and np.isfinite(pred).all():
+                scores[k, j, m] = score(y[test], pred)
     with warnings.catch_warnings():  # an outer fold without any scored inner fold -> NaN
         warnings.simplefilter("ignore", RuntimeWarning)
         return np.nanmean(scores, axis=1)
@@ -138,15 +178,19 @@ def nested_selection(cv: CVResult, feature_sets: Mapping[str, np.ndarray],
                      head_options: Optional[Mapping[str, dict]] = None,
                      progress: Optional[Progress] = None, weighted_metrics: bool = False,
                      on_fit=None, inner: Optional[Mapping[str, dict]] = None) -> CVResult:
-    """``cv`` with the row ``selected`` appended (see the module docstring).
+    """``cv`` with the row ``selected`` appended: the stack of the candidates (see the
+    module docstring), scored honestly.
 
     ``labels``: the candidate rows (e.g. :func:`candidates`); ``feature_sets``, ``loss``,
     ``weights``, ``seed`` as given to :func:`~.cv.cross_validate`; ``inner``: per target,
-    extra :func:`inner_scores` arguments (``score``, ``factory``; e.g. for class targets).
-    Fold k of the ``selected`` row is a copy of fold k of the row chosen for it: its
-    predictions, fold metrics, and any other per-row array the CVResult carries (class
-    probabilities and metrics).  The result's ``selection`` maps each target to the label
-    chosen for each outer fold (in ``fold_ids`` order)."""
+    extra arguments (``score``, ``factory``; e.g. :func:`class_inner` for class targets).
+    Fold k of ``selected`` is the weighted mean of the candidates' outer predictions of
+    fold k (class targets: of their class probabilities), with the weights an inner CV on
+    the other folds gave; its fold model is the stack of their fold-k models.  The result's
+    ``selection`` maps each target to those weights per outer fold (text, in ``fold_ids``
+    order), ``stacks`` to the weights of the mapped stack, from the out-of-fold predictions
+    of all points, and ``inner_best`` to the single candidate the inner CV ranked first per
+    outer fold."""
     progress = ensure(progress)
     if not labels:
         raise InputError("Nested selection needs at least one candidate method.")
@@ -154,13 +198,19 @@ def nested_selection(cv: CVResult, feature_sets: Mapping[str, np.ndarray],
         raise InputError("The cross-validation already has a 'selected' row.")
     rows = [cv.labels.index(label) for label in labels]
     specs = [cv.methods[m] for m in rows]
+    union = union_blocks([s.blocks for s in specs])
+    widths = {b: feature_sets[b].shape[1] for b in union}
+    cols = [member_columns(s.blocks, union, widths) for s in specs]
+    width = int(sum(widths.values()))
     w = None if weights is None else np.asarray(weights, np.float64)
     T, n = len(cv.target_names), cv.y.shape[0]
     pred = np.full((T, 1, n), np.nan)
     metrics = np.full((T, 1) + cv.fold_metrics.shape[2:], np.nan)
     selection: Dict[str, List[str]] = {}
+    stacks: Dict[str, Dict[str, float]] = {}
+    inner_best: Dict[str, List[str]] = {}
     models = dict(cv.fold_models) if cv.fold_models is not None else None
-    # per-row arrays of class targets, when the CVResult has them (copied like predictions)
+    # per-row arrays of class targets, when the CVResult has them
     probs = getattr(cv, "probabilities", None)  # target -> (M, N, C)
     class_fold = getattr(cv, "class_fold_metrics", None)  # (T, M, K, n metrics)
     sel_probs = {g: np.full((1,) + p.shape[1:], np.nan) for g, p in probs.items()} \
@@ -168,35 +218,55 @@ def nested_selection(cv: CVResult, feature_sets: Mapping[str, np.ndarray],
     sel_class = None if class_fold is None else \
         np.full(class_fold.shape[:1] + (1,) + class_fold.shape[2:], np.nan)
     for t, target in enumerate(cv.target_names):
-        progress.info(f"{target}: nested selection among {len(specs)} methods (inner CV on "
-                      f"the training folds of each outer fold)...")
-        scores = inner_scores(feature_sets, cv.y[:, t], cv.folds, specs, loss, w, seed,
-                              head_options, progress.sub(t / T, (t + 1) / T), on_fit,
-                              **dict((inner or {}).get(target, {})))
-        chosen = []
+        is_class = cv.kind(target) == CLASSIFICATION
+        extra = dict((inner or {}).get(target, {}))
+        progress.info(f"{target}: stacking {len(specs)} methods, weighted by an inner CV on "
+                      f"the training folds of each outer fold...")
+        inner_pred = inner_predictions(feature_sets, cv.y[:, t], cv.folds, specs, loss, w,
+                                       seed, head_options, progress.sub(t / T, (t + 1) / T),
+                                       on_fit, extra.get("factory", make_head), is_class)
+        scores = inner_scores(feature_sets, cv.y[:, t], cv.folds, specs,
+                              score=extra.get("score", rmse), predictions=inner_pred)
+        valid = np.isfinite(cv.y[:, t])
+        outer = probs[target][rows].transpose(1, 0, 2) if is_class else \
+            cv.predictions[t, rows].T  # (N, M[, C]) outer out-of-fold predictions
+        chosen, best = [], []
         for k, fold in enumerate(cv.fold_ids):
+            test = (cv.folds == fold) & valid
+            train = (cv.folds != fold) & valid
+            wk = simplex_weights(inner_pred[k][train], cv.y[train, t],
+                                 None if w is None else w[train])
             s = np.where(np.isfinite(scores[k]), scores[k], np.inf)
-            m = rows[int(np.argmin(s))]
-            chosen.append(cv.labels[m])
-            test = (cv.folds == fold) & np.isfinite(cv.y[:, t])
-            pred[t, 0, test] = cv.predictions[t, m, test]
-            metrics[t, 0, k] = cv.fold_metrics[t, m, k]
-            if sel_probs is not None and target in sel_probs:
-                sel_probs[target][0, test] = probs[target][m, test]
-            if sel_class is not None:
-                sel_class[t, 0, k] = class_fold[t, m, k]
-        selection[target] = chosen
-        if models is not None and all((target, c) in models for c in chosen):
-            models[(target, SELECTED)] = [models[(target, c)][k] for k, c in enumerate(chosen)]
-        progress.info(f"{target}: per outer fold the inner CV chose {', '.join(chosen)}.")
+            best.append(labels[int(np.argmin(s))])
+            chosen.append(describe({labels[m]: wk[m] for m in range(len(rows))}))
+            mix = np.tensordot(outer[test], wk, axes=([1], [0]))  # (n_k[, C])
+            w_test = w[test] if (w is not None and weighted_metrics) else None
+            if is_class:
+                pred[t, 0, test] = mix.argmax(axis=1)
+                sel_probs[target][0, test] = mix
+                sel_class[t, 0, k] = class_metrics(cv.y[test, t], pred[t, 0, test],
+                                                   sample_weight=w_test)
+            else:
+                pred[t, 0, test] = mix
+                metrics[t, 0, k] = regression_metrics(cv.y[test, t], mix,
+                                                      sample_weight=w_test)
+            if models is not None and all((target, label) in models for label in labels):
+                keep = np.flatnonzero(wk > 0)
+                models.setdefault((target, SELECTED), []).append(StackedHead(
+                    [(labels[m], models[(target, labels[m])][k], cols[m]) for m in keep],
+                    wk[keep], width, cv.kind(target)))
+        final = simplex_weights(outer[valid], cv.y[valid, t], None if w is None else w[valid])
+        stacks[target] = {labels[m]: float(final[m]) for m in np.flatnonzero(final > 0)}
+        selection[target], inner_best[target] = chosen, best
+        progress.info(f"{target}: per outer fold the inner CV weighted "
+                      f"{'; '.join(chosen)}. Mapped: {describe(stacks[target])}.")
     r2 = np.full((T, 1), np.nan)
     for t, target in enumerate(cv.target_names):
         ok = np.isfinite(cv.y[:, t])
-        kind = cv.kind(target) if hasattr(cv, "kind") else "regression"
-        if ok.sum() > 1 and kind == "regression":
+        if ok.sum() > 1 and cv.kind(target) == REGRESSION:
             r2[t, 0] = r2_score(cv.y[ok, t], pred[t, 0, ok], sample_weight=w[ok] if (
                 w is not None and weighted_metrics) else None)
-    spec = MethodSpec(SELECTED, SELECTED, SELECTED)
+    spec = MethodSpec(SELECTED, SELECTED, SELECTED, blocks=union)
     extra = {}
     if sel_probs is not None:
         extra["probabilities"] = {g: np.concatenate([probs[g], sel_probs[g]]) for g in probs}
@@ -206,5 +276,5 @@ def nested_selection(cv: CVResult, feature_sets: Mapping[str, np.ndarray],
                   predictions=np.concatenate([cv.predictions, pred], axis=1),
                   fold_metrics=np.concatenate([cv.fold_metrics, metrics], axis=1),
                   r2_pooled=np.concatenate([cv.r2_pooled, r2], axis=1), fold_models=models,
-                  selection=selection)
+                  selection=selection, stacks=stacks, inner_best=inner_best)
     return out

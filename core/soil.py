@@ -25,7 +25,7 @@ from .classes import CLASSIFICATION, REGRESSION, choose_class_method, class_bloc
     class_products, class_targets, load_head
 from .covariates import PixelStack, open_covariates, resolve_covariates
 from .cv import (ALL_METHODS, COMPARE, CONTEXT, FEATURE_METHODS, FEATURES, HYBRID_METHODS,
-                 PIXELS, MethodSpec, cross_validate, make_head, method_specs, spatial_folds,
+                 PIXELS, SELECTED, MethodSpec, cross_validate, make_head, method_specs, spatial_folds,
                  stack_blocks)
 from .errors import BackboneError, InputError
 from .features import PATCH, point_features, prepare
@@ -36,6 +36,7 @@ from .progress import Progress, ensure
 from .patches import FeatureRows, PatchGrid, patch_point_features
 from .raster import RasterWriter, TileSource, commit_all
 from .selection import candidates, choose_best, class_inner, nested_selection
+from .stacking import describe, stack_head
 
 MODEL_FORMAT = "soilssl-model"
 METHODS = ("all",) + ALL_METHODS
@@ -148,6 +149,14 @@ class FitResult:
     geodist: Optional[object] = None  # knndm.GeoDist: CV vs map distances of each FOLD_MODE
     sets: dict = field(repr=False, default_factory=dict)  # the CV's feature sets (report)
     names: dict = field(default_factory=dict)    # set -> column names (PIXELS, CONTEXT)
+
+    @property
+    def methods(self) -> dict:
+        """target -> what is mapped, in words: the method, or for the stack its members
+        and weights ("selected: 0.62 rf_pixels + 0.38 rf_hybrid")."""
+        stacks = getattr(self.cv, "stacks", None) or {}
+        return {t: f"{label}: {describe(stacks[t])}" if label == SELECTED and t in stacks
+                else label for t, label in self.chosen.items()}
 
 
 def _choose(cv, method: str, features: str = FEATURES) -> dict:
@@ -298,15 +307,18 @@ def fit_points(source: TileSource, points: Points, backbone: Backbone,
     ranking = rank_backbones(cv, {FEATURES: backbone, **compared})
     if compared:
         progress.info(format_ranking(ranking))
-    if method == "all":  # the honest score of "choose by CV": the row 'selected'
+    if method == "all":  # the stack of the candidates, scored by nested CV: row 'selected'
         cv = nested_selection(cv, sets, candidates(cv, scale), loss, weights, seed,
                               progress=progress.sub(0.75, 0.9),
                               inner={t: class_inner(len(names), class_weight)
                                      for t, names in (points.classes or {}).items()})
         progress.info(cv.format_table())
-        progress.info("Row 'selected': each fold predicted by the method an inner CV on the "
-                      "other folds chose (the honest score of choosing by CV); the map uses "
-                      f"the best method on all folds: {_format_chosen(chosen)}.")
+        progress.info("Row 'selected': the weighted mean (stack) of the methods, each fold "
+                      "predicted with weights from an inner CV on the other folds (the "
+                      "honest score of what is mapped). The best single method on all folds: "
+                      f"{_format_chosen(chosen)}. The map uses the stack: "
+                      f"{_format_chosen({t: describe(w) for t, w in cv.stacks.items()})}.")
+        chosen = {t: SELECTED for t in cv.target_names}
     model = _model_dict(source, backbone, cv, sets, y, weights, folds, chosen, loss, seed,
                         PATCH if scale == PATCH else pool, tile, norm.to_dict(),
                         progress.sub(0.9, 1.0), scale, margin, class_weight)
@@ -405,10 +417,18 @@ def _model_dict(source, backbone, cv, sets, y, weights, folds, chosen, loss, see
         label = chosen[target]
         spec = cv.methods[cv.labels.index(label)]
         ok = np.isfinite(y[:, t])
-        progress.info(f"{target}: refitting {label} on all {int(ok.sum())} points for mapping.")
-        head = make_head(spec, [sets[b].shape[1] for b in spec.blocks], loss, seed, None,
-                         cv.kind(target), len((cv.classes or {}).get(target, ())) or 2,
-                         class_weight)
+
+        def factory(member):
+            return make_head(member, [sets[b].shape[1] for b in member.blocks], loss, seed,
+                             None, cv.kind(target),
+                             len((cv.classes or {}).get(target, ())) or 2, class_weight)
+        if spec.method == SELECTED:  # the stack: its members refitted, its mapped weights
+            head = stack_head(cv, target, {b: sets[b].shape[1] for b in spec.blocks},
+                              spec.blocks, factory)
+        else:
+            head = factory(spec)
+        what = f"the stack {describe(head.weight_map)}" if spec.method == SELECTED else label
+        progress.info(f"{target}: refitting {what} on all {int(ok.sum())} points for mapping.")
         head.fit(stack_blocks(sets, spec.blocks, ok), y[ok, t],
                  sample_weight=None if weights is None else weights[ok])
         heads[target] = head.state_dict()
@@ -419,6 +439,8 @@ def _model_dict(source, backbone, cv, sets, y, weights, folds, chosen, loss, see
     model = {
         "soilssl": {"format": MODEL_FORMAT, "version": 1},
         "targets": list(cv.target_names), "methods": dict(chosen), "blocks": blocks,
+        "stacks": {t: dict(cv.stacks[t]) for t in cv.target_names
+                   if chosen[t] == SELECTED and cv.stacks},
         "loss": loss, "seed": seed,
         "backbone": backbone.reference, "bands": list(source.bands), "dem": bool(source.dem),
         "dem_path": os.path.abspath(source.dem) if source.dem else None,

@@ -15,7 +15,9 @@ from soilssl.core.cv import (CONTEXT, FEATURES, PIXELS, SELECTED, MethodSpec, cr
 from soilssl.core.errors import InputError
 from soilssl.core.heads import load_regressor, make_regressor
 from soilssl.core.hybrid import GBMHead, gbm_arrays, gbm_predict
-from soilssl.core.selection import candidates, choose_best, inner_scores, nested_selection
+from soilssl.core.selection import (candidates, choose_best, inner_predictions, inner_scores,
+                                    nested_selection)
+from soilssl.core.stacking import simplex_weights
 from soilssl.core.soil import PRED_NODATA, MapHeads
 
 # Small heads: every test runs in seconds on a busy 2-core machine.
@@ -213,33 +215,52 @@ def test_inner_scores_equal_a_hand_computed_inner_cv():
             assert scores[k, m] == pytest.approx(np.mean(per_fold), rel=1e-12)
 
 
-def test_selected_row_uses_each_folds_inner_choice_and_outer_models():
+def test_selected_row_is_the_stack_weighted_by_each_folds_inner_cv():
     coords, sets, y = field(n=60)
     folds = spatial_folds(coords, n_folds=3)
     y_pix = 5 + 2 * sets[PIXELS][:, 0] + 0.05 * np.random.default_rng(3).normal(size=60)
     Y = np.c_[y, y_pix]
     rows = ["ridge", "rf_pixels"]
+    specs = [MethodSpec(r) for r in rows]
     cv = cross_validate(sets, Y, folds, rows, target_names=["mix", "pix"], head_options=FAST,
                         keep_models=True)
     out = nested_selection(cv, sets, rows, head_options=FAST)
     assert out.labels == rows + [SELECTED]
+    assert out.methods[-1].blocks == (FEATURES, PIXELS)  # the union of the members' blocks
     row = [r for r in out.table() if r["method"] == SELECTED]
     assert [r["target"] for r in row] == ["mix", "pix"]
+    X = np.hstack([sets[FEATURES], sets[PIXELS]])
     for t, target in enumerate(["mix", "pix"]):
-        scores = inner_scores(sets, Y[:, t], folds, [MethodSpec(r) for r in rows],
-                              head_options=FAST)
-        expected = [rows[int(np.argmin(s))] for s in scores]
-        assert out.selection[target] == expected
-        for k, label in enumerate(expected):
+        inner = inner_predictions(sets, Y[:, t], folds, specs, head_options=FAST)
+        assert inner.shape == (3, 60, 2)
+        for k in range(3):
             test = folds == k
-            np.testing.assert_array_equal(out.oof(target, SELECTED)[test],
-                                          cv.oof(target, label)[test])
-            assert out.fold_models[(target, SELECTED)][k] is cv.fold_models[(target, label)][k]
-    # the pixel-only target: ridge on ViT features is never chosen
-    assert "ridge" not in out.selection["pix"]
+            assert np.isnan(inner[k, test]).all() and np.isfinite(inner[k, ~test]).all()
+            wk = simplex_weights(inner[k, ~test], Y[~test, t])
+            expected = cv.predictions[t][:2][:, test].T @ wk
+            np.testing.assert_allclose(out.oof(target, SELECTED)[test], expected, rtol=1e-12)
+            # the fold model is the stack of the outer fold-k models with those weights
+            stack = out.fold_models[(target, SELECTED)][k]
+            assert stack.weight_map == pytest.approx(
+                {rows[m]: wk[m] for m in range(2) if wk[m] > 0})
+            np.testing.assert_allclose(stack.predict(X[test]), expected, rtol=1e-9)
+        scores = inner_scores(sets, Y[:, t], folds, specs, predictions=inner)
+        assert out.inner_best[target] == [rows[int(np.argmin(s))] for s in scores]
+        # the mapped weights: the outer out-of-fold predictions of all points
+        final = simplex_weights(cv.predictions[t, :2].T, Y[:, t])
+        assert out.stacks[target] == pytest.approx(
+            {rows[m]: final[m] for m in range(2) if final[m] > 0})
+    # the pixel-only target: rf_pixels carries (nearly) all of the weight
+    assert out.stacks["pix"].get("rf_pixels", 0) > 0.9
     np.testing.assert_allclose(out.fold_metrics[:, :2], cv.fold_metrics)
     mean, _ = out.summary()
     assert np.isfinite(mean[:, 2]).all()
+    # a stack is at least as good as its best member on the points it was weighted on
+    for t in range(2):
+        final = simplex_weights(cv.predictions[t, :2].T, Y[:, t])
+        mix = cv.predictions[t, :2].T @ final
+        assert np.mean((mix - Y[:, t]) ** 2) <= min(
+            np.mean((cv.predictions[t, m] - Y[:, t]) ** 2) for m in range(2)) + 1e-12
     with pytest.raises(InputError, match="already has a 'selected' row"):
         nested_selection(out, sets, rows)
 
@@ -334,11 +355,31 @@ def test_fit_points_all_maps_the_chosen_method_with_pixels_and_features(tmp_path
         labels = fit.cv.labels
         assert labels == ["rf_pixels", "rf_context", "mlp", "rf_features", "ridge",
                           "rf_hybrid", "gbm_hybrid", "selected"]
-        assert fit.chosen["ph"] in labels[:-1]
+        # METHOD=all maps with the stack whose honest score is the row 'selected'
+        assert fit.chosen["ph"] == "selected"
         assert len(fit.cv.selection["ph"]) == 3
+        weights = fit.cv.stacks["ph"]
+        assert set(weights) <= set(labels[:-1]) and sum(weights.values()) == pytest.approx(1)
+        assert fit.methods["ph"].startswith("selected: ")
+        assert all(label in fit.methods["ph"] for label in weights)
         model = load_model(str(tmp_path / "m.pth"))
-        assert model["methods"] == fit.chosen
+        assert model["methods"] == fit.chosen and model["stacks"]["ph"] == weights
         assert "selected" in {r["method"] for r in model["cv_table"]}
+        from soilssl.core.classes import load_head
+        head = load_head(model["heads"]["ph"])
+        assert head.weight_map == pytest.approx(weights)
+        assert len(model["fold_heads"]["ph"]) == 3
+        union = fit.cv.methods[-1].blocks
+        assert model["blocks"]["ph"] == list(union)
+        X = np.hstack([fit.sets[b] for b in union])
+        members = sum(w * load_head(s).predict(X[:, c]) for w, s, c in zip(
+            head.weights, model["heads"]["ph"]["members"], head.columns))
+        np.testing.assert_allclose(head.predict(X), members, rtol=1e-9)
+        predict_map(src, model, str(tmp_path / "stack.tif"), stride=32)
+        with rasterio.open(tmp_path / "stack.tif") as ds:
+            stacked = ds.read(1)
+        assert stacked.shape == (2, 3) and np.isfinite(stacked).all() and \
+            (stacked != PRED_NODATA).all()
         # force the hybrid: the map gets the pixel and the feature block
         for name, label in (("hyb", "rf_hybrid"), ("pix", "rf_pixels")):
             spec = fit.cv.methods[labels.index(label)]
