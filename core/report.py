@@ -294,6 +294,7 @@ def _geodist_section(gd) -> str:
 # ----------------------------------------------------------------------------- ViT vs pixels
 
 BASELINE, FEATURES = "rf_pixels", "features"  # cv's pixel baseline row and BACKBONE's set
+SELECTED = "selected"  # the stack's row (core/selection.py)
 
 
 def _row_score(row: dict):
@@ -312,7 +313,8 @@ def baseline_comparison(cv) -> List[dict]:
     covariates) against the pixel baseline rf_pixels, by mean CV RMSE (kappa for a class
     target): target, metric, method, value, baseline, percent (how much better, > 0 when
     the ViT features win), better."""
-    uses = {s.label: FEATURES in spec_blocks(s) for s in cv.methods}
+    # the stack (row 'selected') mixes methods with and without features: stack_sentence
+    uses = {s.label: FEATURES in spec_blocks(s) and s.label != SELECTED for s in cv.methods}
     rows = {}
     for r in cv.table():
         rows.setdefault(r["target"], []).append(r)
@@ -355,6 +357,35 @@ def baseline_sentence(cv) -> Optional[str]:
         parts.append(f"for {r['target']}, {r['method']} has {r['metric']} {r['value']:.4g} "
                      f"against {r['baseline']:.4g}, {abs(r['percent']):.1f} % {how}")
     return head + ": " + "; ".join(parts) + "."
+
+
+def stack_sentence(cv) -> Optional[str]:
+    """What METHOD=all maps with, per target: the stack's weights, and its honest (nested)
+    CV score against rf_pixels."""
+    stacks = getattr(cv, "stacks", None) or {}
+    rows = {(r["target"], r["method"]): r for r in cv.table()}
+    parts = []
+    for target in cv.target_names:
+        if target not in stacks or (target, SELECTED) not in rows:
+            continue
+        from .stacking import describe
+        v, higher = _row_score(rows[(target, SELECTED)])
+        text = f"for {target}, {describe(stacks[target])}"
+        base = rows.get((target, BASELINE))
+        b = _row_score(base)[0] if base else None
+        if v is not None and b:
+            gain = 100.0 * ((v - b) if higher else (b - v)) / abs(b)
+            metric = "kappa" if higher else "RMSE"
+            how = ("higher" if gain > 0 else "lower") if higher else \
+                ("lower" if gain > 0 else "higher")
+            text += (f" (nested-CV {metric} {v:.4g} against rf_pixels {b:.4g}, "
+                     f"{abs(gain):.1f} % {how})")
+        parts.append(text)
+    if not parts:
+        return None
+    return ("The map uses a stack, a weighted mean of the methods with weights fitted to their "
+            "out-of-fold predictions; the row 'selected' scores it with weights from an inner "
+            "CV: " + "; ".join(parts) + ".")
 
 
 # ----------------------------------------------------------------------------- importance
@@ -499,6 +530,9 @@ def write_report(path: str, cv, coords: np.ndarray, chosen: dict, title: str = "
     sentence = baseline_sentence(cv)
     if sentence:
         parts.append(f"<p class='verdict'><b>{html.escape(sentence)}</b></p>")
+    stacked = stack_sentence(cv)
+    if stacked:
+        parts.append(f"<p class='verdict'>{html.escape(stacked)}</p>")
     parts.append("<h2>Cross-validation</h2>" + _table(cv, chosen) + report_html(cv, chosen))
     if len({r["backbone"] for r in ranking or []}) > 1:
         parts.append(_ranking(ranking))

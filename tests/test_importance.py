@@ -216,3 +216,25 @@ def test_feature_view_is_pca_without_umap_one_panel_per_backbone_and_target():
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert len(titles) == 4 and f"compare ({how}) — si" in titles
     assert f"BACKBONE ({how}) — ph" in titles
+
+
+def test_report_says_what_the_stack_mixes_and_its_honest_score(tmp_path):
+    from soilssl.core.report import baseline_comparison, stack_sentence, write_report
+    from soilssl.core.selection import nested_selection
+    cv, sets, coords = report_cv(targets=("ph",))
+    assert stack_sentence(cv) is None  # no stack without METHOD=all
+    fast = {"rf": {"n_estimators": 20, "search_estimators": 10, "n_jobs": 1}}
+    cv = nested_selection(cv, sets, ["rf_pixels", "ridge"], head_options=fast)
+    table = {r["method"]: r["rmse_mean"] for r in cv.table()}
+    sentence = stack_sentence(cv)
+    weights = cv.stacks["ph"]
+    gain = 100 * (table["rf_pixels"] - table["selected"]) / table["rf_pixels"]
+    for label, w in weights.items():
+        assert f"{w:.2f} {label}" in sentence
+    assert f"nested-CV RMSE {table['selected']:.4g} against rf_pixels " \
+           f"{table['rf_pixels']:.4g}, {abs(gain):.1f} % {'lower' if gain > 0 else 'higher'}" \
+           in sentence
+    # the stack is not counted as "the ViT features" in the baseline sentence
+    assert all(r["method"] != "selected" for r in baseline_comparison(cv))
+    path = write_report(str(tmp_path / "r.html"), cv, coords, {"ph": "selected"}, sets=sets)
+    assert sentence.replace("'", "&#x27;") in open(path, encoding="utf-8").read()
