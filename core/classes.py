@@ -204,19 +204,7 @@ class Classifier(Regressor):
 
     def predict_proba(self, X) -> np.ndarray:
         """(N, n_classes) class probabilities (0 for classes absent from training)."""
-        if self.n_features is None:
-            raise SoilSSLError(f"The {self.method} head has not been fitted or loaded.")
-        X = np.asarray(X)
-        if X.ndim != 2 or X.shape[1] != self.n_features:
-            raise InputError(f"The {self.method} head expects (N, {self.n_features}) features, "
-                             f"got shape {X.shape}: use the backbone/bands it was trained with.")
-        out = np.empty((X.shape[0], self.n_classes), dtype=np.float64)
-        for start in range(0, X.shape[0], self.chunk_rows):
-            chunk = np.asarray(X[start:start + self.chunk_rows], dtype=np.float64)
-            if not np.isfinite(chunk).all():
-                raise InputError("Features to predict contain NaN/inf: mask those rows first.")
-            out[start:start + chunk.shape[0]] = self._proba_chunk(chunk)
-        return out
+        return self._by_chunks(X, self._proba_chunk, self.n_classes)
 
     def state_dict(self) -> dict:
         state = super().state_dict()

@@ -142,18 +142,24 @@ class Regressor:
 
     def predict(self, X) -> np.ndarray:
         """Predictions (float64, one per row of X), computed by chunks of rows."""
+        return self._by_chunks(X, self._predict_chunk)
+
+    def _by_chunks(self, X, fn, width: Optional[int] = None) -> np.ndarray:
+        """``fn`` (a chunk of float64 rows -> its outputs) on X by chunks of rows, after
+        checking the head is fitted and X is finite with the fitted width: (N,) float64, or
+        (N, width)."""
         if self.n_features is None:
             raise SoilSSLError(f"The {self.method} head has not been fitted or loaded.")
         X = np.asarray(X)
         if X.ndim != 2 or X.shape[1] != self.n_features:
             raise InputError(f"The {self.method} head expects (N, {self.n_features}) features, "
                              f"got shape {X.shape}: use the backbone/bands it was trained with.")
-        out = np.empty(X.shape[0], dtype=np.float64)
+        out = np.empty((X.shape[0],) + (() if width is None else (width,)), dtype=np.float64)
         for start in range(0, X.shape[0], self.chunk_rows):
             chunk = np.asarray(X[start:start + self.chunk_rows], dtype=np.float64)
             if not np.isfinite(chunk).all():
                 raise InputError("Features to predict contain NaN/inf: mask those rows first.")
-            out[start:start + chunk.shape[0]] = self._predict_chunk(chunk)
+            out[start:start + chunk.shape[0]] = fn(chunk)
         return out
 
     def state_dict(self) -> dict:

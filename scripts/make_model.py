@@ -47,18 +47,63 @@ LAYOUT = {
 PRETRAIN_FIXED = {"OUT_DIM": 1024, "LOCAL_CROPS": 4}
 
 
+def add_inputs(model, inputs, layout, description):
+    """The model's inputs ((parameter, help) pairs) at their ``layout`` places, and its help
+    (``description`` first)."""
+    from qgis.core import QgsProcessingModelParameter
+    from qgis.PyQt.QtCore import QPointF, QSizeF
+    from soilssl.algorithms.help import REFERENCE
+    help_content = {"ALG_DESC": description + " " + REFERENCE,
+                    "ALG_CREATOR": "SoilSSL", "ALG_HELP_CREATOR": "SoilSSL"}
+    for param, text in inputs:
+        component = QgsProcessingModelParameter(param.name())
+        component.setPosition(QPointF(*layout[param.name()]))
+        component.setSize(QSizeF(WIDTH, 30))
+        model.addModelParameter(param, component)
+        help_content[param.name()] = text
+    model.setHelpContent(help_content)
+
+
+def add_child(model, layout, alg, child_id, sources, outputs=()):
+    """Child ``child_id`` running soilssl:``alg`` at ``layout[child_id]``, its inputs from
+    ``sources`` and the rest at their defaults (as the Model Designer sets them), and its
+    ``outputs`` ((name, child output, description), placed at ``layout["child:name"]``) as
+    model outputs."""
+    from qgis.core import (QgsProcessingModelChildAlgorithm,
+                           QgsProcessingModelChildParameterSource as Src,
+                           QgsProcessingModelOutput)
+    from qgis.PyQt.QtCore import QPointF, QSizeF
+    c = QgsProcessingModelChildAlgorithm(f"soilssl:{alg}")
+    c.setChildId(child_id)
+    c.setDescription(c.algorithm().displayName())
+    c.setPosition(QPointF(*layout[child_id]))
+    c.setSize(QSizeF(WIDTH, 30))
+    for name, src in sources.items():
+        c.addParameterSources(name, [src])
+    for param in c.algorithm().parameterDefinitions():
+        if param.name() not in sources and not param.isDestination() \
+                and param.defaultValue() is not None:
+            c.addParameterSources(param.name(), [Src.fromStaticValue(param.defaultValue())])
+    model_outputs = {}
+    for name, child_output, description in outputs:
+        out = QgsProcessingModelOutput(name, description)
+        out.setChildId(child_id)
+        out.setChildOutputName(child_output)
+        out.setPosition(QPointF(*layout[f"{child_id}:{name}"]))
+        out.setSize(QSizeF(WIDTH, 30))
+        model_outputs[name] = out
+    c.setModelOutputs(model_outputs)
+    model.addChildAlgorithm(c)
+
+
 def build():
     """The model (needs a running QgsApplication with the SoilSSL provider registered)."""
     from qgis.core import (QgsProcessing, QgsProcessingModelAlgorithm,
-                           QgsProcessingModelChildAlgorithm,
                            QgsProcessingModelChildParameterSource as Src,
-                           QgsProcessingModelOutput, QgsProcessingModelParameter,
                            QgsProcessingParameterEnum, QgsProcessingParameterFeatureSource,
                            QgsProcessingParameterField, QgsProcessingParameterNumber,
                            QgsProcessingParameterRasterLayer, QgsProcessingParameterString)
-    from qgis.PyQt.QtCore import QPointF, QSizeF
     from soilssl.algorithms.fitpoints import METHODS
-    from soilssl.algorithms.help import REFERENCE
 
     model = QgsProcessingModelAlgorithm("soil_mapping", "SoilSSL")
     integer, double = QgsProcessingParameterNumber.Integer, QgsProcessingParameterNumber.Double
@@ -82,73 +127,45 @@ def build():
          "Tiles this close to a sample point are not used for pretraining (paper: 448 px; the "
          "demo points are dense)."),
         (QgsProcessingParameterEnum("method", "Soil head", METHODS, defaultValue=0),
-         "Method of Fit soil heads (all: compare every method, map with the best)."),
+         "Method of Fit soil heads (all: compare every method, map with their stack)."),
         (QgsProcessingParameterNumber("folds", "Spatial CV folds", integer, 6, minValue=2),
          "K-means folds of the point coordinates (paper: 6)."),
         (QgsProcessingParameterNumber("clusters", "Landscape classes (K)", integer, 8,
                                       minValue=2, maxValue=254),
          "K-means classes of the landscape map (paper: 8)."),
     ]
-    help_content = {"ALG_DESC": (
+    add_inputs(model, inputs, LAYOUT, (
         "The SoilSSL chain: DINO self-supervised pretraining of a ViT on the scene (away from "
         "the soil points), soil-property heads fitted on the points under spatial "
         "cross-validation, the soil map with its uncertainty and area of applicability, and "
-        "a K-means landscape map of the pretrained features. " + REFERENCE),
-        "ALG_CREATOR": "SoilSSL", "ALG_HELP_CREATOR": "SoilSSL"}
-    for param, text in inputs:
-        component = QgsProcessingModelParameter(param.name())
-        component.setPosition(QPointF(*LAYOUT[param.name()]))
-        component.setSize(QSizeF(WIDTH, 30))
-        model.addModelParameter(param, component)
-        help_content[param.name()] = text
-    model.setHelpContent(help_content)
+        "a K-means landscape map of the pretrained features."))
 
-    def child(alg, child_id, position, sources, outputs=()):
-        c = QgsProcessingModelChildAlgorithm(f"soilssl:{alg}")
-        c.setChildId(child_id)
-        c.setDescription(c.algorithm().displayName())
-        c.setPosition(QPointF(*position))
-        c.setSize(QSizeF(WIDTH, 30))
-        for name, src in sources.items():
-            c.addParameterSources(name, [src])
-        for param in c.algorithm().parameterDefinitions():  # the rest at their defaults, as
-            if param.name() not in sources and not param.isDestination() \
-                    and param.defaultValue() is not None:   # the Model Designer does
-                c.addParameterSources(param.name(), [Src.fromStaticValue(param.defaultValue())])
-        model_outputs = {}
-        for name, child_output, description in outputs:
-            out = QgsProcessingModelOutput(name, description)
-            out.setChildId(child_id)
-            out.setChildOutputName(child_output)
-            out.setPosition(QPointF(*LAYOUT[f"{child_id}:{name}"]))
-            out.setSize(QSizeF(WIDTH, 30))
-            model_outputs[name] = out
-        c.setModelOutputs(model_outputs)
-        model.addChildAlgorithm(c)
+    def child(alg, child_id, sources, outputs=()):
+        add_child(model, LAYOUT, alg, child_id, sources, outputs)
 
     p, fixed = Src.fromModelParameter, Src.fromStaticValue
     raster = {"INPUT": p("raster")}
     backbone = Src.fromChildOutput("pretrain", "OUTPUT")
-    child("pretrain", "pretrain", LAYOUT["pretrain"], {
+    child("pretrain", "pretrain", {
         **raster, "POINTS": p("points"), "BUFFER": p("buffer"), "ARCH": p("arch"),
         "EPOCHS": p("epochs"), "TILE_SIZE": p("tile_size"),
         **{name: fixed(value) for name, value in PRETRAIN_FIXED.items()}},
         [("backbone", "OUTPUT", "Pretrained backbone")])
-    child("fitpoints", "fitpoints", LAYOUT["fitpoints"], {
+    child("fitpoints", "fitpoints", {
         **raster, "BACKBONE": backbone, "POINTS": p("points"),
         "FIELDS": p("fields"), "METHOD": p("method"), "FOLDS": p("folds")},
         [("cv_points", "OUTPUT_POINTS", "Points with CV predictions"),
          ("soil_model", "OUTPUT_MODEL", "Soil model"),
          ("cv_report", "OUTPUT_REPORT", "Cross-validation report")])
-    child("predictmap", "predictmap", LAYOUT["predictmap"], {
+    child("predictmap", "predictmap", {
         **raster, "MODEL": Src.fromChildOutput("fitpoints", "OUTPUT_MODEL"),
         "STRIDE": fixed(0)},
         [("soil_map", "OUTPUT", "Soil map"),
          ("uncertainty", "OUTPUT_UNCERTAINTY", "Uncertainty"),
          ("aoa", "OUTPUT_AOA", "Area of applicability")])
-    child("extractfeatures", "extractfeatures", LAYOUT["extractfeatures"], {
+    child("extractfeatures", "extractfeatures", {
         **raster, "BACKBONE": backbone})
-    child("clustermap", "clustermap", LAYOUT["clustermap"], {
+    child("clustermap", "clustermap", {
         "INPUT": Src.fromChildOutput("extractfeatures", "OUTPUT"), "K": p("clusters")},
         [("clusters", "OUTPUT", "Landscape clusters")])
     model.updateDestinationParameters()
@@ -184,14 +201,10 @@ def build_sampling():
     predictmap's OUTPUT_ERROR/OUTPUT_LOWER/OUTPUT_UPPER and LEVEL join the chain where this
     SoilSSL's predictmap has them."""
     from qgis.core import (QgsApplication, QgsProcessing, QgsProcessingModelAlgorithm,
-                           QgsProcessingModelChildAlgorithm,
                            QgsProcessingModelChildParameterSource as Src,
-                           QgsProcessingModelOutput, QgsProcessingModelParameter,
                            QgsProcessingParameterFeatureSource, QgsProcessingParameterField,
                            QgsProcessingParameterFile, QgsProcessingParameterNumber,
                            QgsProcessingParameterRasterLayer)
-    from qgis.PyQt.QtCore import QPointF, QSizeF
-    from soilssl.algorithms.help import REFERENCE
     predict = QgsApplication.processingRegistry().algorithmById("soilssl:predictmap")
     trust = [o for o in TRUST_OUTPUTS if predict.parameterDefinition(o[1]) is not None]
     has_level = predict.parameterDefinition("LEVEL") is not None
@@ -217,43 +230,15 @@ def build_sampling():
                                       0.0, minValue=0.0),
          "Spacing between new sites and from the existing samples."),
     ]
-    help_content = {"ALG_DESC": (
+    add_inputs(model, inputs, SAMPLING_LAYOUT, (
         "Trust and act on the soil map: soil-property heads fitted on the points under "
         "spatial cross-validation, the soil map with its expected error, prediction "
         "intervals and area of applicability, and the N sites where new samples would make "
         "the map trustworthy where it is not (Sampling design on the feature raster, with "
-        "the model's predicted value at each site). " + REFERENCE),
-        "ALG_CREATOR": "SoilSSL", "ALG_HELP_CREATOR": "SoilSSL"}
-    for param, text in inputs:
-        component = QgsProcessingModelParameter(param.name())
-        component.setPosition(QPointF(*SAMPLING_LAYOUT[param.name()]))
-        component.setSize(QSizeF(WIDTH, 30))
-        model.addModelParameter(param, component)
-        help_content[param.name()] = text
-    model.setHelpContent(help_content)
+        "the model's predicted value at each site)."))
 
     def child(alg, child_id, sources, outputs=()):
-        c = QgsProcessingModelChildAlgorithm(f"soilssl:{alg}")
-        c.setChildId(child_id)
-        c.setDescription(c.algorithm().displayName())
-        c.setPosition(QPointF(*SAMPLING_LAYOUT[child_id]))
-        c.setSize(QSizeF(WIDTH, 30))
-        for name, src in sources.items():
-            c.addParameterSources(name, [src])
-        for param in c.algorithm().parameterDefinitions():
-            if param.name() not in sources and not param.isDestination() \
-                    and param.defaultValue() is not None:
-                c.addParameterSources(param.name(), [Src.fromStaticValue(param.defaultValue())])
-        model_outputs = {}
-        for name, child_output, description in outputs:
-            out = QgsProcessingModelOutput(name, description)
-            out.setChildId(child_id)
-            out.setChildOutputName(child_output)
-            out.setPosition(QPointF(*SAMPLING_LAYOUT[f"{child_id}:{name}"]))
-            out.setSize(QSizeF(WIDTH, 30))
-            model_outputs[name] = out
-        c.setModelOutputs(model_outputs)
-        model.addChildAlgorithm(c)
+        add_child(model, SAMPLING_LAYOUT, alg, child_id, sources, outputs)
 
     p = Src.fromModelParameter
     fitted = Src.fromChildOutput("fitpoints", "OUTPUT_MODEL")
