@@ -289,11 +289,15 @@ def param_groups(model: nn.Module) -> list:
 
 @torch.no_grad()
 def clip_gradients(model: nn.Module, clip: float) -> None:
-    """DINO's clipping: each parameter's gradient norm is capped at ``clip``."""
-    for p in model.parameters():
-        if p.grad is not None:
-            norm = p.grad.norm(2)
-            p.grad.mul_(torch.clamp(clip / (norm + 1e-6), max=1.0))
+    """DINO's clipping: each parameter's gradient norm is capped at ``clip``.  The norms
+    come from one fused call and one kernel scales them (not four kernels per parameter:
+    on a GPU the per-parameter loop is launch-bound)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return
+    norms = torch.stack([n.float() for n in torch._foreach_norm(grads, 2)])
+    coef = torch.clamp(clip / (norms + 1e-6), max=1.0)
+    torch._foreach_mul_(grads, [c.to(g.dtype) for c, g in zip(coef.unbind(), grads)])
 
 
 def cancel_last_layer_grads(epoch: int, model: nn.Module, freeze_last_layer: int) -> None:
@@ -549,11 +553,14 @@ class MultiCropAugmentation:
         theta[:, 1, 2] = (2 * top + h) / height - 1
         return theta
 
-    def blur_matrices(self, n: int, sigma: torch.Tensor) -> torch.Tensor:
-        """(B, n, n) matrices, one per sigma: :meth:`blur_matrix` for a batch."""
-        device, b = sigma.device, sigma.shape[0]
+    def blur_matrices(self, n: int, sigma: torch.Tensor, device=None) -> torch.Tensor:
+        """(B, n, n) matrices, one per sigma: :meth:`blur_matrix` for a batch, built on
+        ``device`` (default sigma's; a CPU sigma sizes the kernel without a device sync)."""
+        b = sigma.shape[0]
+        big = int(torch.clamp(torch.ceil(3 * sigma.max()), 1, n - 1))
+        device = sigma.device if device is None else torch.device(device)
+        sigma = sigma.to(device)
         radius = torch.clamp(torch.ceil(3 * sigma), 1, n - 1)
-        big = int(radius.max())
         t = torch.arange(-big, big + 1, device=device, dtype=sigma.dtype)
         k = torch.exp(-0.5 * (t[None] / sigma[:, None]) ** 2) * (t.abs()[None] <= radius[:, None])
         k = k / k.sum(1, keepdim=True)                               # (B, 2R+1)
@@ -586,25 +593,30 @@ class MultiCropAugmentation:
             return lo + (1 + v - lo) * torch.rand(n, generator=g, dtype=torch.float64)
         fb, fc, fs = factor(b), factor(c), factor(s)
         theta = 2 * math.pi * h * (2 * torch.rand(n, generator=g, dtype=torch.float64) - 1)
+        # every factor and hue matrix on the CPU first, then one copy to the device (not
+        # one small copy per operation and position)
+        factors = torch.stack([torch.stack([torch.where(on & (order[:, pos] == j), f, 1.0)
+                                            for j, f in enumerate((fb, fc, fs))])
+                               for pos in range(4)])                # (4 pos, 3 ops, B)
+        th = torch.where(on[None] & (order.T == 3), theta[None], 0.0)  # (4 pos, B)
+        cos, sin = torch.cos(th), torch.sin(th)
+        rot = torch.zeros(4, n, 3, 3, dtype=torch.float64)
+        rot[..., 0, 0] = 1
+        rot[..., 1, 1], rot[..., 1, 2], rot[..., 2, 1], rot[..., 2, 2] = cos, -sin, sin, cos
+        hue = _YIQ2RGB @ rot @ _RGB2YIQ                                 # (4 pos, B, 3, 3)
+        factors, hue = factors.to(dev, dt), hue.to(dev, dt)
         for pos in range(4):
-            op = order[:, pos]
             if b > 0:
-                f = torch.where(on & (op == 0), fb, 1.0).to(dev, dt)[:, None, None, None]
+                f = factors[pos, 0][:, None, None, None]
                 z = f * z + 2.0 * (f - 1.0)
             if c > 0:
-                f = torch.where(on & (op == 1), fc, 1.0).to(dev, dt)[:, None, None, None]
+                f = factors[pos, 1][:, None, None, None]
                 z = f * z + (1 - f) * self._gray_batch(z).mean(dim=(1, 2, 3), keepdim=True)
             if s > 0 and z.shape[1] > 1:
-                f = torch.where(on & (op == 2), fs, 1.0).to(dev, dt)[:, None, None, None]
+                f = factors[pos, 2][:, None, None, None]
                 z = f * z + (1 - f) * self._gray_batch(z)
             if h > 0 and z.shape[1] == 3:
-                th = torch.where(on & (op == 3), theta, 0.0)
-                cos, sin = torch.cos(th), torch.sin(th)
-                rot = torch.zeros(n, 3, 3, dtype=torch.float64)
-                rot[:, 0, 0] = 1
-                rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = cos, -sin, sin, cos
-                m = (_YIQ2RGB @ rot @ _RGB2YIQ).to(dev, dt)
-                z = torch.einsum("bij,bjhw->bihw", m, z)
+                z = torch.einsum("bij,bjhw->bihw", hue[pos], z)
         return z
 
     def batch_view(self, x: torch.Tensor, g, size: int, scale, blur_p: float,
@@ -626,7 +638,8 @@ class MultiCropAugmentation:
                 blur = (torch.rand(n, generator=g) <= blur_p).to(x.device)
                 lo, hi = self.blur_sigma
                 sigma = lo + (hi - lo) * torch.rand(n, generator=g, dtype=torch.float64)
-                m = self.blur_matrices(size, sigma.to(x.device)).to(z.dtype)[:, None]
+                # sized on the CPU (no device sync), built on the device
+                m = self.blur_matrices(size, sigma, x.device).to(z.dtype)[:, None]
                 z = torch.where(blur[:, None, None, None], m.transpose(-1, -2) @ (z @ m), z)
             if solarize_p > 0:
                 sol = (torch.rand(n, generator=g) < solarize_p).to(x.device)

@@ -333,3 +333,24 @@ def test_batched_views_seeded_and_shaped():
     assert all(torch.equal(u, v) for u, v in zip(a, b))
     assert not all(torch.equal(u, v) for u, v in zip(a, c))
     assert all(torch.isfinite(v).all() for v in a)
+
+
+def test_clip_gradients_caps_each_parameters_norm_as_dino_does():
+    from soilssl.core.dino import clip_gradients
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    for p, scale in zip(model.parameters(), (100.0, 1e-3, 5.0, 0.0)):
+        p.grad = torch.randn_like(p) * scale
+    model[1].bias.grad = None  # a parameter without gradient is left alone
+    expected = [None if p.grad is None else
+                p.grad * min(1.0, 2.0 / (float(p.grad.norm()) + 1e-6))
+                for p in model.parameters()]
+    clip_gradients(model, 2.0)
+    for p, e in zip(model.parameters(), expected):
+        if e is None:
+            assert p.grad is None
+        else:
+            torch.testing.assert_close(p.grad, e)
+            assert float(p.grad.norm()) <= 2.0 + 1e-5
+    norms = [float(p.grad.norm()) for p in model.parameters() if p.grad is not None]
+    assert norms[0] == pytest.approx(2.0, rel=1e-5) and norms[1] < 0.1  # capped / untouched
