@@ -295,6 +295,7 @@ def _geodist_section(gd) -> str:
 
 BASELINE, FEATURES = "rf_pixels", "features"  # cv's pixel baseline row and BACKBONE's set
 SELECTED = "selected"  # the stack's row (core/selection.py)
+STACK_BEHIND = 2.0  # % worse than rf_pixels in nested CV: the report advises rf_pixels
 
 
 def _row_score(row: dict):
@@ -364,7 +365,7 @@ def stack_sentence(cv) -> Optional[str]:
     CV score against rf_pixels."""
     stacks = getattr(cv, "stacks", None) or {}
     rows = {(r["target"], r["method"]): r for r in cv.table()}
-    parts = []
+    parts, behind = [], []
     for target in cv.target_names:
         if target not in stacks or (target, SELECTED) not in rows:
             continue
@@ -380,12 +381,19 @@ def stack_sentence(cv) -> Optional[str]:
                 ("lower" if gain > 0 else "higher")
             text += (f" (nested-CV {metric} {v:.4g} against rf_pixels {b:.4g}, "
                      f"{abs(gain):.1f} % {how})")
+            if gain < -STACK_BEHIND:
+                behind.append(target)
         parts.append(text)
     if not parts:
         return None
-    return ("The map uses a stack, a weighted mean of the methods with weights fitted to their "
-            "out-of-fold predictions; the row 'selected' scores it with weights from an inner "
-            "CV: " + "; ".join(parts) + ".")
+    out = ("The map uses a stack, a weighted mean of the methods with weights fitted to their "
+           "out-of-fold predictions; the row 'selected' scores it with weights from an inner "
+           "CV: " + "; ".join(parts) + ".")
+    if behind:
+        out += (f" For {', '.join(behind)} the stack scores more than {STACK_BEHIND:g} % "
+                f"worse than rf_pixels: its weights, fitted on few points, do not carry over "
+                f"to new ones. Map with METHOD=rf_pixels there.")
+    return out
 
 
 # ----------------------------------------------------------------------------- importance

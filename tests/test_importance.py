@@ -238,3 +238,18 @@ def test_report_says_what_the_stack_mixes_and_its_honest_score(tmp_path):
     assert all(r["method"] != "selected" for r in baseline_comparison(cv))
     path = write_report(str(tmp_path / "r.html"), cv, coords, {"ph": "selected"}, sets=sets)
     assert sentence.replace("'", "&#x27;") in open(path, encoding="utf-8").read()
+
+
+def test_report_advises_rf_pixels_where_the_stack_scores_worse():
+    from soilssl.core.report import STACK_BEHIND, stack_sentence
+    from soilssl.core.selection import nested_selection
+    cv, sets, coords = report_cv(targets=("ph", "si"))
+    fast = {"rf": {"n_estimators": 20, "search_estimators": 10, "n_jobs": 1}}
+    cv = nested_selection(cv, sets, ["rf_pixels", "ridge"], head_options=fast)
+    assert "Map with METHOD=rf_pixels" not in stack_sentence(cv)  # the stack wins here
+    m = cv.labels.index("selected")
+    cv.fold_metrics[1, m, :, 0] = cv.fold_metrics[1, 0, :, 0] * (1 + 1.5 * STACK_BEHIND / 100)
+    text = stack_sentence(cv)
+    assert text.endswith("For si the stack scores more than 2 % worse than rf_pixels: its "
+                         "weights, fitted on few points, do not carry over to new ones. Map "
+                         "with METHOD=rf_pixels there.")
