@@ -383,3 +383,41 @@ def test_model_designer_link_crossings_are_found(qgis_app):
     starts = [{(round(a[0].x()), round(a[0].y())), (round(b[0].x()), round(b[0].y()))}
               for a, b, _ in link_crossings(model)]
     assert {(140 + 135, 60), (140 + 135, 2000)} in starts  # from the boxes' right edges
+
+
+def test_fitpoints_all_maps_the_stack_through_predictmap(qgis_app, scene, tiny_ckpt, tmp_path,
+                                                         monkeypatch):
+    """METHOD=all in Processing: METHODS names the stack's weights, the model holds the
+    stack, and predictmap maps it (with the fold models' spread) like any other head."""
+    import json
+    from functools import partial
+
+    import processing
+    import rasterio
+    from soilssl.core import soil
+    from soilssl.core.cv import cross_validate
+    from soilssl.core.selection import nested_selection
+    from soilssl.core.stacking import describe
+    rf = {"n_estimators": 15, "search_estimators": 8, "min_samples_leaf": (1,), "n_jobs": 1}
+    fast = {"mlp": {"max_epochs": 30, "hidden": 32}, "rf": rf, "gbm": {"max_iter": 30},
+            "rf_hybrid": {"inner": rf}, "gbm_hybrid": {"inner": {"max_iter": 30}}}
+    monkeypatch.setattr(soil, "cross_validate", partial(cross_validate, head_options=fast))
+    monkeypatch.setattr(soil, "nested_selection", partial(nested_selection, head_options=fast))
+    raster, points = scene
+    res = processing.run("soilssl:fitpoints", {
+        "INPUT": raster, "BACKBONE": tiny_ckpt, "POINTS": points, "FIELDS": ["ph"],
+        "METHOD": "all", "FOLDS": 3, "TILE_SIZE": 32, "DEVICE": "cpu",
+        "OUTPUT_POINTS": str(tmp_path / "oof.gpkg"), "OUTPUT_MODEL": str(tmp_path / "m.pth")})
+    model = soil.load_model(res["OUTPUT_MODEL"])
+    weights = model["stacks"]["ph"]
+    assert json.loads(res["METHODS"]) == {"ph": "selected: " + describe(weights)}
+    assert model["heads"]["ph"]["method"] == "stack" and model["methods"] == {"ph": "selected"}
+    pred = processing.run("soilssl:predictmap", {
+        "INPUT": raster, "MODEL": res["OUTPUT_MODEL"], "STRIDE": 16, "DEVICE": "cpu",
+        "OUTPUT": str(tmp_path / "map.tif"), "OUTPUT_UNCERTAINTY": str(tmp_path / "sd.tif")})
+    with rasterio.open(pred["OUTPUT"]) as ds, rasterio.open(pred["OUTPUT_UNCERTAINTY"]) as sd:
+        band, spread = ds.read(1), sd.read(1)
+    ok = band != soil.PRED_NODATA
+    assert ok.mean() > 0.5 and np.isfinite(band[ok]).all()
+    assert 7.0 < band[ok].min() and band[ok].max() < 10.5  # within reach of ph 7.6 .. 9.8
+    assert (spread[ok] >= 0).all() and spread[ok].max() > 0
