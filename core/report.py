@@ -165,17 +165,18 @@ def _sets_sections(cv, sets, chosen: dict, seed: int) -> List[str]:
 
 def _ranking(rows: list) -> str:
     """Backbones ranked per target (soil.rank_backbones rows)."""
+    from .soil import ranking_score
     head = ("<tr><th>target</th><th>rank</th><th>backbone</th><th>source</th><th>best method"
-            "</th><th>RMSE (mean ± std)</th><th>R² (mean)</th></tr>")
+            "</th><th>score (mean ± std over folds)</th></tr>")
     body = "".join(
         f"<tr{' class=best' if r['rank'] == 1 else ''}><td>{html.escape(r['target'])}</td>"
         f"<td>{r['rank']}</td><td>{html.escape(r['backbone'])}</td>"
         f"<td>{html.escape(r['source'])} ({html.escape(r['arch'])})</td>"
-        f"<td>{html.escape(r['method'])}</td><td>{r['rmse_mean']:.3f} ± {r['rmse_std']:.3f}</td>"
-        f"<td>{r['r2_mean']:.3f}</td></tr>" for r in rows)
+        f"<td>{html.escape(r['method'])}</td><td>{html.escape(ranking_score(r))}</td></tr>"
+        for r in rows)
     return ("<h2>Backbones ranked</h2><p>Each backbone's best feature method, on the same "
-            "folds with the same heads; 'features' is BACKBONE, the one mapped.</p><table>" +
-            head + body + "</table>")
+            "folds with the same heads (lowest RMSE; highest kappa for soil classes); "
+            "'features' is BACKBONE, the one mapped.</p><table>" + head + body + "</table>")
 
 
 TRUST_NOTE = ("Each point's dissimilarity index (DI) is measured against the points of the "

@@ -266,3 +266,31 @@ def test_meta_dinov2_file_with_registers_loads(tmp_path):
     full = create_model("vit_small_patch14_reg4_dinov2", 3, 56).state_dict()
     full = {("register_tokens" if k == "reg_token" else k): v for k, v in full.items()}
     assert infer_arch(full) == "vit_small_patch14_reg4_dinov2"
+
+
+def test_ranking_of_backbones_on_a_class_target_uses_kappa():
+    from types import SimpleNamespace
+
+    from soilssl.core.cv import MethodSpec, cross_validate
+    from soilssl.core.soil import format_ranking, rank_backbones
+    rng = np.random.default_rng(8)
+    n = 60
+    good = rng.normal(size=(n, 4))
+    y = (good[:, 0] > 0).astype(float) + (good[:, 1] > 0.5)
+    sets = {"features": good, "compare": rng.normal(size=(n, 4))}
+    folds = np.arange(n) % 3
+    cv = cross_validate(sets, np.c_[y, good[:, 2]], folds,
+                        [MethodSpec("ridge"), MethodSpec("ridge", "compare")],
+                        target_names=["soil", "ph"], kinds=["classification", "regression"])
+    bbs = {name: SimpleNamespace(source=name, arch="vit_tiny") for name in sets}
+    rows = rank_backbones(cv, bbs)
+    soil = [r for r in rows if r["target"] == "soil"]
+    assert [r["backbone"] for r in soil] == ["features", "compare"]  # by kappa, higher first
+    kappas = np.nanmean(cv.class_fold_metrics[0, :, :, 2], axis=1)
+    assert [r["kappa_mean"] for r in soil] == pytest.approx(sorted(kappas, reverse=True))
+    assert all(r["metric"] == "kappa" and "rmse_mean" not in r for r in soil)
+    ph = [r for r in rows if r["target"] == "ph"]
+    assert [r["metric"] for r in ph] == ["rmse", "rmse"] and ph[0]["backbone"] == "features"
+    text = format_ranking(rows)
+    assert f"soil: 1. features (features, vit_tiny): ridge kappa {soil[0]['kappa_mean']:.3f}" \
+        in text
