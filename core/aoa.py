@@ -280,13 +280,16 @@ class MapAOA:
         per = 3 if self.lpd else 2
         out = np.full((per * len(self.states), n), self.nodata, np.float32)
         all_inside = np.ones(n, dtype=bool)
+        self.di = {}  # id(state) -> (n,) float64 DI of these rows (NaN: missing predictors)
         for i, (target, state) in enumerate(self.states):
             X = aoa_matrix(state, blocks)
             ok = np.isfinite(X).all(axis=1)
             all_inside &= ok
+            self.di[id(state)] = np.full(n, np.nan)
             if not ok.any():
                 continue
             di, inside, density = aoa_measures(state, X[ok], lpd=self.lpd)
+            self.di[id(state)][ok] = di
             out[per * i, ok] = inside
             out[per * i + 1, ok] = di
             if self.lpd:

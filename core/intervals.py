@@ -220,12 +220,14 @@ class TrustMaps:
     def __bool__(self):
         return bool(self.products)
 
-    def fill(self, blocks: dict, x: np.ndarray, ok: np.ndarray) -> None:
+    def fill(self, blocks: dict, x: np.ndarray, ok: np.ndarray,
+             di: Optional[dict] = None) -> None:
         """Fill this object's products in ``blocks`` for the rows ``ok``: ``x`` the map's
-        blocks of those rows (set name -> array, or the feature rows alone)."""
+        blocks of those rows (set name -> array, or the feature rows alone); ``di``: id of
+        an AOA state -> the DI of these rows, when the AOA map has computed it already."""
         if not self.products:
             return
-        di_by_state = {}
+        di_by_state = dict(di or {})
         n = int(np.count_nonzero(ok))
         for t, target in enumerate(self.targets):
             state = aoa_state(self.model, target)

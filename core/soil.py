@@ -709,7 +709,9 @@ class MapHeads:
             if "uncertainty" in blocks:
                 blocks["uncertainty"][t, ok] = np.stack(
                     [f.predict(xt) for f in self.folds[t]]).std(axis=0)
-        self.trust.fill(blocks, {k: v[ok] for k, v in data.items()}, ok)
-        if "aoa" in blocks:
+        di = None
+        if "aoa" in blocks:  # first: its DI serves the error map and the intervals too
             blocks["aoa"] = self.aoa(data)
+            di = {k: v[ok] for k, v in self.aoa.di.items()}
+        self.trust.fill(blocks, {k: v[ok] for k, v in data.items()}, ok, di)
         return blocks

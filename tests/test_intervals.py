@@ -237,3 +237,38 @@ def test_predictmap_refuses_model_without_residuals(demo_model):
         "INPUT": os.path.join(DEMO, "rgb.tif"), "MODEL": str(old), "STRIDE": 32,
         "DEVICE": "cpu", "OUTPUT": str(tmp / "old_p.tif")})
     assert os.path.exists(res["OUTPUT"])
+
+
+def test_aoa_and_error_maps_share_one_dissimilarity_computation(monkeypatch):
+    """Asked for the AOA and the error map / bounds together, a map block computes each
+    target's DI once, and gets the same error and bounds as without the AOA."""
+    import soilssl.core.aoa as aoa
+    import soilssl.core.intervals as intervals
+    from soilssl.core.heads import RidgeHead
+    from soilssl.core.soil import MapHeads
+    X, folds, cv = _synthetic_cv(n=120)
+    head = RidgeHead().fit(X, cv.y[:, 0])
+    model = {"targets": ["ph"], "methods": {"ph": "ridge"}, "kinds": {"ph": "regression"},
+             "backbone": "test",
+             "heads": {"ph": head.state_dict()}, "fold_heads": {"ph": []},
+             "aoa": fit_aoa(X, folds)}
+    model.update(fit_trust(model, cv))
+    calls = []
+    real = aoa.aoa_measures
+
+    def counted(*args, **kwargs):
+        calls.append(len(args[1]))
+        return real(*args, **kwargs)
+    monkeypatch.setattr(aoa, "aoa_measures", counted)
+    monkeypatch.setattr(intervals, "aoa_predict",
+                        lambda state, x: counted(state, x)[:2])
+    rows = np.r_[X[:40], X[:40] * 3]  # inside and far outside the training data
+    trust = dict(error=True, lower=True, upper=True, level=0.9)
+    alone = MapHeads(model, **trust)(rows)
+    assert calls == [80]
+    calls.clear()
+    both = MapHeads(model, aoa=True, **trust)(rows)
+    assert calls == [80]  # one DI computation for the AOA, the error and the bounds
+    for name in ("prediction", "error", "lower", "upper"):
+        np.testing.assert_array_equal(both[name], alone[name], err_msg=name)
+    assert both["aoa"].shape == (2, 80) and (both["aoa"][0, 40:] == 0).any()
