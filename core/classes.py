@@ -497,7 +497,11 @@ class GBMClassifier(Classifier):
         self.arrays = gbm_arrays(model)
 
     def raw(self, X: np.ndarray) -> np.ndarray:
-        """(N, columns) raw scores: baseline plus each tree's leaf value, in order."""
+        """(N, columns) raw scores: baseline plus each tree's leaf value, in order (by the
+        fitted scikit-learn model while it is in memory: the same values, ~10x faster with
+        13 classes; by the flat arrays once loaded from a model file)."""
+        if self.model_ is not None:
+            return np.asarray(self.model_.decision_function(X), np.float64).reshape(len(X), -1)
         return gbm_raw(self.arrays, X)
 
     def _proba_seen(self, X: np.ndarray) -> np.ndarray:

@@ -159,6 +159,10 @@ class GBMHead(Regressor):
         self.arrays = gbm_arrays(model)
 
     def _predict_chunk(self, X: np.ndarray) -> np.ndarray:
+        # the fitted scikit-learn model while it is in memory (its compiled traversal, the
+        # same values); the flat arrays once loaded from a model file
+        if self.model_ is not None:
+            return self.model_.predict(X)
         return gbm_predict(self.arrays, X)
 
     def _state(self) -> dict:

@@ -307,3 +307,21 @@ def test_read_points_encodes_class_fields_by_target_type(qgis_app):
         read_points(source, ["soil"], target_type="regression")
     with pytest.raises(QgsProcessingException, match="single class"):
         read_points(source, ["one"])
+
+
+@pytest.mark.parametrize("n_classes", [2, 5])
+def test_gbm_in_memory_and_loaded_give_the_same_raw_scores(n_classes):
+    """While fitted in memory the gbm heads predict with scikit-learn's compiled trees; once
+    loaded, with the flat arrays: the scores are the same to the last bit."""
+    from soilssl.core.hybrid import GBMHead, gbm_predict, gbm_raw
+    rng = np.random.default_rng(n_classes)
+    X = rng.normal(size=(150, 6))
+    y = (np.abs(3 * X[:, 0] + X[:, 1]).astype(int)) % n_classes
+    head = make_target_head("gbm", CLASSIFICATION, n_classes=n_classes, max_iter=40).fit(X, y)
+    Xt = rng.normal(size=(300, 6))
+    np.testing.assert_array_equal(head.raw(Xt), gbm_raw(head.arrays, Xt))
+    again = load_head(head.state_dict())
+    assert again.model_ is None
+    np.testing.assert_array_equal(again.predict_proba(Xt), head.predict_proba(Xt))
+    reg = GBMHead(max_iter=40).fit(X, X[:, 0] * 2 + rng.normal(0, 0.1, 150))
+    np.testing.assert_array_equal(reg.predict(Xt), gbm_predict(reg.arrays, Xt))
