@@ -27,8 +27,8 @@ from rasterio.warp import Resampling, reproject
 
 OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "eval", "data")
 DK_FIELDS = ["Vindum", "Faardrup", "Jyndevad", "Estrup", "Silstrup"]
-# Estrup and Silstrup were added (2026-11-26) after the stacked `selected` method was fixed,
-# and kept out of every design decision: the held-out check of it.
+# Estrup and Silstrup were added (2026-11-26) as the held-out check of the stacked `selected`
+# method: converted before it was written, not run until it was committed.
 DK_COVARIATES = ["DEM", "slope", "twi", "mrvbf", "valdepth", "sagawi"]
 GTIFF = dict(driver="GTiff", compress="deflate", tiled=True, blockxsize=256, blockysize=256)
 

@@ -40,7 +40,7 @@ SETS = {
                         covariates=["covariates.tif"], categorical=[]),
     "dk_jyndevad": dict(image="rgb.tif", fields=["clay", "silt", "sand", "humus"],
                         covariates=["covariates.tif"], categorical=[]),
-    # held out: added after the stack was fixed, never used to design or tune anything
+    # held out: not run until the stack was committed, never used to design or tune anything
     "dk_estrup": dict(image="rgb.tif", fields=["clay", "silt", "sand", "humus"],
                       covariates=["covariates.tif"], categorical=[], held_out=True),
     "dk_silstrup": dict(image="rgb.tif", fields=["clay", "silt", "sand", "humus"],
@@ -167,7 +167,7 @@ def markdown(rows, settings):
              "± std over 6 K-means spatial folds; every column on the same folds. "
              "`selected`: the stack METHOD=all maps with (a weighted mean of the methods), "
              "each fold predicted with weights from an inner CV on the other folds (scored "
-             "honestly). Sets marked * are held out: added after the stack was fixed.", "",
+             "honestly). Sets marked * are held out: not run until the stack was committed.", "",
              "| set | target | n | metric | rf_pixels (all covariates) | rf_context "
              "| best SSL-based | selected | winner | selected vs rf_pixels | best random-init "
              "ViT | mapped stack |",
