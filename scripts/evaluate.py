@@ -9,10 +9,10 @@ For each data set, as a user would through qgis_process:
      rf_pixels (the everyday baseline: RF on all pixel covariates at the point),
      rf_context (plus their mean/std over the tile window), the SSL-based rows (mlp, ridge,
      rf_features on ViT features; rf_hybrid, gbm_hybrid on covariates + PCA of the
-     features), and `selected` (each fold predicted by the method an inner CV on the other
-     folds chose: the honest score of what SoilSSL maps with).
+     features), and `selected` (the stack of those methods SoilSSL maps with, each fold
+     predicted with weights from an inner CV on the other folds: its honest score).
 Per set and target the table shows rf_pixels, rf_context, the best SSL-based row, the
-selected row and the winner, with selected vs rf_pixels in %: RMSE for numeric targets,
+selected row, the winner and the mapped stack's weights, with selected vs rf_pixels in %: RMSE for numeric targets,
 Cohen's kappa (higher is better) for class targets (CV_TABLE rows with a "kappa" key).
 Writes eval_out/results.json and eval_out/table.md.  Nothing is tuned per set: every set
 gets the same settings below.
