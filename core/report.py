@@ -361,40 +361,60 @@ def baseline_sentence(cv) -> Optional[str]:
     return head + ": " + "; ".join(parts) + "."
 
 
-def stack_sentence(cv) -> Optional[str]:
-    """What METHOD=all maps with, per target: the stack's weights, and its honest (nested)
-    CV score against rf_pixels."""
+def _stack_rows(cv) -> List[tuple]:
+    """(target, weights, nested-CV score, rf_pixels score or None, higher is better) of
+    every target METHOD=all maps with a stack."""
     stacks = getattr(cv, "stacks", None) or {}
     rows = {(r["target"], r["method"]): r for r in cv.table()}
-    parts, behind = [], []
+    out = []
     for target in cv.target_names:
         if target not in stacks or (target, SELECTED) not in rows:
             continue
-        from .stacking import describe
         v, higher = _row_score(rows[(target, SELECTED)])
-        text = f"for {target}, {describe(stacks[target])}"
         base = rows.get((target, BASELINE))
-        b = _row_score(base)[0] if base else None
+        out.append((target, stacks[target], v, _row_score(base)[0] if base else None, higher))
+    return out
+
+
+def _gain(v, b, higher) -> float:
+    """% by which score v beats the baseline b (> 0: better)."""
+    return 100.0 * ((v - b) if higher else (b - v)) / abs(b)
+
+
+def stack_advice(cv) -> Optional[str]:
+    """The advice for the targets whose stack scores more than STACK_BEHIND % worse than
+    rf_pixels in nested CV (None when there is none)."""
+    behind = [t for t, _, v, b, higher in _stack_rows(cv)
+              if v is not None and b and _gain(v, b, higher) < -STACK_BEHIND]
+    if not behind:
+        return None
+    return (f"For {', '.join(behind)} the stack scores more than {STACK_BEHIND:g} % worse "
+            f"than rf_pixels: its weights, fitted on few points, do not carry over to new "
+            f"ones. Map with METHOD=rf_pixels there.")
+
+
+def stack_sentence(cv) -> Optional[str]:
+    """What METHOD=all maps with, per target: the stack's weights, and its honest (nested)
+    CV score against rf_pixels (with :func:`stack_advice`)."""
+    from .stacking import describe
+    parts = []
+    for target, weights, v, b, higher in _stack_rows(cv):
+        text = f"for {target}, {describe(weights)}"
         if v is not None and b:
-            gain = 100.0 * ((v - b) if higher else (b - v)) / abs(b)
+            gain = _gain(v, b, higher)
             metric = "kappa" if higher else "RMSE"
             how = ("higher" if gain > 0 else "lower") if higher else \
                 ("lower" if gain > 0 else "higher")
             text += (f" (nested-CV {metric} {v:.4g} against rf_pixels {b:.4g}, "
                      f"{abs(gain):.1f} % {how})")
-            if gain < -STACK_BEHIND:
-                behind.append(target)
         parts.append(text)
     if not parts:
         return None
     out = ("The map uses a stack, a weighted mean of the methods with weights fitted to their "
            "out-of-fold predictions; the row 'selected' scores it with weights from an inner "
            "CV: " + "; ".join(parts) + ".")
-    if behind:
-        out += (f" For {', '.join(behind)} the stack scores more than {STACK_BEHIND:g} % "
-                f"worse than rf_pixels: its weights, fitted on few points, do not carry over "
-                f"to new ones. Map with METHOD=rf_pixels there.")
-    return out
+    advice = stack_advice(cv)
+    return out + " " + advice if advice else out
 
 
 # ----------------------------------------------------------------------------- importance

@@ -37,7 +37,7 @@ from .progress import Progress, ensure
 from .patches import FeatureRows, PatchGrid, patch_point_features
 from .raster import RasterWriter, TileSource, commit_all
 from .selection import candidates, choose_best, class_inner, nested_selection
-from .report import stack_sentence
+from .report import stack_advice
 from .stacking import describe, stack_head
 
 MODEL_FORMAT = "soilssl-model"
@@ -321,9 +321,9 @@ def fit_points(source: TileSource, points: Points, backbone: Backbone,
                       f"{_format_chosen(chosen)}. The map uses the stack: "
                       f"{_format_chosen({t: describe(w) for t, w in cv.stacks.items()})}.")
         chosen = {t: SELECTED for t in cv.target_names}
-        advice = stack_sentence(cv)
-        if advice and "Map with METHOD=rf_pixels" in advice:
-            progress.info(advice[advice.index("For "):])
+        advice = stack_advice(cv)
+        if advice:
+            progress.info(advice)
     model = _model_dict(source, backbone, cv, sets, y, weights, folds, chosen, loss, seed,
                         PATCH if scale == PATCH else pool, tile, norm.to_dict(),
                         progress.sub(0.9, 1.0), scale, margin, class_weight)
