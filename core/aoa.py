@@ -276,20 +276,25 @@ class MapAOA:
         self.inside_all = 0
 
     def __call__(self, blocks) -> np.ndarray:
+        return self.measure(blocks)[0]
+
+    def measure(self, blocks) -> Tuple[np.ndarray, Dict[int, np.ndarray]]:
+        """(the (count, n) block, {id(state): (n,) float64 DI, NaN where a row's predictors
+        are missing}): the DI too, for the error map and the intervals."""
         n = len(next(iter(blocks.values()))) if isinstance(blocks, Mapping) else len(blocks)
         per = 3 if self.lpd else 2
         out = np.full((per * len(self.states), n), self.nodata, np.float32)
         all_inside = np.ones(n, dtype=bool)
-        self.di = {}  # id(state) -> (n,) float64 DI of these rows (NaN: missing predictors)
+        dis = {}
         for i, (target, state) in enumerate(self.states):
             X = aoa_matrix(state, blocks)
             ok = np.isfinite(X).all(axis=1)
             all_inside &= ok
-            self.di[id(state)] = np.full(n, np.nan)
+            dis[id(state)] = np.full(n, np.nan)
             if not ok.any():
                 continue
             di, inside, density = aoa_measures(state, X[ok], lpd=self.lpd)
-            self.di[id(state)][ok] = di
+            dis[id(state)][ok] = di
             out[per * i, ok] = inside
             out[per * i + 1, ok] = di
             if self.lpd:
@@ -297,4 +302,4 @@ class MapAOA:
             all_inside[ok] &= inside
             self.inside_counts[target] += int(inside.sum())
         self.inside_all += int(all_inside.sum())
-        return out
+        return out, dis

@@ -259,7 +259,8 @@ def nested_selection(cv: CVResult, feature_sets: Mapping[str, np.ndarray],
         stacks[target] = {labels[m]: float(final[m]) for m in np.flatnonzero(final > 0)}
         selection[target], inner_best[target] = chosen, best
         progress.info(f"{target}: per outer fold the inner CV weighted "
-                      f"{'; '.join(chosen)}. Mapped: {describe(stacks[target])}.")
+                      f"{'; '.join(chosen)} (its best single method: {', '.join(best)}). "
+                      f"Mapped: {describe(stacks[target])}.")
     r2 = np.full((T, 1), np.nan)
     for t, target in enumerate(cv.target_names):
         ok = np.isfinite(cv.y[:, t])

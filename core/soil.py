@@ -711,7 +711,7 @@ class MapHeads:
                     [f.predict(xt) for f in self.folds[t]]).std(axis=0)
         di = None
         if "aoa" in blocks:  # first: its DI serves the error map and the intervals too
-            blocks["aoa"] = self.aoa(data)
-            di = {k: v[ok] for k, v in self.aoa.di.items()}
+            blocks["aoa"], di_all = self.aoa.measure(data)
+            di = {k: v[ok] for k, v in di_all.items()}
         self.trust.fill(blocks, {k: v[ok] for k, v in data.items()}, ok, di)
         return blocks
