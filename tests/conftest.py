@@ -22,6 +22,44 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 TINY = "vit_tiny_patch16_224"
 
 
+def _spy_class():
+    from soilssl.core import heads
+
+    class Spy(heads.Regressor):
+        """Head whose feature column 0 is the point id: records what it trained on and
+        what it predicted (``calls``: (ids seen in fit, ids predicted)), predicts the id."""
+
+        method = "spy"
+        calls = []
+
+        def params(self):
+            return {}
+
+        def _fit(self, X, y, w):
+            self.seen = set(X[:, 0].astype(int).tolist())
+
+        def _predict_chunk(self, X):
+            ids = X[:, 0].astype(int)
+            Spy.calls.append((self.seen, ids.tolist()))
+            return X[:, 0].astype(float)
+
+        def _state(self):
+            return {}
+
+        def _load(self, state):
+            pass
+    return Spy
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """The Spy head registered as method "spy", its calls cleared."""
+    from soilssl.core import heads
+    Spy = _spy_class()
+    monkeypatch.setitem(heads.HEADS, "spy", Spy)
+    return Spy
+
+
 @pytest.fixture(autouse=True)
 def one_torch_thread():
     """One intra-op torch thread in tests: tiny models gain nothing from more, and on a

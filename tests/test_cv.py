@@ -33,37 +33,6 @@ def field(n=120, d=8, seed=0):
                     "compare": rng.normal(size=(n, 5))}, y
 
 
-class Spy(heads.Regressor):
-    """Head whose feature column 0 is the point id: records what it trained on and predicted."""
-
-    method = "spy"
-    calls = []
-
-    def params(self):
-        return {}
-
-    def _fit(self, X, y, w):
-        self.seen = set(X[:, 0].astype(int).tolist())
-
-    def _predict_chunk(self, X):
-        ids = X[:, 0].astype(int)
-        Spy.calls.append((self.seen, ids.tolist()))
-        return X[:, 0].astype(float)
-
-    def _state(self):
-        return {}
-
-    def _load(self, state):
-        pass
-
-
-@pytest.fixture
-def spy(monkeypatch):
-    monkeypatch.setitem(heads.HEADS, "spy", Spy)
-    Spy.calls = []
-    return Spy
-
-
 # ----------------------------------------------------------------------------- folds
 
 def test_kmeans_folds_equal_sklearn_kmeans_of_coordinates():

@@ -9,7 +9,6 @@ import torch
 from sklearn.decomposition import PCA
 from sklearn.ensemble import HistGradientBoostingRegressor
 
-from soilssl.core import heads
 from soilssl.core.cv import (CONTEXT, FEATURES, PIXELS, SELECTED, MethodSpec, cross_validate,
                              make_head, method_specs, regression_metrics, spatial_folds)
 from soilssl.core.errors import InputError
@@ -154,40 +153,15 @@ def test_held_out_fold_cannot_influence_its_own_predictions_new_methods_and_sele
     assert moved.selection["target1"][0] == base.selection["target1"][0]
 
 
-class Spy(heads.Regressor):
-    """Column 0 is the point id: records what each fit saw and what it predicted."""
-
-    method = "spy"
-    calls = []
-
-    def params(self):
-        return {}
-
-    def _fit(self, X, y, w):
-        self.seen = set(X[:, 0].astype(int).tolist())
-
-    def _predict_chunk(self, X):
-        Spy.calls.append((self.seen, X[:, 0].astype(int).tolist()))
-        return X[:, 0] * 0.0
-
-    def _state(self):
-        return {}
-
-    def _load(self, state):
-        pass
-
-
-def test_inner_cv_fits_never_see_the_outer_or_inner_held_out_fold(monkeypatch):
-    monkeypatch.setitem(heads.HEADS, "spy", Spy)
-    Spy.calls = []
+def test_inner_cv_fits_never_see_the_outer_or_inner_held_out_fold(spy):
     coords, _, y = field(n=60)
     folds = spatial_folds(coords, n_folds=4)
     ids = {FEATURES: np.arange(60.0)[:, None]}
     y[[4, 9]] = np.nan
     valid = np.isfinite(y)
     inner_scores(ids, y, folds, [MethodSpec("spy", FEATURES)])
-    assert len(Spy.calls) == 2 * 6  # each of the 6 pairs of folds predicts both folds
-    for seen, batch in Spy.calls:
+    assert len(spy.calls) == 2 * 6  # each of the 6 pairs of folds predicts both folds
+    for seen, batch in spy.calls:
         fold = folds[batch[0]]
         assert (folds[batch] == fold).all() and valid[batch].all()
         excluded = set(range(4)) - {int(folds[i]) for i in seen}
