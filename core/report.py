@@ -21,6 +21,7 @@ import numpy as np
 from .classes import report_html
 from .files import atomic_write_text
 from .importance import COVARIATE_BLOCKS, COVARIATES, VIT, grouped_importance, spec_blocks
+from .ranking import ranking_score
 
 CSS = ("body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse}"
        "td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}th{background:#eee}"
@@ -164,8 +165,7 @@ def _sets_sections(cv, sets, chosen: dict, seed: int) -> List[str]:
 
 
 def _ranking(rows: list) -> str:
-    """Backbones ranked per target (soil.rank_backbones rows)."""
-    from .soil import ranking_score
+    """Backbones ranked per target (ranking.rank_backbones rows)."""
     head = ("<tr><th>target</th><th>rank</th><th>backbone</th><th>source</th><th>best method"
             "</th><th>score (mean ± std over folds)</th></tr>")
     body = "".join(
@@ -542,7 +542,7 @@ def write_report(path: str, cv, coords: np.ndarray, chosen: dict, title: str = "
                  model: Optional[dict] = None, geodist=None,
                  sets: Optional[Mapping[str, np.ndarray]] = None, seed: int = 0) -> str:
     """Write the report of ``cv`` (a cv.CVResult) for points at ``coords`` (N, 2);
-    ``ranking``: soil.rank_backbones rows, shown when several backbones were compared;
+    ``ranking``: ranking.rank_backbones rows, shown when several backbones were compared;
     ``model``: the model dict, for its error profile and interval coverage;
     ``geodist``: a knndm.GeoDist, shown as CAST's geodist plot with the W of each fold mode;
     ``sets`` (the CV's feature sets, FitResult.sets): adds the permutation importance of

@@ -272,7 +272,7 @@ def test_ranking_of_backbones_on_a_class_target_uses_kappa():
     from types import SimpleNamespace
 
     from soilssl.core.cv import MethodSpec, cross_validate
-    from soilssl.core.soil import format_ranking, rank_backbones
+    from soilssl.core.ranking import format_ranking, rank_backbones
     rng = np.random.default_rng(8)
     n = 60
     good = rng.normal(size=(n, 4))
