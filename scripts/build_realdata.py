@@ -4,7 +4,10 @@ This is the provenance record of the committed files, not something users run. I
 public source repositories (checked out or bare git mirrors) and writes GeoTIFFs and
 GeoPackages that need nothing but GDAL:
 
-  python scripts/build_realdata.py --soilscaler <git dir> --plotkml <git dir>
+  python scripts/build_realdata.py [--soilscaler <git dir>] [--plotkml <git dir>] \
+                                   [--gsif <git dir>]
+
+(each set is built from the sources given; SOURCES.txt keeps the commits of the others).
 
 Sources (licences in eval/data/README.md):
   * anbm-dk/soilscaler (MIT): five Danish research fields (Møller et al. 2020): RGB
@@ -12,6 +15,9 @@ Sources (licences in eval/data/README.md):
   * cran/plotKML (GPL): the Ebergötzen data set (Böhner et al.; Hengl): 3,670 texture and
     soil-type observations, 25 m and 100 m covariate grids (DEM, TWI, Landsat NDVI, ASTER
     thermal band, soil map, parent material, CORINE land cover).
+  * cran/GSIF (GPL): the R.J. Cook Agronomy Farm (Gasch et al. 2015): soil profiles (pH,
+    bulk density, soil series) and a 10 m covariate grid (DEM, TWI, RapidEye NDRE, EC_a,
+    soil map units).
 Reading the R .rda files needs ``pip install rdata pandas`` (only here).
 """
 import argparse
@@ -30,6 +36,9 @@ DK_FIELDS = ["Vindum", "Faardrup", "Jyndevad", "Estrup", "Silstrup"]
 # Estrup and Silstrup were added (2026-11-26) as the held-out check of the stacked `selected`
 # method: converted before it was written, not run until it was committed.
 DK_COVARIATES = ["DEM", "slope", "twi", "mrvbf", "valdepth", "sagawi"]
+# Cook Farm (cran/GSIF) was added (2026-11-26) as a held-out set: converted before it was
+# run, not run until the stack's weighting change was committed.
+GSIF_PROJ4 = "+proj=utm +zone=11 +datum=NAD83 +units=m +no_defs"  # cookfarm$proj4string
 GTIFF = dict(driver="GTiff", compress="deflate", tiled=True, blockxsize=256, blockysize=256)
 
 
@@ -41,6 +50,16 @@ def git_show(git_dir, path):
 def git_head(git_dir):
     return subprocess.run(["git", "--git-dir", git_dir, "rev-parse", "HEAD"], check=True,
                           capture_output=True, text=True).stdout.strip()
+
+
+def read_rda(git_dir, name):
+    """The object ``name`` of ``data/<name>.rda`` in an R package's git dir (needs rdata)."""
+    import rdata
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, name + ".rda")
+        with open(path, "wb") as f:
+            f.write(git_show(git_dir, f"data/{name}.rda"))
+        return rdata.read_rda(path)[name]
 
 
 def write_points(path, epsg, xs, ys, fields):
@@ -149,16 +168,9 @@ def codes(series):
 
 
 def build_eberg(git_dir):
-    import rdata
     folder = os.path.join(OUT, "eberg")
     os.makedirs(folder, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        def read(name):
-            path = os.path.join(tmp, name + ".rda")
-            with open(path, "wb") as f:
-                f.write(git_show(git_dir, f"data/{name}.rda"))
-            return rdata.read_rda(path)[name]
-        pts, g25, g100 = read("eberg"), read("eberg_grid25"), read("eberg_grid")
+    pts, g25, g100 = (read_rda(git_dir, n) for n in ("eberg", "eberg_grid25", "eberg_grid"))
     # 25 m: DEM, TWI, Landsat NDVI (continuous) as the "image"; the soil map as a category.
     img, profile = grid_from_table(g25, ["DEMTOPx", "TWITOPx", "NVILANx"], 25.0)
     with rasterio.open(os.path.join(folder, "terrain_ndvi_25m.tif"), "w", count=3,
@@ -201,21 +213,86 @@ def build_eberg(git_dir):
     print("eberg", int(keep.sum()), "points", img.shape)
 
 
+def build_cookfarm(git_dir):
+    folder = os.path.join(OUT, "us_cookfarm")
+    os.makedirs(folder, exist_ok=True)
+    cook = read_rda(git_dir, "cookfarm")
+    proj4 = str(np.asarray(cook["proj4string"]).ravel()[0]).strip()
+    assert proj4 == GSIF_PROJ4, proj4  # NAD83 / UTM zone 11N = EPSG:26911
+    grids = cook["grids"].copy()
+    # 10 m: DEM, TWI, mean RapidEye NDRE as the "image"; the soil map units as a category.
+    img, profile = grid_from_table(grids, ["DEM", "TWI", "NDRE.M"], 10.0, epsg=26911)
+    with rasterio.open(os.path.join(folder, "image.tif"), "w", count=3, dtype="float32",
+                       nodata=np.nan, **profile, **GTIFF) as dst:
+        dst.write(img)
+        dst.descriptions = ("dem", "twi", "ndre_mean")
+    cov, _ = grid_from_table(grids, ["NDRE.Sd", "Cook_fall_ECa", "Cook_spr_ECa"], 10.0,
+                             epsg=26911)
+    with rasterio.open(os.path.join(folder, "covariates.tif"), "w", count=3, dtype="float32",
+                       nodata=np.nan, **profile, **GTIFF) as dst:
+        dst.write(cov)
+        dst.descriptions = ("ndre_sd", "eca_fall", "eca_spring")
+    grids["soilmap"], soil_names = codes(grids["MUSYM"])
+    cat, _ = grid_from_table(grids, ["soilmap"], 10.0, epsg=26911)
+    with rasterio.open(os.path.join(folder, "soilmap.tif"), "w", count=1, dtype="uint8",
+                       nodata=0, **profile, **GTIFF) as dst:
+        dst.write(np.nan_to_num(cat, nan=0).astype(np.uint8))
+        dst.descriptions = ("soilmap",)
+    with open(os.path.join(folder, "classes.txt"), "w", encoding="utf-8") as f:
+        f.write("# soilmap.tif band 1 (MUSYM, soil map units)\n")
+        f.writelines(f"{i + 1}\t{n}\n" for i, n in enumerate(soil_names))
+    # One point per profile: its topmost horizon (the first listed where two start at the
+    # same depth); sites whose coordinate falls outside the grid are left out.
+    prof = cook["profiles"]
+    top = prof.sort_values("UHDICM", kind="stable").drop_duplicates("SOURCEID")
+    top = top.sort_values("SOURCEID", kind="stable")
+    (row, col) = rasterio.transform.rowcol(profile["transform"], top["Easting"].to_numpy(),
+                                           top["Northing"].to_numpy())
+    row, col = np.asarray(row), np.asarray(col)
+    inside = (row >= 0) & (row < profile["height"]) & (col >= 0) & (col < profile["width"])
+    top = top[inside]
+    write_points(os.path.join(folder, "points.gpkg"), 26911, top["Easting"].to_numpy(),
+                 top["Northing"].to_numpy(), {
+                     "ph": top["PHIHOX"].to_numpy(float),
+                     "bld": top["BLD"].to_numpy(float),
+                     "taxon": np.array([str(v) if isinstance(v, str) else None
+                                        for v in top["TAXSUSDA"].astype(object)],
+                                       dtype=object)})
+    print("us_cookfarm", len(top), "points", f"({int((~inside).sum())} outside the grid)",
+          img.shape)
+
+
+SOURCE_NAMES = ("anbm-dk/soilscaler", "cran/plotKML", "cran/GSIF")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--soilscaler", required=True, help="git dir of anbm-dk/soilscaler")
-    ap.add_argument("--plotkml", required=True, help="git dir of cran/plotKML")
+    ap.add_argument("--soilscaler", help="git dir of anbm-dk/soilscaler (builds dk_*)")
+    ap.add_argument("--plotkml", help="git dir of cran/plotKML (builds eberg)")
+    ap.add_argument("--gsif", help="git dir of cran/GSIF (builds us_cookfarm)")
     ap.add_argument("--dk-fields", nargs="*", default=DK_FIELDS, choices=DK_FIELDS,
                     help="the Danish fields to (re)build (default: all five)")
     ap.add_argument("--skip-eberg", action="store_true")
     args = ap.parse_args()
-    build_dk(args.soilscaler, args.dk_fields)
-    if not args.skip_eberg:
+    given = dict(zip(SOURCE_NAMES, (args.soilscaler, args.plotkml, args.gsif)))
+    if not any(given.values()):
+        ap.error("give at least one of --soilscaler, --plotkml, --gsif")
+    if args.soilscaler:
+        build_dk(args.soilscaler, args.dk_fields)
+    if args.plotkml and not args.skip_eberg:
         build_eberg(args.plotkml)
-    with open(os.path.join(OUT, "SOURCES.txt"), "w") as f:
-        f.write(f"anbm-dk/soilscaler {git_head(args.soilscaler)}\n"
-                f"cran/plotKML {git_head(args.plotkml)}\n")
+    if args.gsif:
+        build_cookfarm(args.gsif)
+    # SOURCES.txt: "<repository> <commit>" per source, the ones not given this time kept.
+    path = os.path.join(OUT, "SOURCES.txt")
+    commits = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            commits = dict(line.split() for line in f if line.strip())
+    commits.update({name: git_head(d) for name, d in given.items() if d})
+    with open(path, "w") as f:
+        f.writelines(f"{name} {commits[name]}\n" for name in SOURCE_NAMES if name in commits)
 
 
 if __name__ == "__main__":

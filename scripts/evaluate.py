@@ -40,7 +40,8 @@ SETS = {
                         covariates=["covariates.tif"], categorical=[]),
     "dk_jyndevad": dict(image="rgb.tif", fields=["clay", "silt", "sand", "humus"],
                         covariates=["covariates.tif"], categorical=[]),
-    # held out: not run until the stack was committed, never used to design or tune anything
+    # held out: not run until the stack was committed (us_cookfarm: until its weighting change
+    # was), never used to design or tune anything
     "dk_estrup": dict(image="rgb.tif", fields=["clay", "silt", "sand", "humus"],
                       covariates=["covariates.tif"], categorical=[], held_out=True),
     "dk_silstrup": dict(image="rgb.tif", fields=["clay", "silt", "sand", "humus"],
@@ -48,6 +49,9 @@ SETS = {
     "eberg": dict(image="terrain_ndvi_25m.tif", fields=["sand", "silt", "clay", "soiltype"],
                   covariates=["soilmap_25m.tif", "covariates_100m.tif"],
                   categorical=["soilmap_25m.tif"]),
+    "us_cookfarm": dict(image="image.tif", fields=["ph", "bld", "taxon"],
+                        covariates=["covariates.tif", "soilmap.tif"],
+                        categorical=["soilmap.tif"], held_out=True),
 }
 BASELINES = ("rf_pixels", "rf_context")
 SSL_METHODS = ("mlp", "ridge", "rf_features", "rf_hybrid", "gbm_hybrid")
