@@ -12,13 +12,21 @@ therefore the outer-loop score of the whole procedure "weight by CV, then fit", 
 what the map (weighted by the CV of all points) gets.  A stack with one weight 1 is the
 plain choice of one method.
 
+The weights are shrunk toward the everyday baseline ``rf_pixels`` alone
+(:func:`~.stacking.shrunk_weights`), by as much as a cross-validation of the weight fit
+itself shows it pays (leaving out one fold of the predictions at a time): on a few dozen
+points the fitted weights follow the handful of points each member happened to fit, and
+do not carry over to the next fold; on thousands they do, and are left as fitted.
+
 Inner CV: the inner folds of outer fold k are the other outer folds j.  The inner model
 that predicts fold j for outer fold k is trained on every fold but {k, j}; the same
 model predicts fold k for outer fold j, so one fit per unordered pair of folds serves
 both (K(K-1)/2 fits per candidate instead of K(K-1)).  No inner model used for fold k's
-weights has seen fold k.  The inner fits use cheaper head settings
-(:data:`INNER_OPTIONS`, fewer trees / epochs; options given by the caller take
-precedence).  :func:`inner_scores` also ranks the single candidates per outer fold (the
+weights has seen fold k.  The inner fits use the same head settings as the outer ones:
+the weights are applied to the outer models' predictions, so they must be fitted to the
+predictions of the same kind of model (cheaper inner settings, e.g. half the boosting
+iterations or epochs, made the inner gbm and MLP look better regularised than the outer
+models the stack then applied them to).  :func:`inner_scores` also ranks the single candidates per outer fold (the
 mean over inner folds of the fold RMSE), for the log.
 """
 from __future__ import annotations
@@ -36,16 +44,9 @@ from .cv import (CONTEXT, MIN_TRAIN_POINTS, PIXELS, SELECTED, CVResult, MethodSp
                  make_head, regression_metrics, stack_blocks)
 from .errors import InputError
 from .progress import Progress, ensure
-from .stacking import StackedHead, describe, member_columns, simplex_weights, union_blocks
+from .stacking import StackedHead, describe, member_columns, shrunk_weights, union_blocks
 
-# Cheaper settings of the inner fits (ranking only): about half the trees and epochs.
-INNER_OPTIONS: Dict[str, dict] = {
-    "rf": {"n_estimators": 50, "search_estimators": 25},
-    "mlp": {"max_epochs": 100, "patience": 8},
-    "gbm": {"max_iter": 150},
-    "rf_hybrid": {"inner": {"n_estimators": 50, "search_estimators": 25}},
-    "gbm_hybrid": {"inner": {"max_iter": 150}},
-}
+BASELINE = "rf_pixels"  # the everyday baseline the stack's weights are shrunk toward
 
 
 def candidates(cv: CVResult, features: str) -> List[str]:
@@ -66,13 +67,6 @@ def choose_best(cv: CVResult, labels: Sequence[str]) -> Dict[str, str]:
         scores = [mean[t, m, 0] if np.isfinite(mean[t, m, 0]) else np.inf for m in rows]
         out[target] = cv.labels[rows[int(np.argmin(scores))]]
     return out
-
-
-def _inner_options(options: Optional[Mapping[str, dict]]) -> Dict[str, dict]:
-    merged = {k: dict(v) for k, v in INNER_OPTIONS.items()}
-    for name, opts in (options or {}).items():
-        merged[name] = {**merged.get(name, {}), **dict(opts)}
-    return merged
 
 
 def rmse(y_true, y_pred) -> float:
@@ -99,7 +93,6 @@ def inner_predictions(feature_sets: Mapping[str, np.ndarray], y: np.ndarray, fol
     K, M, N = len(fold_ids), len(specs), len(y)
     valid = np.isfinite(y)
     out = None
-    options = _inner_options(head_options)
     pairs = list(itertools.combinations(range(K), 2))
     for p, (a, b) in enumerate(pairs):
         train = valid & ~np.isin(folds, [fold_ids[a], fold_ids[b]])
@@ -111,7 +104,7 @@ def inner_predictions(feature_sets: Mapping[str, np.ndarray], y: np.ndarray, fol
             if on_fit is not None:
                 on_fit(spec, train)
             head = factory(spec, [feature_sets[s].shape[1] for s in spec.blocks], loss,
-                           seed, options)
+                           seed, head_options)
             head.fit(stack_blocks(feature_sets, spec.blocks, train), y[train],
                      sample_weight=w_train)
             for outer, inner in ((a, b), (b, a)):
@@ -198,6 +191,10 @@ def nested_selection(cv: CVResult, feature_sets: Mapping[str, np.ndarray],
         raise InputError("The cross-validation already has a 'selected' row.")
     rows = [cv.labels.index(label) for label in labels]
     specs = [cv.methods[m] for m in rows]
+    # the weights are shrunk toward the everyday baseline alone (else toward equal weights)
+    prior_name = BASELINE if BASELINE in labels else "equal weights"
+    prior = np.eye(len(labels))[labels.index(BASELINE)] if BASELINE in labels else \
+        np.full(len(labels), 1.0 / len(labels))
     union = union_blocks([s.blocks for s in specs])
     widths = {b: feature_sets[b].shape[1] for b in union}
     cols = [member_columns(s.blocks, union, widths) for s in specs]
@@ -230,12 +227,13 @@ def nested_selection(cv: CVResult, feature_sets: Mapping[str, np.ndarray],
         valid = np.isfinite(cv.y[:, t])
         outer = probs[target][rows].transpose(1, 0, 2) if is_class else \
             cv.predictions[t, rows].T  # (N, M[, C]) outer out-of-fold predictions
-        chosen, best = [], []
+        chosen, best, shrink = [], [], []
         for k, fold in enumerate(cv.fold_ids):
             test = (cv.folds == fold) & valid
             train = (cv.folds != fold) & valid
-            wk = simplex_weights(inner_pred[k][train], cv.y[train, t],
-                                 None if w is None else w[train])
+            wk, lam = shrunk_weights(inner_pred[k][train], cv.y[train, t], cv.folds[train],
+                                     prior, None if w is None else w[train])
+            shrink.append(lam)
             s = np.where(np.isfinite(scores[k]), scores[k], np.inf)
             best.append(labels[int(np.argmin(s))])
             chosen.append(describe({labels[m]: wk[m] for m in range(len(rows))}))
@@ -255,12 +253,14 @@ def nested_selection(cv: CVResult, feature_sets: Mapping[str, np.ndarray],
                 models.setdefault((target, SELECTED), []).append(StackedHead(
                     [(labels[m], models[(target, labels[m])][k], cols[m]) for m in keep],
                     wk[keep], width, cv.kind(target)))
-        final = simplex_weights(outer[valid], cv.y[valid, t], None if w is None else w[valid])
+        final, lam = shrunk_weights(outer[valid], cv.y[valid, t], cv.folds[valid], prior,
+                                    None if w is None else w[valid])
         stacks[target] = {labels[m]: float(final[m]) for m in np.flatnonzero(final > 0)}
         selection[target], inner_best[target] = chosen, best
         progress.info(f"{target}: per outer fold the inner CV weighted "
-                      f"{'; '.join(chosen)} (its best single method: {', '.join(best)}). "
-                      f"Mapped: {describe(stacks[target])}.")
+                      f"{'; '.join(chosen)} (its best single method: {', '.join(best)}; "
+                      f"shrunk toward {prior_name} by {', '.join(f'{x:.1f}' for x in shrink)}). "
+                      f"Mapped: {describe(stacks[target])} (shrunk by {lam:.1f}).")
     r2 = np.full((T, 1), np.nan)
     for t, target in enumerate(cv.target_names):
         ok = np.isfinite(cv.y[:, t])

@@ -8,7 +8,8 @@ instead, the weights non-negative and summing to 1, chosen to minimise the squar
 of the candidates' out-of-fold predictions (for a class target: the Brier score of their
 out-of-fold class probabilities).  One best candidate is the special case of one weight 1.
 Weights under :data:`MIN_WEIGHT` are dropped and the rest refitted, so a stack keeps only
-the members that matter.
+the members that matter.  :func:`shrunk_weights` pulls them toward prior weights (the
+baseline alone) by a shrinkage chosen by leaving out one fold of predictions at a time.
 
 :class:`StackedHead` is a head like the others (fit / predict / predict_proba /
 state_dict): each member reads its own columns of the stack's input, which is the union of
@@ -30,6 +31,7 @@ from .errors import InputError, SoilSSLError
 STACK = "stack"           # the method name in a stacked head's state
 MIN_WEIGHT = 0.05         # members below this weight are dropped (and the rest refitted)
 STATE_VERSION = 1
+SHRINK_GRID = np.linspace(0.0, 1.0, 11)  # λ tried by shrunk_weights
 
 
 # ----------------------------------------------------------------------------- weights
@@ -96,6 +98,55 @@ def simplex_weights(P, y, sample_weight=None, min_weight: float = MIN_WEIGHT,
     out = np.zeros(M)
     out[active] = w
     return out
+
+
+def _stack_loss(P, y, s, w) -> float:
+    """Weighted squared error of the mix ``P @ w`` (class probabilities: Brier score)."""
+    mix = np.tensordot(P, w, axes=([1], [0]))
+    if P.ndim == 3:
+        target = np.eye(P.shape[2])[y.astype(np.int64)]
+        return float((s[:, None] * (mix - target) ** 2).sum())
+    return float((s * (mix - y) ** 2).sum())
+
+
+def shrunk_weights(P, y, groups, prior, sample_weight=None,
+                   grid=SHRINK_GRID) -> Tuple[np.ndarray, float]:
+    """Stacking weights shrunk toward ``prior`` weights (M,), and the shrinkage λ:
+    ``λ·prior + (1-λ)·simplex_weights(P, y)``.
+
+    Weights fitted on a few dozen out-of-fold predictions are noisy: a member that happened
+    to fit a handful of points gets a large weight.  λ (from ``grid``) is chosen by
+    cross-validating the weight fit itself, leaving out one group of rows at a time
+    (``groups``: the folds the predictions came from, so a left-out group was predicted by
+    models that never saw it) and scoring the shrunk weights of the other groups on it.
+    λ = 0 is the plain stack, λ = 1 the prior (e.g. the everyday baseline alone).  With
+    one group, or when every group's fit fails, λ = 0.  ``P``, ``y``, ``sample_weight``
+    as :func:`simplex_weights` takes them."""
+    P = np.asarray(P, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64).reshape(-1)
+    groups = np.asarray(groups).reshape(-1)
+    prior = np.asarray(prior, dtype=np.float64).reshape(-1)
+    if groups.shape[0] != y.shape[0] or prior.shape[0] != P.shape[1] or \
+            (prior < 0).any() or not np.isclose(prior.sum(), 1.0):
+        raise InputError(f"Shrinking a stack needs one group per point and prior weights "
+                         f"summing to 1 over the {P.shape[1]} members.")
+    s = np.ones(len(y)) if sample_weight is None else \
+        np.asarray(sample_weight, dtype=np.float64).reshape(-1)
+    ok = np.isfinite(y) & np.isfinite(P.reshape(len(y), -1)).all(axis=1) & (s > 0)
+    full = simplex_weights(P, y, s)
+    grid = np.asarray(grid, dtype=np.float64)
+    loss = np.zeros(len(grid))
+    held = 0
+    for g in np.unique(groups[ok]):
+        test, train = ok & (groups == g), ok & (groups != g)
+        if not train.any():
+            continue
+        w = simplex_weights(P[train], y[train], s[train])
+        for i, lam in enumerate(grid):
+            loss[i] += _stack_loss(P[test], y[test], s[test], lam * prior + (1 - lam) * w)
+        held += 1
+    lam = float(grid[int(np.argmin(loss))]) if held > 1 else 0.0
+    return lam * prior + (1 - lam) * full, lam
 
 
 def describe(weights: Mapping[str, float]) -> str:

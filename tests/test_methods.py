@@ -16,7 +16,7 @@ from soilssl.core.heads import load_regressor, make_regressor
 from soilssl.core.hybrid import GBMHead, gbm_arrays, gbm_predict
 from soilssl.core.selection import (candidates, choose_best, inner_predictions, inner_scores,
                                     nested_selection)
-from soilssl.core.stacking import simplex_weights
+from soilssl.core.stacking import shrunk_weights, simplex_weights
 from soilssl.core.soil import PRED_NODATA, MapHeads
 
 # Small heads: every test runs in seconds on a busy 2-core machine.
@@ -210,7 +210,7 @@ def test_selected_row_is_the_stack_weighted_by_each_folds_inner_cv():
         for k in range(3):
             test = folds == k
             assert np.isnan(inner[k, test]).all() and np.isfinite(inner[k, ~test]).all()
-            wk = simplex_weights(inner[k, ~test], Y[~test, t])
+            wk, _ = shrunk_weights(inner[k, ~test], Y[~test, t], folds[~test], [0, 1])
             expected = cv.predictions[t][:2][:, test].T @ wk
             np.testing.assert_allclose(out.oof(target, SELECTED)[test], expected, rtol=1e-12)
             # the fold model is the stack of the outer fold-k models with those weights
@@ -221,7 +221,7 @@ def test_selected_row_is_the_stack_weighted_by_each_folds_inner_cv():
         scores = inner_scores(sets, Y[:, t], folds, specs, predictions=inner)
         assert out.inner_best[target] == [rows[int(np.argmin(s))] for s in scores]
         # the mapped weights: the outer out-of-fold predictions of all points
-        final = simplex_weights(cv.predictions[t, :2].T, Y[:, t])
+        final, _ = shrunk_weights(cv.predictions[t, :2].T, Y[:, t], folds, [0, 1])
         assert out.stacks[target] == pytest.approx(
             {rows[m]: final[m] for m in range(2) if final[m] > 0})
     # the pixel-only target: rf_pixels carries (nearly) all of the weight

@@ -6,8 +6,9 @@ from soilssl.core.classes import ForestClassifier, LogisticHead, load_head
 from soilssl.core.errors import InputError
 from soilssl.core.heads import ForestHead, RidgeHead, load_regressor
 from soilssl.core.importance import native_importances
-from soilssl.core.stacking import (MIN_WEIGHT, StackedHead, describe, member_columns,
-                                   simplex_weights, union_blocks)
+from soilssl.core.stacking import (MIN_WEIGHT, SHRINK_GRID, StackedHead, describe,
+                                   member_columns, shrunk_weights, simplex_weights,
+                                   union_blocks)
 
 
 def test_weights_recover_a_known_convex_mix_and_drop_a_useless_member():
@@ -48,6 +49,51 @@ def test_class_weights_minimise_the_brier_score():
     half = 0.5 * right + 0.5 * np.eye(3)[(y + 1) % 3]  # half right, half a wrong class
     w = simplex_weights(np.stack([half, right], axis=1), y)
     assert w[1] == pytest.approx(1, abs=1e-6)
+
+
+def test_shrinkage_is_chosen_by_leaving_out_one_group_at_a_time():
+    rng = np.random.default_rng(3)
+    n = 60
+    groups = np.repeat(np.arange(5), n // 5)
+    y = rng.normal(size=n)
+    base = y + rng.normal(0, 0.6, n)          # the baseline: right, with noise
+    lucky = np.where(groups == 0, y, rng.normal(size=n))  # right on one group only
+    other = y + rng.normal(0, 0.8, n)
+    P = np.c_[base, lucky, other]
+    prior = np.array([1.0, 0.0, 0.0])
+    w, lam = shrunk_weights(P, y, groups, prior)
+    assert lam in SHRINK_GRID
+    # the definition, recomputed by hand: weights of the other groups, shrunk by each λ,
+    # scored on the left-out group; the chosen λ shrinks the weights of all rows
+    loss = np.zeros(len(SHRINK_GRID))
+    for g in range(5):
+        wg = simplex_weights(P[groups != g], y[groups != g])
+        for i, x in enumerate(SHRINK_GRID):
+            loss[i] += np.sum((P[groups == g] @ (x * prior + (1 - x) * wg) - y[groups == g]) ** 2)
+    assert lam == SHRINK_GRID[int(np.argmin(loss))]
+    np.testing.assert_allclose(w, lam * prior + (1 - lam) * simplex_weights(P, y))
+    assert (w >= 0).all() and w.sum() == pytest.approx(1)
+    # a member right on two groups only: its weight does not carry over to the others,
+    # and the stack is pulled toward the baseline
+    lucky = np.where(groups <= 1, y, rng.normal(size=n))
+    w, lam = shrunk_weights(np.c_[base, lucky], y, groups, [1, 0])
+    full = simplex_weights(np.c_[base, lucky], y)
+    assert lam > 0 and 0 < w[1] < full[1]
+    # a member right on every group is kept whole: nothing to shrink
+    w, lam = shrunk_weights(np.c_[base, y + rng.normal(0, 0.01, n)], y, groups, [1, 0])
+    assert lam == 0 and w[1] > 0.99
+    # one group: no way to check the weights, no shrinkage
+    assert shrunk_weights(P, y, np.zeros(n), prior)[1] == 0
+    # class probabilities: Brier score on the left-out group
+    yc = rng.integers(0, 3, n)
+    right = np.eye(3)[yc] * 0.7 + 0.1
+    w, lam = shrunk_weights(np.stack([rng.dirichlet(np.ones(3), n), right], axis=1), yc,
+                            groups, [1, 0])
+    assert lam == 0 and w[1] == pytest.approx(1)
+    with pytest.raises(InputError, match="prior weights"):
+        shrunk_weights(P, y, groups, [0.5, 0.2, 0.0])
+    with pytest.raises(InputError, match="one group per point"):
+        shrunk_weights(P, y, groups[:-1], prior)
 
 
 def test_layout_of_members_in_the_union_of_their_blocks():
@@ -148,7 +194,7 @@ def test_nested_stack_of_a_class_target_mixes_probabilities_with_inner_weights()
     m = out.labels.index(SELECTED)
     for k in range(3):
         test = folds == k
-        wk = simplex_weights(inner[k, ~test], y[~test])
+        wk, _ = shrunk_weights(inner[k, ~test], y[~test], folds[~test], [1, 0])
         mix = np.tensordot(cv.probabilities["soil"][:, test].transpose(1, 0, 2), wk, (1, 0))
         np.testing.assert_allclose(out.probabilities["soil"][m, test], mix)
         np.testing.assert_array_equal(out.predictions[0, m, test], mix.argmax(axis=1))
