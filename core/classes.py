@@ -40,7 +40,7 @@ from sklearn.utils.class_weight import compute_sample_weight
 from torch.nn import functional as F
 
 from .errors import InputError, SoilSSLError
-from .heads import (ForestHead, Regressor, _check_fit_data, _standardisation,
+from .heads import (ForestHead, Regressor, Seeded, _check_fit_data, _standardisation,
                     METHOD_ALIASES, build_head, forest_leaves, inner_split, load_regressor,
                     make_regressor, to_numpy, train_head)
 from .hybrid import FoldPCA, gbm_arrays, gbm_raw
@@ -237,10 +237,6 @@ class ForestClassifier(Classifier, ForestHead):
         ForestHead.__init__(self, seed=seed, **forest)
         Classifier.__init__(self, n_classes, class_weight)
 
-    @classmethod
-    def create(cls, loss: str = "mse", seed: int = 0, **opts) -> "ForestClassifier":
-        return cls(seed=seed, **opts)
-
     def params(self) -> dict:
         return {**ForestHead.params(self), **self.base_params()}
 
@@ -297,7 +293,7 @@ class ForestClassifier(Classifier, ForestHead):
         ForestHead._load(self, state)
 
 
-class LogisticHead(Classifier):
+class LogisticHead(Seeded, Classifier):
     """Linear probe for classes: standardised features, multinomial logistic regression
     (L2).  C is chosen from ``Cs`` by the log-loss on a seeded inner split of the training
     points (``val_fraction``; with fewer than 20 points C = 1), then refitted on all."""
@@ -312,10 +308,6 @@ class LogisticHead(Classifier):
         self.val_fraction, self.max_iter = float(val_fraction), int(max_iter)
         self.x_mean = self.x_scale = self.coef = self.intercept = None
         self.C = float("nan")
-
-    @classmethod
-    def create(cls, loss: str = "mse", seed: int = 0, **opts) -> "LogisticHead":
-        return cls(seed=seed, **opts)
 
     def params(self) -> dict:
         return {**self.base_params(), "seed": self.seed, "Cs": list(self.Cs),
@@ -371,7 +363,7 @@ class LogisticHead(Classifier):
         self.C = float(state["C"])
 
 
-class MLPClassifier(Classifier):
+class MLPClassifier(Seeded, Classifier):
     """The paper's MLP head with C outputs, softmax and (weighted) cross-entropy, on
     standardised features; Adam, early stopping on a seeded inner split as the regression
     MLP (:class:`~.heads.MLPHead`)."""
@@ -390,10 +382,6 @@ class MLPClassifier(Classifier):
         self.net = None
         self.x_mean = self.x_scale = None
         self.epochs_trained = self.best_epoch = 0
-
-    @classmethod
-    def create(cls, loss: str = "mse", seed: int = 0, **opts) -> "MLPClassifier":
-        return cls(seed=seed, **opts)
 
     def params(self) -> dict:
         return {**self.base_params(), "seed": self.seed, "hidden": self.hidden, "lr": self.lr,
@@ -443,7 +431,7 @@ class MLPClassifier(Classifier):
 
 # ----------------------------------------------------------------------------- boosting, hybrids
 
-class GBMClassifier(Classifier):
+class GBMClassifier(Seeded, Classifier):
     """HistGradientBoostingClassifier (log loss) with the fixed, conservative settings of
     the regression ``gbm`` head; early stopping on a stratified inner split (from 40 points
     with at least 2 per class).  Trees stored as flat node arrays (one tree per class and
@@ -465,10 +453,6 @@ class GBMClassifier(Classifier):
         self.n_iter_no_change = int(n_iter_no_change)
         self.arrays: Dict[str, np.ndarray] = {}
         self.model_ = None  # the scikit-learn model (not in the state)
-
-    @classmethod
-    def create(cls, loss: str = "mse", seed: int = 0, **opts) -> "GBMClassifier":
-        return cls(seed=seed, **opts)
 
     def params(self) -> dict:
         return {**self.base_params(), "seed": self.seed, "max_iter": self.max_iter,
@@ -520,7 +504,7 @@ class GBMClassifier(Classifier):
         self.arrays = {k: to_numpy(v) for k, v in dict(state["trees"]).items()}
 
 
-class ClassHybrid(FoldPCA, Classifier):
+class ClassHybrid(FoldPCA, Seeded, Classifier):
     """A class head on ``[covariates | features]``: the first ``n_keep`` columns kept, the
     features replaced by their first principal components (fitted in ``fit``: training
     folds only; the fewest reaching ``variance``, at most ``max_components`` and n - 1),
@@ -536,10 +520,6 @@ class ClassHybrid(FoldPCA, Classifier):
         super().__init__(n_classes, class_weight)
         self.set_pca_options(seed, n_keep, variance, max_components, inner)
         self.head: Optional[Classifier] = None
-
-    @classmethod
-    def create(cls, loss: str = "mse", seed: int = 0, **opts) -> "ClassHybrid":
-        return cls(seed=seed, **opts)
 
     def params(self) -> dict:
         return {**self.base_params(), **self.pca_params()}

@@ -252,6 +252,15 @@ def train_head(net: nn.Module, per_point, ws: torch.Tensor, tr: torch.Tensor, va
     return epoch, best_epoch or epoch
 
 
+class Seeded:
+    """Mixin for heads whose constructor takes ``seed`` and no ``loss``: their
+    :meth:`Regressor.create` (list it before the head's base class)."""
+
+    @classmethod
+    def create(cls, loss: str = "mse", seed: int = 0, **opts):
+        return cls(seed=seed, **opts)
+
+
 class MLPHead(Regressor):
     """The paper's MLP head on standardised features and targets.
 
@@ -458,7 +467,7 @@ def forest_leaves(arrays: Dict[str, np.ndarray], X: np.ndarray) -> np.ndarray:
     return nodes
 
 
-class ForestHead(Regressor):
+class ForestHead(Seeded, Regressor):
     """Random forest with (max_features, min_samples_leaf) chosen by out-of-bag R².
 
     Each grid combination is grown with ``search_estimators`` trees; the best by OOB R²
@@ -487,10 +496,6 @@ class ForestHead(Regressor):
         self.forest_: Optional[RandomForestRegressor] = None  # sklearn object (not in state)
         self.best_params_: dict = {}
         self.oob_r2_ = float("nan")
-
-    @classmethod
-    def create(cls, loss: str = "mse", seed: int = 0, **opts) -> "ForestHead":
-        return cls(seed=seed, **opts)
 
     def params(self) -> dict:
         return {"seed": self.seed, "n_estimators": self.n_estimators,

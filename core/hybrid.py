@@ -28,7 +28,7 @@ from sklearn.ensemble import HistGradientBoostingRegressor
 from threadpoolctl import threadpool_limits
 
 from .errors import InputError
-from .heads import ForestHead, Regressor, to_numpy
+from .heads import ForestHead, Regressor, Seeded, to_numpy
 
 GBM_ARRAYS = ("left", "right", "feature", "threshold", "missing_left", "is_leaf", "value")
 
@@ -101,7 +101,7 @@ def gbm_predict(arrays: Dict[str, np.ndarray], X: np.ndarray) -> np.ndarray:
     return gbm_raw(arrays, X)[:, 0]
 
 
-class GBMHead(Regressor):
+class GBMHead(Seeded, Regressor):
     """HistGradientBoostingRegressor (squared error) with fixed settings: ``max_iter``
     boosting rounds at ``learning_rate``, trees of ``max_leaf_nodes`` leaves with at least
     ``min_samples_leaf`` points (fewer on tiny training sets), L2 ``l2_regularization``,
@@ -130,10 +130,6 @@ class GBMHead(Regressor):
         self.arrays: Optional[Dict[str, np.ndarray]] = None
         self.model_: Optional[HistGradientBoostingRegressor] = None  # not in the state
         self.n_iter_ = 0
-
-    @classmethod
-    def create(cls, loss: str = "mse", seed: int = 0, **opts) -> "GBMHead":
-        return cls(seed=seed, **opts)
 
     def params(self) -> dict:
         return {"seed": self.seed, "max_iter": self.max_iter,
@@ -239,7 +235,7 @@ class FoldPCA:
                 "max_components": self.max_components, "inner": dict(self.inner)}
 
 
-class HybridHead(FoldPCA, Regressor):
+class HybridHead(FoldPCA, Seeded, Regressor):
     """``[covariates | features]``: covariates kept, features replaced by their PCA scores
     (fitted on the training data given to ``fit``), then the ``inner`` head.
 
@@ -255,10 +251,6 @@ class HybridHead(FoldPCA, Regressor):
         super().__init__()
         self.set_pca_options(seed, n_keep, variance, max_components, inner)
         self.head: Optional[Regressor] = None
-
-    @classmethod
-    def create(cls, loss: str = "mse", seed: int = 0, **opts) -> "HybridHead":
-        return cls(seed=seed, **opts)
 
     def params(self) -> dict:
         return self.pca_params()
