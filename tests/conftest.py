@@ -110,6 +110,22 @@ def write_raster(path, data, transform=None, crs="EPSG:32637", nodata=None, dtyp
     return str(path)
 
 
+def write_geometries(path, geoms, layer="features", crs="EPSG:32637"):
+    """A GeoPackage layer of GeoJSON-like geometries (dicts), no attributes."""
+    import json
+    from osgeo import ogr, osr
+    ds = ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
+    srs = osr.SpatialReference()
+    srs.SetFromUserInput(crs)
+    lyr = ds.CreateLayer(layer, srs, ogr.wkbUnknown)
+    for g in geoms:
+        feat = ogr.Feature(lyr.GetLayerDefn())
+        feat.SetGeometry(ogr.CreateGeometryFromJson(json.dumps(g)))
+        lyr.CreateFeature(feat)
+    ds = None
+    return str(path)
+
+
 @pytest.fixture
 def rgb(tmp_path):
     """A 3-band uint8 UTM raster, 150 x 100 px, nodata 0 in its top-left corner."""

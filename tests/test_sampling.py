@@ -8,7 +8,7 @@ import pytest
 import rasterio
 from rasterio.transform import from_origin
 
-from conftest import write_raster
+from conftest import write_geometries, write_raster
 
 ORIGIN = (500000.0, 2900000.0)
 PX = 10.0  # feature raster pixel (one tile) in metres
@@ -273,18 +273,7 @@ def write_points(path, xs, ys, crs="EPSG:32637"):
 
 
 def write_polygons(path, polys, crs="EPSG:32637"):
-    from osgeo import ogr, osr
-    drv = ogr.GetDriverByName("GPKG")
-    ds = drv.CreateDataSource(str(path))
-    srs = osr.SpatialReference()
-    srs.SetFromUserInput(crs)
-    lyr = ds.CreateLayer("zones", srs, ogr.wkbPolygon)
-    for p in polys:
-        f = ogr.Feature(lyr.GetLayerDefn())
-        f.SetGeometry(ogr.CreateGeometryFromJson(json.dumps(p)))
-        lyr.CreateFeature(f)
-    ds = None
-    return str(path)
+    return write_geometries(path, polys, "zones", crs)
 
 
 def test_processing_run_samplingdesign(qgis_app, tmp_path):

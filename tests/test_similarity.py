@@ -7,7 +7,7 @@ import pytest
 import rasterio
 from rasterio.transform import from_origin
 
-from conftest import write_raster
+from conftest import write_geometries, write_raster
 
 ORIGIN = (500000.0, 2900000.0)
 PX = 10.0
@@ -99,18 +99,7 @@ def test_similarity_errors_write_nothing(tmp_path):
 
 
 def write_points(path, geoms, crs="EPSG:32637"):
-    import json
-    from osgeo import ogr, osr
-    ds = ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
-    srs = osr.SpatialReference()
-    srs.SetFromUserInput(crs)
-    lyr = ds.CreateLayer("refs", srs, ogr.wkbUnknown)
-    for g in geoms:
-        feat = ogr.Feature(lyr.GetLayerDefn())
-        feat.SetGeometry(ogr.CreateGeometryFromJson(json.dumps(g)))
-        lyr.CreateFeature(feat)
-    ds = None
-    return str(path)
+    return write_geometries(path, geoms, "refs", crs)
 
 
 def test_processing_run_similaritymap(qgis_app, tmp_path):
