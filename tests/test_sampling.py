@@ -1,6 +1,5 @@
 """Sampling design (core/sampling.py) without QGIS, and soilssl:samplingdesign through
 processing.run."""
-import json
 import os
 
 import numpy as np
