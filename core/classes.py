@@ -43,7 +43,7 @@ from .errors import InputError, SoilSSLError
 from .heads import (ForestHead, Regressor, Seeded, _check_fit_data, _standardisation,
                     METHOD_ALIASES, build_head, forest_leaves, inner_split, load_regressor,
                     make_regressor, to_numpy, train_head)
-from .hybrid import FoldPCA, gbm_arrays, gbm_raw
+from .hybrid import FoldPCA, GBMSettings, gbm_arrays, gbm_raw
 
 REGRESSION, CLASSIFICATION = "regression", "classification"
 KINDS = (REGRESSION, CLASSIFICATION)
@@ -431,7 +431,7 @@ class MLPClassifier(Seeded, Classifier):
 
 # ----------------------------------------------------------------------------- boosting, hybrids
 
-class GBMClassifier(Seeded, Classifier):
+class GBMClassifier(GBMSettings, Seeded, Classifier):
     """HistGradientBoostingClassifier (log loss) with the fixed, conservative settings of
     the regression ``gbm`` head; early stopping on a stratified inner split (from 40 points
     with at least 2 per class).  Trees stored as flat node arrays (one tree per class and
@@ -446,21 +446,13 @@ class GBMClassifier(Seeded, Classifier):
                  min_samples_leaf: int = 10, l2_regularization: float = 1.0,
                  validation_fraction: float = 0.15, n_iter_no_change: int = 20):
         super().__init__(n_classes, class_weight)
-        self.seed, self.max_iter, self.learning_rate = int(seed), int(max_iter), float(learning_rate)
-        self.max_leaf_nodes, self.min_samples_leaf = int(max_leaf_nodes), int(min_samples_leaf)
-        self.l2_regularization = float(l2_regularization)
-        self.validation_fraction = float(validation_fraction)
-        self.n_iter_no_change = int(n_iter_no_change)
+        self.set_gbm_options(seed, max_iter, learning_rate, max_leaf_nodes, min_samples_leaf,
+                             l2_regularization, validation_fraction, n_iter_no_change)
         self.arrays: Dict[str, np.ndarray] = {}
         self.model_ = None  # the scikit-learn model (not in the state)
 
     def params(self) -> dict:
-        return {**self.base_params(), "seed": self.seed, "max_iter": self.max_iter,
-                "learning_rate": self.learning_rate, "max_leaf_nodes": self.max_leaf_nodes,
-                "min_samples_leaf": self.min_samples_leaf,
-                "l2_regularization": self.l2_regularization,
-                "validation_fraction": self.validation_fraction,
-                "n_iter_no_change": self.n_iter_no_change}
+        return {**self.base_params(), **self.gbm_params()}
 
     def _fit(self, X, y, w) -> None:
         if len(self.seen) == 1:

@@ -101,7 +101,30 @@ def gbm_predict(arrays: Dict[str, np.ndarray], X: np.ndarray) -> np.ndarray:
     return gbm_raw(arrays, X)[:, 0]
 
 
-class GBMHead(Seeded, Regressor):
+class GBMSettings:
+    """The boosting settings the regression (:class:`GBMHead`) and class
+    (:class:`~.classes.GBMClassifier`) gbm heads share, as they are stored in a state."""
+
+    def set_gbm_options(self, seed: int, max_iter: int, learning_rate: float,
+                        max_leaf_nodes: int, min_samples_leaf: int, l2_regularization: float,
+                        validation_fraction: float, n_iter_no_change: int) -> None:
+        self.seed, self.max_iter = int(seed), int(max_iter)
+        self.learning_rate = float(learning_rate)
+        self.max_leaf_nodes, self.min_samples_leaf = int(max_leaf_nodes), int(min_samples_leaf)
+        self.l2_regularization = float(l2_regularization)
+        self.validation_fraction = float(validation_fraction)
+        self.n_iter_no_change = int(n_iter_no_change)
+
+    def gbm_params(self) -> dict:
+        return {"seed": self.seed, "max_iter": self.max_iter,
+                "learning_rate": self.learning_rate, "max_leaf_nodes": self.max_leaf_nodes,
+                "min_samples_leaf": self.min_samples_leaf,
+                "l2_regularization": self.l2_regularization,
+                "validation_fraction": self.validation_fraction,
+                "n_iter_no_change": self.n_iter_no_change}
+
+
+class GBMHead(GBMSettings, Seeded, Regressor):
     """HistGradientBoostingRegressor (squared error) with fixed settings: ``max_iter``
     boosting rounds at ``learning_rate``, trees of ``max_leaf_nodes`` leaves with at least
     ``min_samples_leaf`` points (fewer on tiny training sets), L2 ``l2_regularization``,
@@ -119,25 +142,14 @@ class GBMHead(Seeded, Regressor):
                  l2_regularization: float = 1.0, validation_fraction: float = 0.15,
                  n_iter_no_change: int = 20):
         super().__init__()
-        self.seed = int(seed)
-        self.max_iter = int(max_iter)
-        self.learning_rate = float(learning_rate)
-        self.max_leaf_nodes = int(max_leaf_nodes)
-        self.min_samples_leaf = int(min_samples_leaf)
-        self.l2_regularization = float(l2_regularization)
-        self.validation_fraction = float(validation_fraction)
-        self.n_iter_no_change = int(n_iter_no_change)
+        self.set_gbm_options(seed, max_iter, learning_rate, max_leaf_nodes, min_samples_leaf,
+                             l2_regularization, validation_fraction, n_iter_no_change)
         self.arrays: Optional[Dict[str, np.ndarray]] = None
         self.model_: Optional[HistGradientBoostingRegressor] = None  # not in the state
         self.n_iter_ = 0
 
     def params(self) -> dict:
-        return {"seed": self.seed, "max_iter": self.max_iter,
-                "learning_rate": self.learning_rate, "max_leaf_nodes": self.max_leaf_nodes,
-                "min_samples_leaf": self.min_samples_leaf,
-                "l2_regularization": self.l2_regularization,
-                "validation_fraction": self.validation_fraction,
-                "n_iter_no_change": self.n_iter_no_change}
+        return self.gbm_params()
 
     def _fit(self, X, y, w) -> None:
         n = X.shape[0]
