@@ -14,7 +14,8 @@ from rasterio.warp import transform as warp_transform
 
 from conftest import TINY, write_raster
 from soilssl.core.errors import Cancelled, TrainingError
-from soilssl.core.pretrain import PretrainConfig, buffer_excluded, pretrain, sample_tiles
+from soilssl.core.pretrain import PretrainConfig, pretrain
+from soilssl.core.pretrain_tiles import buffer_excluded, sample_tiles
 from soilssl.core.progress import Progress
 from soilssl.core.raster import TileGrid, TileSource
 

@@ -11,7 +11,7 @@ DEMO = os.path.join(ROOT, "resources", "demo")
 
 
 def test_tile_distances_agree_with_the_buffer_rule():
-    from soilssl.core.pretrain import buffer_excluded, tile_distances
+    from soilssl.core.pretrain_tiles import buffer_excluded, tile_distances
     from soilssl.core.raster import TileGrid
     rng = np.random.default_rng(0)
     grid = TileGrid(300, 200, 32, 16)
@@ -23,7 +23,7 @@ def test_tile_distances_agree_with_the_buffer_rule():
 
 
 def test_advice_is_the_largest_buffer_that_leaves_enough_tiles():
-    from soilssl.core.pretrain import buffer_advice, buffer_excluded
+    from soilssl.core.pretrain_tiles import buffer_advice, buffer_excluded
     from soilssl.core.raster import TileGrid
     rng = np.random.default_rng(1)
     cols, rows = rng.uniform(0, 512, 60), rng.uniform(0, 512, 60)
