@@ -26,8 +26,8 @@ weights has seen fold k.  The inner fits use the same head settings as the outer
 the weights are applied to the outer models' predictions, so they must be fitted to the
 predictions of the same kind of model (cheaper inner settings, e.g. half the boosting
 iterations or epochs, made the inner gbm and MLP look better regularised than the outer
-models the stack then applied them to).  :func:`inner_scores` also ranks the single candidates per outer fold (the
-mean over inner folds of the fold RMSE), for the log.
+models the stack then applied them to).  :func:`inner_scores` also ranks the single
+candidates per outer fold (the mean over inner folds of the fold RMSE), for the log.
 """
 from __future__ import annotations
 

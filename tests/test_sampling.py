@@ -58,7 +58,7 @@ def box(x0, y0, x1, y1):
 
 
 def test_coverage_keeps_fixed_centres_and_fills_gaps():
-    from soilssl.core.sampling import coverage_design
+    from soilssl.core.designs import coverage_design
     rng = np.random.default_rng(0)
     # three blobs in 2-D; the fixed centres sit on the first one
     blobs = np.array([[0, 0], [10, 0], [0, 10]], float)
@@ -74,7 +74,7 @@ def test_coverage_keeps_fixed_centres_and_fills_gaps():
 
 
 def test_coverage_weights_pull_towards_heavy_tiles():
-    from soilssl.core.sampling import coverage_design
+    from soilssl.core.designs import coverage_design
     P = np.concatenate([np.linspace(0, 1, 50), np.linspace(9, 10, 50)])[:, None]
     w = np.r_[np.ones(50), np.full(50, 25.0)]
     xy = np.column_stack([np.arange(100.0), np.zeros(100)])
@@ -83,7 +83,7 @@ def test_coverage_weights_pull_towards_heavy_tiles():
 
 
 def test_coverage_prefers_cheap_tiles_of_a_cluster():
-    from soilssl.core.sampling import coverage_design
+    from soilssl.core.designs import coverage_design
     rng = np.random.default_rng(0)
     P = np.r_[rng.normal(0, 0.1, 50), rng.normal(10, 1.0, 50)][:, None]
     xy = np.column_stack([np.arange(100.0), np.zeros(100)])
@@ -98,7 +98,7 @@ def test_coverage_prefers_cheap_tiles_of_a_cluster():
 
 def test_min_distance_respected_and_impossible():
     from soilssl.core.errors import InputError
-    from soilssl.core.sampling import clhs_design, coverage_design
+    from soilssl.core.designs import clhs_design, coverage_design
     rng = np.random.default_rng(3)
     P = rng.normal(size=(400, 3))
     xy = rng.uniform(0, 100, (400, 2))
@@ -115,7 +115,7 @@ def test_min_distance_respected_and_impossible():
 
 
 def test_clhs_fills_strata_keeps_existing_and_beats_random():
-    from soilssl.core.sampling import _Clhs, clhs_design
+    from soilssl.core.designs import _Clhs, clhs_design
     rng = np.random.default_rng(0)
     V = rng.uniform(0, 1, (2000, 2))
     fixed = rng.uniform(0, 0.3, (4, 2))  # existing samples crowd the low corner
@@ -131,7 +131,7 @@ def test_clhs_fills_strata_keeps_existing_and_beats_random():
 
 
 def test_clhs_cost_constrained():
-    from soilssl.core.sampling import clhs_design
+    from soilssl.core.designs import clhs_design
     rng = np.random.default_rng(0)
     V = rng.uniform(0, 1, (1000, 2))
     xy = rng.uniform(0, 1000, (1000, 2))
