@@ -39,7 +39,7 @@ from sklearn.metrics import (accuracy_score, balanced_accuracy_score, cohen_kapp
 from sklearn.utils.class_weight import compute_sample_weight
 from torch.nn import functional as F
 
-from .errors import InputError, SoilSSLError
+from .errors import InputError
 from .heads import (ForestHead, Regressor, Seeded, _check_fit_data, _standardisation,
                     METHOD_ALIASES, build_head, forest_leaves, inner_split, load_regressor,
                     make_regressor, to_numpy, train_head)
