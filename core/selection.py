@@ -16,7 +16,7 @@ The weights are shrunk toward the everyday baseline ``rf_pixels`` alone
 (:func:`~.stacking.shrunk_weights`), by as much as a cross-validation of the weight fit
 itself shows it pays (leaving out one fold of the predictions at a time): on a few dozen
 points the fitted weights follow the handful of points each member happened to fit, and
-do not carry over to the next fold; on thousands they do, and are left as fitted.
+do not carry over to the next fold.  λ = 0 (the weights as fitted) when they do.
 
 Inner CV: the inner folds of outer fold k are the other outer folds j.  The inner model
 that predicts fold j for outer fold k is trained on every fold but {k, j}; the same
