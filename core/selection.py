@@ -23,11 +23,10 @@ that predicts fold j for outer fold k is trained on every fold but {k, j}; the s
 model predicts fold k for outer fold j, so one fit per unordered pair of folds serves
 both (K(K-1)/2 fits per candidate instead of K(K-1)).  No inner model used for fold k's
 weights has seen fold k.  The inner fits use the same head settings as the outer ones:
-the weights are applied to the outer models' predictions, so they must be fitted to the
-predictions of the same kind of model (cheaper inner settings, e.g. half the boosting
-iterations or epochs, made the inner gbm and MLP look better regularised than the outer
-models the stack then applied them to).  :func:`inner_scores` also ranks the single
-candidates per outer fold (the mean over inner folds of the fold RMSE), for the log.
+the weights are applied to the outer models' predictions, so they are fitted to the
+predictions of the same models (not of cheaper ones with fewer trees, boosting rounds or
+epochs).  :func:`inner_scores` also ranks the single candidates per outer fold (the mean
+over inner folds of the fold RMSE), for the log.
 """
 from __future__ import annotations
 
