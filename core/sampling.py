@@ -10,25 +10,11 @@ Feature space: the leading principal components (``n_pcs``) of the standardised 
 (each feature scaled to unit variance, as the AOA's distances are), fitted on the sample of
 valid tiles.
 
-The designs (:mod:`.designs`):
-
-* ``coverage``: weighted K-means in PC space with the existing samples as fixed centres
-  (spcosa's ``stratify`` with prior points, Walvoort et al. 2010): only the N new centres
-  move, so they go where no existing sample represents the landscape.  Candidates outside
-  the area of applicability (AOA) of the existing samples weigh ``OUTSIDE_WEIGHT`` (4),
-  those inside 1, so the centres are pulled towards where the map cannot be trusted (a
-  weight growing with DI did worse on the evaluation sets: it chases a few outliers).
-  Each centre becomes the candidate tile nearest to it in PC space (plus ``cost_weight``
-  x its cost scaled 0..1, in units of the cluster's RMS radius), heaviest clusters
-  first, at least ``min_distance`` (map units) from existing samples and from sites
-  already placed.
-* ``clhs``: conditioned Latin hypercube sampling (Minasny & McBratney 2006) on the PCs
-  plus the covariates, by simulated annealing: strata are the quantiles of the
-  candidates for the N + existing sample size; the existing samples are kept (as
-  clhs's ``must.include``) and count in their strata; the objective is the number of
-  stratum-count deviations plus half the correlation mismatch (clhs's weights) plus, with
-  a cost raster, ``cost_weight`` x n_variables x the summed cost scaled 0..1 (cost-
-  constrained cLHS, Roudier et al. 2012).  Swaps that break ``min_distance`` are refused.
+The designs (:mod:`.designs`): ``coverage`` (weighted K-means in PC space with the
+existing samples as fixed centres; candidates outside the existing samples' AOA weigh
+``OUTSIDE_WEIGHT``) and ``clhs`` (conditioned Latin hypercube on the PCs plus the
+covariates, keeping the existing samples), both at least ``min_distance`` from existing
+samples and from each other.
 
 AOA growth (Meyer & Pebesma 2021, :mod:`.aoa`): the AOA of the existing samples (their
 tiles' features, spatial K-means folds) is fitted with :func:`.aoa.fit_aoa` and its share
