@@ -284,16 +284,26 @@ class CVResult:
             std = np.nanstd(self.fold_metrics, axis=2)
         return mean, std
 
+    def class_summary(self) -> Tuple[np.ndarray, np.ndarray]:
+        """Mean and standard deviation over folds of the fold CLASS_METRICS: two
+        (T, M, len(CLASS_METRICS)) arrays (NaN for numeric targets)."""
+        with warnings.catch_warnings():  # all-NaN slices (no fold with values) -> NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = np.nanmean(self.class_fold_metrics, axis=2)
+            std = np.nanstd(self.class_fold_metrics, axis=2)
+        return mean, std
+
     def table(self) -> List[dict]:
         """One row per (target, method): plain Python values, for logs, reports, outputs."""
         mean, std = self.summary()
+        classes = self.class_summary() if self.class_fold_metrics is not None else None
         rows = []
         for t, target in enumerate(self.target_names):
             for m, spec in enumerate(self.methods):
                 row = {"target": target, "method": spec.label, "features": spec.features,
                        "n": int(self.n_used[t]), "kind": self.kind(target)}
                 if row["kind"] == CLASSIFICATION:  # pooled out-of-fold metrics, fold mean/std
-                    rows.append(self._class_row(row, t, m))
+                    rows.append(self._class_row(row, t, m, classes[0][t, m], classes[1][t, m]))
                     continue
                 for j, name in enumerate(METRICS):
                     row[f"{name}_mean"] = float(mean[t, m, j])
@@ -302,11 +312,8 @@ class CVResult:
                 rows.append(row)
         return rows
 
-    def _class_row(self, row: dict, t: int, m: int) -> dict:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            mean = np.nanmean(self.class_fold_metrics[t, m], axis=0)
-            std = np.nanstd(self.class_fold_metrics[t, m], axis=0)
+    def _class_row(self, row: dict, t: int, m: int, mean: np.ndarray,
+                   std: np.ndarray) -> dict:
         for j, name in enumerate(CLASS_METRICS):
             row[name] = float(self.pooled_class_metrics(t, m)[j])
             row[f"{name}_mean"], row[f"{name}_std"] = float(mean[j]), float(std[j])

@@ -4,11 +4,9 @@ folds, or by mean Cohen's kappa for a class target.  The rows are fitpoints'
 BACKBONE_RANKING output, log lines and the report's table."""
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 
-from .classes import CLASSIFICATION
+from .classes import CLASS_METRICS, CLASSIFICATION
 
 
 def rank_backbones(cv, backbones: dict) -> list:
@@ -18,14 +16,15 @@ def rank_backbones(cv, backbones: dict) -> list:
     source, arch, method, metric ("rmse" | "kappa") and rmse_mean, rmse_std, r2_mean or
     kappa_mean, kappa_std."""
     mean, std = cv.summary()
+    if cv.class_fold_metrics is not None:
+        kappa = CLASS_METRICS.index("kappa")
+        class_mean, class_std = cv.class_summary()
     rows = []
     for t, target in enumerate(cv.target_names):
         is_class = cv.kind(target) == CLASSIFICATION
         if is_class:
-            with warnings.catch_warnings():  # a fold without kappa -> NaN
-                warnings.simplefilter("ignore", RuntimeWarning)
-                score = -np.nanmean(cv.class_fold_metrics[t, :, :, 2], axis=1)  # lower = better
-                spread = np.nanstd(cv.class_fold_metrics[t, :, :, 2], axis=1)
+            score = -class_mean[t, :, kappa]  # lower = better
+            spread = class_std[t, :, kappa]
         else:
             score, spread = mean[t, :, 0], std[t, :, 0]
         best = []
