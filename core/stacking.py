@@ -60,13 +60,9 @@ def _simplex_lstsq(A: np.ndarray, b: np.ndarray) -> np.ndarray:
     return w / w.sum()
 
 
-def simplex_weights(P, y, sample_weight=None, min_weight: float = MIN_WEIGHT,
-                    n_classes: Optional[int] = None) -> np.ndarray:
-    """(M,) stacking weights (>= 0, sum 1) of M candidates from their out-of-fold
-    predictions ``P``: (n, M) for a numeric target ``y`` (n,), minimising the squared
-    error; or (n, M, C) class probabilities for class indices ``y``, minimising the Brier
-    score.  Rows with a NaN are left out.  Members below ``min_weight`` are dropped (the
-    smallest first) and the others refitted, until every kept weight reaches it."""
+def _prepared(P, y, sample_weight):
+    """``P``, ``y`` and the sample weights as float64 arrays, and the usable rows (no NaN,
+    weight > 0)."""
     P = np.asarray(P, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64).reshape(-1)
     if P.ndim not in (2, 3) or P.shape[0] != y.shape[0] or P.shape[1] == 0:
@@ -75,18 +71,33 @@ def simplex_weights(P, y, sample_weight=None, min_weight: float = MIN_WEIGHT,
     s = np.ones(len(y)) if sample_weight is None else \
         np.asarray(sample_weight, dtype=np.float64).reshape(-1)
     ok = np.isfinite(y) & np.isfinite(P.reshape(len(y), -1)).all(axis=1) & (s > 0)
+    return P, y, s, ok
+
+
+def _least_squares(P, y, s) -> Tuple[np.ndarray, np.ndarray]:
+    """(A, b) with ||A w - b||² the weighted squared error of the mix ``P @ w`` (class
+    probabilities: its Brier score, one row per point and class)."""
+    root = np.sqrt(s)
+    if P.ndim == 2:
+        return P * root[:, None], y * root
+    onehot = np.eye(P.shape[2])[y.astype(np.int64)]
+    A = (P * root[:, None, None]).transpose(0, 2, 1).reshape(-1, P.shape[1])
+    return A, (onehot * root[:, None]).reshape(-1)
+
+
+def simplex_weights(P, y, sample_weight=None, min_weight: float = MIN_WEIGHT,
+                    n_classes: Optional[int] = None) -> np.ndarray:
+    """(M,) stacking weights (>= 0, sum 1) of M candidates from their out-of-fold
+    predictions ``P``: (n, M) for a numeric target ``y`` (n,), minimising the squared
+    error; or (n, M, C) class probabilities for class indices ``y``, minimising the Brier
+    score.  Rows with a NaN are left out.  Members below ``min_weight`` are dropped (the
+    smallest first) and the others refitted, until every kept weight reaches it."""
+    P, y, s, ok = _prepared(P, y, sample_weight)
     M = P.shape[1]
     if not ok.any():
         raise InputError("No point with out-of-fold predictions of every candidate: the "
                          "stack cannot be weighted.")
-    root = np.sqrt(s[ok])
-    if P.ndim == 2:
-        A, b = P[ok] * root[:, None], y[ok] * root
-    else:  # Brier score: one row per point and class
-        C = P.shape[2]
-        onehot = np.eye(C)[y[ok].astype(np.int64)]
-        A = (P[ok] * root[:, None, None]).transpose(0, 2, 1).reshape(-1, M)
-        b = (onehot * root[:, None]).reshape(-1)
+    A, b = _least_squares(P[ok], y[ok], s[ok])
     active = np.arange(M)
     while True:
         w = _simplex_lstsq(A[:, active], b)
@@ -98,15 +109,6 @@ def simplex_weights(P, y, sample_weight=None, min_weight: float = MIN_WEIGHT,
     out = np.zeros(M)
     out[active] = w
     return out
-
-
-def _stack_loss(P, y, s, w) -> float:
-    """Weighted squared error of the mix ``P @ w`` (class probabilities: Brier score)."""
-    mix = np.tensordot(P, w, axes=([1], [0]))
-    if P.ndim == 3:
-        target = np.eye(P.shape[2])[y.astype(np.int64)]
-        return float((s[:, None] * (mix - target) ** 2).sum())
-    return float((s * (mix - y) ** 2).sum())
 
 
 def shrunk_weights(P, y, groups, prior, sample_weight=None,
@@ -122,17 +124,13 @@ def shrunk_weights(P, y, groups, prior, sample_weight=None,
     λ = 0 is the plain stack, λ = 1 the prior (e.g. the everyday baseline alone).  With
     one group, or when every group's fit fails, λ = 0.  ``P``, ``y``, ``sample_weight``
     as :func:`simplex_weights` takes them."""
-    P = np.asarray(P, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64).reshape(-1)
+    P, y, s, ok = _prepared(P, y, sample_weight)
     groups = np.asarray(groups).reshape(-1)
     prior = np.asarray(prior, dtype=np.float64).reshape(-1)
     if groups.shape[0] != y.shape[0] or prior.shape[0] != P.shape[1] or \
             (prior < 0).any() or not np.isclose(prior.sum(), 1.0):
         raise InputError(f"Shrinking a stack needs one group per point and prior weights "
                          f"summing to 1 over the {P.shape[1]} members.")
-    s = np.ones(len(y)) if sample_weight is None else \
-        np.asarray(sample_weight, dtype=np.float64).reshape(-1)
-    ok = np.isfinite(y) & np.isfinite(P.reshape(len(y), -1)).all(axis=1) & (s > 0)
     full = simplex_weights(P, y, s)
     grid = np.asarray(grid, dtype=np.float64)
     loss = np.zeros(len(grid))
@@ -142,8 +140,10 @@ def shrunk_weights(P, y, groups, prior, sample_weight=None,
         if not train.any():
             continue
         w = simplex_weights(P[train], y[train], s[train])
+        A, b = _least_squares(P[test], y[test], s[test])
         for i, lam in enumerate(grid):
-            loss[i] += _stack_loss(P[test], y[test], s[test], lam * prior + (1 - lam) * w)
+            r = A @ (lam * prior + (1 - lam) * w) - b
+            loss[i] += float(r @ r)
         held += 1
     lam = float(grid[int(np.argmin(loss))]) if held > 1 else 0.0
     return lam * prior + (1 - lam) * full, lam
