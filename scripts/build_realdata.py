@@ -62,6 +62,19 @@ def read_rda(git_dir, name):
         return rdata.read_rda(path)[name]
 
 
+def write_tif(path, data, profile, dtype, nodata, descriptions):
+    """A tiled, deflated GeoTIFF of ``data`` (bands, rows, cols) on ``profile``'s grid."""
+    with rasterio.open(path, "w", count=len(data), dtype=dtype, nodata=nodata, **profile,
+                       **GTIFF) as dst:
+        dst.write(np.asarray(data).astype(dtype))
+        dst.descriptions = tuple(descriptions)
+
+
+def write_classes(path, data, profile, descriptions):
+    """A uint8 class raster (codes 1..n, NaN -> 0 = nodata)."""
+    write_tif(path, np.nan_to_num(data, nan=0), profile, "uint8", 0, descriptions)
+
+
 def write_points(path, epsg, xs, ys, fields):
     """A GeoPackage point layer; ``fields`` maps name -> array (float, int or str)."""
     if os.path.exists(path):
@@ -119,19 +132,15 @@ def build_dk(git_dir, sites=DK_FIELDS):
         # 8-bit like an orthophoto, 0 = nodata (outside the field).
         lo, hi = np.nanpercentile(rgb[:, valid], [0.5, 99.5])
         img = np.where(valid, np.clip((rgb - lo) / (hi - lo) * 254 + 1, 1, 255), 0)
-        with rasterio.open(os.path.join(folder, "rgb.tif"), "w", count=3, dtype="uint8",
-                           nodata=0, **profile, **GTIFF) as dst:
-            dst.write(img.astype(np.uint8))
-            dst.descriptions = ("red", "green", "blue")
+        write_tif(os.path.join(folder, "rgb.tif"), img, profile, "uint8", 0,
+                  ("red", "green", "blue"))
         cov = [on_grid(git_show(git_dir, f"data-raw/covariates/{site}/{name}.tif"), profile)
                for name in DK_COVARIATES]
         ec_name = {"Faardrup": "Faardrup"}.get(site, site)
         cov.append(on_grid(git_show(git_dir, f"data-raw/EC_raster/{ec_name}_00_25_cm2SH.tif"),
                            profile))
-        with rasterio.open(os.path.join(folder, "covariates.tif"), "w", count=len(cov),
-                           dtype="float32", nodata=np.nan, **profile, **GTIFF) as dst:
-            dst.write(np.stack(cov))
-            dst.descriptions = tuple(DK_COVARIATES + ["ec_0_25cm"])
+        write_tif(os.path.join(folder, "covariates.tif"), np.stack(cov), profile, "float32",
+                  np.nan, DK_COVARIATES + ["ec_0_25cm"])
         table = np.genfromtxt(io.BytesIO(git_show(
             git_dir, f"data-raw/soil_observations/{site}_coords_tex.txt")), names=True,
             delimiter="\t")
@@ -173,27 +182,19 @@ def build_eberg(git_dir):
     pts, g25, g100 = (read_rda(git_dir, n) for n in ("eberg", "eberg_grid25", "eberg_grid"))
     # 25 m: DEM, TWI, Landsat NDVI (continuous) as the "image"; the soil map as a category.
     img, profile = grid_from_table(g25, ["DEMTOPx", "TWITOPx", "NVILANx"], 25.0)
-    with rasterio.open(os.path.join(folder, "terrain_ndvi_25m.tif"), "w", count=3,
-                       dtype="float32", nodata=np.nan, **profile, **GTIFF) as dst:
-        dst.write(img)
-        dst.descriptions = ("dem", "twi", "ndvi_landsat")
+    write_tif(os.path.join(folder, "terrain_ndvi_25m.tif"), img, profile, "float32", np.nan,
+              ("dem", "twi", "ndvi_landsat"))
     g25 = g25.copy()
     g25["soilmap"], soil_names = codes(g25["HBTSOLx"])
     cat, _ = grid_from_table(g25, ["soilmap"], 25.0)
-    with rasterio.open(os.path.join(folder, "soilmap_25m.tif"), "w", count=1, dtype="uint8",
-                       nodata=0, **profile, **GTIFF) as dst:
-        dst.write(np.nan_to_num(cat, nan=0).astype(np.uint8))
-        dst.descriptions = ("soilmap",)
+    write_classes(os.path.join(folder, "soilmap_25m.tif"), cat, profile, ("soilmap",))
     g100 = g100.copy()
     g100["geology"], geo_names = codes(g100["PRMGEO6"])
     g100["landcover"], lc_names = codes(g100["LNCCOR6"])
     arr, prof100 = grid_from_table(g100, ["DEMSRT6", "TWISRT6", "TIRAST6", "geology",
                                           "landcover"], 100.0)
-    with rasterio.open(os.path.join(folder, "covariates_100m.tif"), "w", count=5,
-                       dtype="float32", nodata=np.nan, **prof100, **GTIFF) as dst:
-        dst.write(arr)
-        dst.descriptions = ("dem", "twi", "thermal_aster_b14", "geology (class)",
-                            "landcover (class)")
+    write_tif(os.path.join(folder, "covariates_100m.tif"), arr, prof100, "float32", np.nan,
+              ("dem", "twi", "thermal_aster_b14", "geology (class)", "landcover (class)"))
     with open(os.path.join(folder, "classes.txt"), "w", encoding="utf-8") as f:
         for title, names in (("soilmap_25m.tif band 1", soil_names),
                              ("covariates_100m.tif band 4 (geology)", geo_names),
@@ -222,22 +223,15 @@ def build_cookfarm(git_dir):
     grids = cook["grids"].copy()
     # 10 m: DEM, TWI, mean RapidEye NDRE as the "image"; the soil map units as a category.
     img, profile = grid_from_table(grids, ["DEM", "TWI", "NDRE.M"], 10.0, epsg=26911)
-    with rasterio.open(os.path.join(folder, "image.tif"), "w", count=3, dtype="float32",
-                       nodata=np.nan, **profile, **GTIFF) as dst:
-        dst.write(img)
-        dst.descriptions = ("dem", "twi", "ndre_mean")
+    write_tif(os.path.join(folder, "image.tif"), img, profile, "float32", np.nan,
+              ("dem", "twi", "ndre_mean"))
     cov, _ = grid_from_table(grids, ["NDRE.Sd", "Cook_fall_ECa", "Cook_spr_ECa"], 10.0,
                              epsg=26911)
-    with rasterio.open(os.path.join(folder, "covariates.tif"), "w", count=3, dtype="float32",
-                       nodata=np.nan, **profile, **GTIFF) as dst:
-        dst.write(cov)
-        dst.descriptions = ("ndre_sd", "eca_fall", "eca_spring")
+    write_tif(os.path.join(folder, "covariates.tif"), cov, profile, "float32", np.nan,
+              ("ndre_sd", "eca_fall", "eca_spring"))
     grids["soilmap"], soil_names = codes(grids["MUSYM"])
     cat, _ = grid_from_table(grids, ["soilmap"], 10.0, epsg=26911)
-    with rasterio.open(os.path.join(folder, "soilmap.tif"), "w", count=1, dtype="uint8",
-                       nodata=0, **profile, **GTIFF) as dst:
-        dst.write(np.nan_to_num(cat, nan=0).astype(np.uint8))
-        dst.descriptions = ("soilmap",)
+    write_classes(os.path.join(folder, "soilmap.tif"), cat, profile, ("soilmap",))
     with open(os.path.join(folder, "classes.txt"), "w", encoding="utf-8") as f:
         f.write("# soilmap.tif band 1 (MUSYM, soil map units)\n")
         f.writelines(f"{i + 1}\t{n}\n" for i, n in enumerate(soil_names))
