@@ -46,7 +46,8 @@ from .files import atomic_write_text, discard
 from .patches import FeatureRows
 from .progress import Progress, ensure
 from .ranks import Ranks
-from .raster import DEFAULT_MIN_VALID, RasterWriter, TileSource, commit_all
+from .raster import DEFAULT_MIN_VALID, TileSource
+from .writer import RasterWriter, commit_all
 
 KINDS = ("features", "predict")
 ASSEMBLE_CHUNK = 256 << 20  # bytes of one window copied during assembly

@@ -20,8 +20,9 @@ import torch
 from .backbone import Backbone, resolve_device, snap_tile
 from .errors import InputError
 from .progress import Progress, ensure
-from .raster import (DEFAULT_MIN_VALID, Normalization, RasterWriter, TileGrid, TileSource,
-                     iter_batches)
+from .batches import iter_batches
+from .raster import DEFAULT_MIN_VALID, Normalization, TileGrid, TileSource
+from .writer import RasterWriter
 
 POOLS = ("cls", "mean")
 PATCH = "patch"  # one feature per ViT patch (core/patches.py), not a tile pooling

@@ -17,7 +17,8 @@ from rasterio.windows import Window
 
 from .errors import InputError
 from .progress import Progress, ensure
-from .raster import RasterWriter, mask_bands, read_tags
+from .raster import mask_bands
+from .writer import RasterWriter, read_tags
 
 CLUSTER_NODATA = 255
 MAX_SAMPLE = 50_000

@@ -12,8 +12,8 @@ overlap by ``margin`` patches on every side and only their ``core = n -
 most of their content.  Output patch (i, j) covers input pixels
 ``[j*PATCH, (j+1)*PATCH) x [i*PATCH, (i+1)*PATCH)``: the feature raster has the
 input's origin and CRS and a pixel PATCH times the input pixel.  Tiles are read
-with :func:`~.raster.iter_batches` (edge tiles padded), written with
-:class:`~.raster.RasterWriter`; a patch whose valid share is below
+with :func:`~.batches.iter_batches` (edge tiles padded), written with
+:class:`~.writer.RasterWriter`; a patch whose valid share is below
 ``min_valid`` is nodata.
 
 :func:`patch_point_features` gives, for soil points, the feature of the patch
@@ -36,8 +36,9 @@ from .errors import InputError
 from .features import (PATCH, feature_tags, forward_tokens, iter_grid_rows, low_precision_copy,
                        prepare)
 from .progress import Progress, ensure
-from .raster import (DEFAULT_MIN_VALID, GridWindows, Normalization, RasterWriter, TileGrid,
-                     TileSource, iter_batches)
+from .batches import iter_batches
+from .raster import DEFAULT_MIN_VALID, GridWindows, Normalization, TileGrid, TileSource
+from .writer import RasterWriter
 
 
 def patch_size(backbone: Backbone) -> int:

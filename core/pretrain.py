@@ -60,7 +60,8 @@ from .files import atomic_save
 from .progress import Progress, ensure
 from .ranks import Ranks
 from .pretrain_tiles import buffer_advice, sample_tiles
-from .raster import DEFAULT_MIN_VALID, Normalization, TileSource, iter_batches
+from .batches import iter_batches
+from .raster import DEFAULT_MIN_VALID, Normalization, TileSource
 
 KIND = "dino-pretrain"
 

@@ -4,7 +4,7 @@ Tiles of TILE_SIZE on a :class:`~.raster.TileGrid` (stride configurable); a tile
 window comes within BUFFER pixels (Euclidean distance from the point to the window's
 footprint) of any soil sample is excluded, as the paper leaves out tiles near its samples
 (448 px); tiles with less than ``min_valid`` valid pixels are skipped (one read of the
-candidate tiles through :func:`~.raster.iter_batches`).  :func:`buffer_advice` says what
+candidate tiles through :func:`~.batches.iter_batches`).  :func:`buffer_advice` says what
 to change when BUFFER leaves too few tiles.
 """
 from __future__ import annotations
@@ -17,8 +17,8 @@ import numpy as np
 import torch.distributed as dist
 
 from .progress import Progress, ensure
-from .raster import (DEFAULT_MIN_VALID, GridWindows, Normalization, TileGrid, TileSource,
-                     iter_batches)
+from .batches import iter_batches
+from .raster import DEFAULT_MIN_VALID, GridWindows, Normalization, TileGrid, TileSource
 
 
 @dataclass

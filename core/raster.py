@@ -1,12 +1,11 @@
-"""Raster input and output: the one way SoilSSL reads tiles and writes rasters.
+"""Raster input: the one way SoilSSL opens images and reads tiles.
 
 * :class:`TileSource` opens an image (band selection, 1-based) and an optional
   DEM warped on the fly onto the image grid (``rasterio.vrt.WarpedVRT``) as an
   extra channel.  Reads are by window, padded outside the raster, with a
   validity mask that is GDAL's mask of the bands (nodata values, alpha band,
   internal or external mask) and finite values.  It is thread-safe: each thread
-  gets its own dataset handles (:class:`Handles`); :func:`iter_batches` opens its
-  own and closes them when the iteration ends.
+  gets its own dataset handles (:class:`Handles`).
 * :class:`Normalization` holds per-channel mean/std estimated from a sample of
   windows; it travels with every product that uses it (checkpoint, feature
   raster tags, model file).
@@ -14,26 +13,21 @@
   georeferencing of the one-pixel-per-tile outputs: output pixels are the
   STRIDE cells of the input from its origin, each the footprint of the stride
   cell its tile is centred on.
-* :func:`iter_batches` reads tiles in background threads (GDAL releases the
-  GIL) with a bounded prefetch queue, so reading overlaps compute and memory
-  stays bounded whatever the raster size.
-* :class:`RasterWriter` writes by windows into a temporary file in the target
-  folder and renames it at the end; on error or cancel nothing is left.
+
+Batches of tiles are read in background threads by :func:`.batches.iter_batches`;
+rasters are written by :class:`.writer.RasterWriter`.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import rasterio
 from rasterio.enums import MaskFlags, Resampling
-from rasterio._err import CPLE_BaseError
 from rasterio.errors import RasterioIOError
 from rasterio.transform import Affine
 from rasterio.vrt import WarpedVRT
@@ -42,8 +36,6 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
 from .errors import InputError
-from .files import check_raster, discard, publish, temp_beside, write_error
-from .progress import Progress, ensure
 
 DEFAULT_MIN_VALID = 0.5  # tiles with less valid data than this are skipped
 
@@ -141,7 +133,7 @@ class TileGrid:
 
 
 class GridWindows:
-    """A sequence of grid windows made on demand (what :func:`iter_batches` reads): a
+    """A sequence of grid windows made on demand (what :func:`~.batches.iter_batches` reads): a
     20k x 20k raster at stride 16 has 1.6 M tiles, whose Window objects alone would take
     200 MB."""
 
@@ -170,7 +162,8 @@ class GridWindows:
 # ---------------------------------------------------------------------------
 # Source
 # ---------------------------------------------------------------------------
-def _open(path: str):
+def open_raster(path: str):
+    """``rasterio.open(path)``, a failure raised as :class:`~.errors.InputError`."""
     try:
         return rasterio.open(path)
     except RasterioIOError as exc:
@@ -179,7 +172,7 @@ def _open(path: str):
 
 class Handles:
     """Dataset handles of a :class:`TileSource`, one set per thread that reads through
-    them, all closed by :meth:`close`.  :func:`iter_batches` opens one for each call and
+    them, all closed by :meth:`close`.  :func:`~.batches.iter_batches` opens one for each call and
     closes it when the iteration ends, so repeated calls (an epoch each) hold no more
     files than one; the source's own (for direct :meth:`TileSource.read` calls) lives
     until :meth:`TileSource.close`."""
@@ -224,7 +217,7 @@ class TileSource:
         self.path = str(path)
         self.dem = str(dem) if dem else None
         self.dem_band = int(dem_band)
-        with _open(self.path) as ds:
+        with open_raster(self.path) as ds:
             count = ds.count
             if bands is None or len(bands) == 0:
                 bands = list(range(1, min(3, count) + 1))
@@ -246,7 +239,7 @@ class TileSource:
                 raise InputError(f"Raster '{self.path}' has no CRS: assign one in QGIS first.")
         self.dem_nodata = None
         if self.dem:
-            with _open(self.dem) as d:
+            with open_raster(self.dem) as d:
                 if not 1 <= self.dem_band <= d.count:
                     raise InputError(f"DEM band {self.dem_band} out of range 1..{d.count}.")
                 if d.crs is None:
@@ -426,327 +419,3 @@ def _bounds(transform: Affine, width: int, height: int) -> tuple:
 
 def _fmt(b) -> str:
     return "(" + ", ".join(f"{v:.1f}" for v in b) + ")"
-
-
-# ---------------------------------------------------------------------------
-# Background tile reading
-# ---------------------------------------------------------------------------
-# GDAL's block cache (GDAL_CACHEMAX, 5 % of the RAM by default) is shared by every
-# dataset and keeps decoded blocks until it is full: reading a large raster tile row by
-# tile row fills it with blocks that are never read again (a 20k x 20k GeoTIFF peaked at
-# 1.4 GB RSS).  While iter_batches runs it is capped, unless the user set GDAL_CACHEMAX,
-# to what the tiles being read need: the blocks of two neighbouring tiles per reading
-# thread, and at least _CACHE_FLOOR.  The cap does not depend on the raster's size (one
-# sized to a band of tile rows grew with the raster's width: 16 MB of cache on a 2k x 2k
-# raster, 82 MB on a 20k x 20k one); on wide rasters a block row shared by two tile rows
-# is decoded twice instead.  Writers keep nothing dirty in it across rows (RasterWriter
-# hands GDAL whole block rows).
-_CACHE_FLOOR = 16 << 20
-_cache_lock = threading.Lock()
-_cache_caps: list = []   # caps of the iter_batches running now (any thread)
-_cache_saved: list = []  # GDAL_CACHEMAX before the first of them
-
-
-def _block_cache_cap(source: TileSource, tile_h: int, tile_w: int, workers: int = 2) -> int:
-    """Bytes of decoded blocks that ``workers`` threads reading neighbouring tiles touch:
-    two tiles' blocks per thread (and one more pair), at least the floor.  A raster
-    stored in strips (blocks as wide as the raster) needs a band of tile rows instead."""
-    with _open(source.path) as ds:
-        block_h, block_w = (int(v) for v in ds.block_shapes[0])
-        # a pixel-interleaved block holds every band, selected or not
-        px = sum(np.dtype(t).itemsize for t in ds.dtypes)
-    if source.dem:
-        px += 8  # warped DEM blocks and, roughly, their source blocks
-    rows = (-(-tile_h // block_h) + 1) * block_h  # the block rows a tile may touch
-    if block_w >= source.width:
-        return max(_CACHE_FLOOR, int(1.5 * (rows + block_h) * source.width * px))
-    cols = (-(-tile_w // block_w) + 1) * block_w
-    return max(_CACHE_FLOOR, 2 * (max(1, workers) + 1) * rows * cols * px)
-
-
-class _CappedBlockCache:
-    """Lower GDAL_CACHEMAX to ``limit`` bytes for the duration (the lowest cap of the
-    concurrent users wins; the user's value comes back when the last one leaves)."""
-
-    def __init__(self, limit: Optional[int]):
-        self.limit = limit
-
-    @staticmethod
-    def _apply() -> None:
-        from rasterio.env import set_gdal_config
-        set_gdal_config("GDAL_CACHEMAX", int(min(_cache_caps + _cache_saved)))
-
-    def __enter__(self):
-        if self.limit is None or "GDAL_CACHEMAX" in os.environ:
-            self.limit = None
-            return self
-        from rasterio.env import get_gdal_config
-        with _cache_lock:
-            if not _cache_caps:
-                saved = get_gdal_config("GDAL_CACHEMAX")
-                if not isinstance(saved, int) or saved <= self.limit:
-                    self.limit = None
-                    return self
-                _cache_saved[:] = [saved]
-            _cache_caps.append(self.limit)
-            self._apply()
-        return self
-
-    def __exit__(self, *exc):
-        if self.limit is not None:
-            with _cache_lock:
-                _cache_caps.remove(self.limit)
-                self._apply()
-        return False
-
-
-def reader_threads(workers: Optional[int] = None, gpu: bool = False) -> int:
-    """Tile-reading threads: ``workers`` when given (0: read in the calling thread), else
-    2 on the CPU, where the model needs the cores, and up to 8 when a GPU runs the model:
-    there the readers are the limit (ViT-S fp16 on an H100, 16 cores: extraction at 0.70
-    of the model-only rate with 2 readers, 0.91-0.97 with 6)."""
-    if workers is not None:
-        return max(0, int(workers))
-    if not gpu:
-        return 2
-    return int(min(8, max(2, (os.cpu_count() or 2) - 2)))
-
-
-def iter_batches(source: TileSource, windows: Sequence[Window], norm: Normalization,
-                 batch_size: int = 32, workers: Optional[int] = 2, prefetch: int = 2,
-                 progress: Optional[Progress] = None, pin: bool = False) -> Iterator[tuple]:
-    """Yield ``(start, batch (B,C,T,T) float32, valid_fraction (B,))`` in order.
-
-    Tiles are read and normalised by ``workers`` threads (None: :func:`reader_threads`);
-    at most ``prefetch``
-    batches are in flight beyond the one being consumed, so memory is bounded.
-    GDAL's block cache is capped meanwhile to what the tiles being read need
-    (``_block_cache_cap``), so memory does not grow with the raster's size.  With ``pin``
-    (a CUDA run) each batch is written straight into page-locked memory (torch's caching
-    host allocator), so the copy to the GPU needs no extra pinning pass in the thread that
-    drives the GPU.  The reading threads open their own dataset handles, closed when the
-    iteration ends (exhausted, closed, or left on an error), so repeated calls hold no
-    files.  Cancel is checked before each batch.
-    """
-    progress = ensure(progress)
-    workers = reader_threads(workers, pin)
-    prefetch = max(prefetch, workers)  # every reader busy
-    n = len(windows)
-    starts = list(range(0, n, max(1, batch_size)))
-
-    handles = source.handles()
-
-    def load(start):
-        wins = windows[start:start + batch_size]
-        h = int(wins[0].height)
-        w = int(wins[0].width)
-        shape = (len(wins), source.channels, h, w)
-        if pin:
-            import torch  # only on the GPU path: the reader itself needs no torch
-            batch = torch.empty(shape, dtype=torch.float32, pin_memory=True).numpy()
-        else:
-            batch = np.empty(shape, np.float32)
-        frac = np.empty(len(wins), np.float32)
-        for i, win in enumerate(wins):
-            arr, valid = source.read(win, handles)
-            batch[i] = norm.apply(arr, valid)
-            frac[i] = source.valid_fraction(win, valid)
-        return start, batch, frac
-
-    limit = (_block_cache_cap(source, int(windows[0].height), int(windows[0].width), workers)
-             if n else None)
-    # the pool is shut down (its threads done) before the handles close
-    with handles, _CappedBlockCache(limit):
-        if workers <= 0:
-            for s in starts:
-                progress.check()
-                yield load(s)
-            return
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="soilssl-read") as pool:
-            pending = []
-            it = iter(starts)
-            try:
-                for s in it:
-                    pending.append(pool.submit(load, s))
-                    if len(pending) > prefetch:
-                        break
-                while pending:
-                    progress.check()
-                    fut = pending.pop(0)
-                    result = fut.result()
-                    nxt = next(it, None)
-                    if nxt is not None:
-                        pending.append(pool.submit(load, nxt))
-                    yield result
-            finally:
-                for f in pending:
-                    f.cancel()
-
-
-# ---------------------------------------------------------------------------
-# Writing
-# ---------------------------------------------------------------------------
-class RasterWriter:
-    """Windowed GeoTIFF writer that only publishes a complete file.
-
-    Writes into ``.<name>.*.tmp.tif`` in the destination folder; :meth:`commit`
-    (called by ``__exit__`` on success) renames it to ``path``; on an exception
-    the temporary file is removed and ``path`` is untouched.
-    """
-
-    def __init__(self, path: str, width: int, height: int, count: int, dtype: str,
-                 crs, transform: Affine, nodata=None, tags: Optional[dict] = None,
-                 band_names: Optional[Sequence[str]] = None, interleave: str = "pixel",
-                 tiled: Optional[bool] = None):
-        self.path = os.path.abspath(str(path))
-        self.tmp = temp_beside(self.path, ".tmp.tif")
-        profile = dict(driver="GTiff", width=width, height=height, count=count, dtype=dtype,
-                       crs=crs, transform=transform, nodata=nodata, compress="deflate",
-                       interleave=interleave, BIGTIFF="IF_SAFER")
-        if tiled is None:  # many-band rasters are written row by row: strips keep it bounded
-            tiled = count <= 16 and width >= 256 and height >= 256
-        if tiled:
-            profile.update(tiled=True, blockxsize=256, blockysize=256)
-        else:
-            profile.update(blockysize=1)
-        try:
-            self.ds = rasterio.open(self.tmp, "w", **profile)
-        except Exception as exc:
-            self.abort()
-            raise write_error(self.path, exc) from exc
-        if tags:
-            self.ds.update_tags(**{k: v if isinstance(v, str) else json.dumps(v)
-                                   for k, v in tags.items()})
-        if band_names:
-            for i, name in enumerate(band_names, start=1):
-                self.ds.set_band_description(i, str(name))
-        self.done = False
-        # tiled outputs written row by row: rows are gathered into the block row they
-        # fill and handed to GDAL as whole blocks, so that no half-written block waits
-        # (dirty) in GDAL's block cache, or is flushed, compressed and rewritten when
-        # the reads evict it
-        self._block_h = int(self.ds.block_shapes[0][0]) if tiled else 1
-        self._band = None  # [first row, rows filled, (count, rows, width) buffer]
-
-    def write(self, data: np.ndarray, window) -> None:
-        """Write (count, h, w) data at ``window`` (a Window or ((row0, row1), (col0, col1))).
-
-        A failed write (disk full and friends: OSError, GDAL errors) raises
-        :func:`~.files.write_error`; a block that does not fit the window is a bug
-        and raises ValueError saying so, not a hint about the output location."""
-        win = window if isinstance(window, Window) else Window.from_slices(*window)
-        want = (self.ds.count, int(win.height), int(win.width))
-        if np.shape(data) != want:
-            raise ValueError(
-                f"Internal error while writing '{self.path}': a block of shape "
-                f"{tuple(np.shape(data))} cannot go into {want[0]} band(s) of {want[1]} x "
-                f"{want[2]} px at row {int(win.row_off)}, column {int(win.col_off)}. Nothing "
-                f"was written.")
-        if not (self._block_h > 1 and int(win.col_off) == 0
-                and int(win.width) == self.ds.width and self._gather(data, win)):
-            self._flush()
-            self._write(data, win)
-
-    def _gather(self, data: np.ndarray, win: Window) -> bool:
-        """Add full-width rows to the block row being filled, handing GDAL each block
-        row when it is complete; False when they do not follow the rows gathered."""
-        r0, h = int(win.row_off), int(win.height)
-        if self._band is not None and r0 != self._band[0] + self._band[1]:
-            return False
-        data = np.asarray(data)
-        i = 0
-        while i < h:
-            r = r0 + i
-            if self._band is None:
-                end = min((r // self._block_h + 1) * self._block_h, self.ds.height)
-                if h - i >= end - r:  # the rest of a block row at once: no copy
-                    self._write(data[:, i:i + end - r], Window(0, r, self.ds.width, end - r))
-                    i += end - r
-                    continue
-                self._band = [r, 0, np.empty((self.ds.count, end - r, self.ds.width),
-                                             self.ds.dtypes[0])]
-            top, filled, buf = self._band
-            n = min(buf.shape[1] - filled, h - i)
-            buf[:, filled:filled + n] = data[:, i:i + n]
-            self._band[1] += n
-            i += n
-            if self._band[1] == buf.shape[1]:
-                self._flush()
-        return True
-
-    def _flush(self) -> None:
-        """Write the rows gathered so far."""
-        band, self._band = self._band, None
-        if band is not None and band[1]:
-            self._write(band[2][:, :band[1]], Window(0, band[0], self.ds.width, band[1]))
-
-    def _write(self, data: np.ndarray, win: Window) -> None:
-        try:
-            self.ds.write(data, window=win)
-        except (OSError, CPLE_BaseError) as exc:  # disk full and friends
-            raise write_error(self.path, exc) from exc
-
-    def finish(self) -> None:
-        """Close the temporary file and check it is complete (not yet published)."""
-        try:
-            self._flush()
-            self.ds.close()
-            check_raster(self.tmp)
-        except (OSError, CPLE_BaseError) as exc:
-            self.abort()
-            raise write_error(self.path, exc) from exc
-        except BaseException:
-            self.abort()
-            raise
-
-    def commit(self) -> str:
-        """Finish and publish this one file."""
-        return commit_all([self])[0]
-
-    def abort(self) -> None:
-        """Remove the temporary file; ``path`` is left as it was."""
-        self._band = None
-        try:
-            if getattr(self, "ds", None) is not None and not self.ds.closed:
-                self.ds.close()
-        finally:
-            discard(self.tmp, self.tmp + ".aux.xml")
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            self.commit()
-        elif not self.done:
-            self.abort()
-        return False
-
-
-def commit_all(writers: Sequence[RasterWriter]) -> list:
-    """Finish every writer, then publish them all: either all outputs appear or none."""
-    try:
-        for w in writers:
-            w.finish()
-    except BaseException:
-        for w in writers:
-            w.abort()
-        raise
-    for w in writers:  # renames need no space: once every file is complete, all appear
-        publish(w.tmp, w.path, check=False)
-        discard(w.tmp + ".aux.xml")
-        w.done = True
-    return [w.path for w in writers]
-
-
-def read_tags(path: str) -> dict:
-    """Tags of a SoilSSL raster with JSON values decoded."""
-    with _open(path) as ds:
-        tags = ds.tags()
-    out = {}
-    for k, v in tags.items():
-        try:
-            out[k] = json.loads(v)
-        except (ValueError, TypeError):
-            out[k] = v
-    return out

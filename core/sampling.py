@@ -44,7 +44,7 @@ from .errors import InputError
 from .maps import _row_windows, _valid, check_features
 from .places import Places, pixel_centres, points_to_grid
 from .progress import Progress, ensure
-from .raster import read_tags
+from .writer import read_tags
 
 METHODS = ("coverage", "clhs")
 N_RANDOM = 20

@@ -23,7 +23,7 @@ from .errors import InputError
 from .maps import _row_windows, _valid, check_features
 from .places import Places
 from .progress import Progress, ensure
-from .raster import RasterWriter, commit_all, read_tags
+from .writer import RasterWriter, commit_all, read_tags
 
 SIM_NODATA = -9999.0
 MASK_NODATA = 255

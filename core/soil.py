@@ -34,7 +34,8 @@ from .intervals import TrustMaps, fit_trust
 from .knndm import fold_distances, prediction_locations
 from .progress import Progress, ensure
 from .patches import FeatureRows, PatchGrid, patch_point_features
-from .raster import RasterWriter, TileSource, commit_all
+from .raster import TileSource
+from .writer import RasterWriter, commit_all
 from .selection import candidates, choose_best, class_inner, nested_selection
 from .ranking import format_ranking, rank_backbones  # noqa: F401 (public here too)
 from .report import stack_advice

@@ -11,6 +11,7 @@ plugin itself.
 """
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 
@@ -54,7 +55,6 @@ def requested() -> list:
 
 def apply(pkg: str = "soilssl") -> list:
     """Apply the plants named in the environment to ``pkg``.core (once); -> their names."""
-    import importlib
     names = [p for p in requested() if p not in _applied]
     if not names:
         return list(_applied)
@@ -95,7 +95,7 @@ def _plant_no_cache_cap(pkg, raster, features):
         def __exit__(self, *exc):
             return False
 
-    raster._CappedBlockCache = Uncapped
+    importlib.import_module(f"{pkg}.core.batches")._CappedBlockCache = Uncapped
 
 
 def _plant_no_bf16(pkg, raster, features):
@@ -141,19 +141,19 @@ def _plant_unbatched(pkg, raster, features):
 
 
 def _plant_norm_per_batch(pkg, raster, features):
-    iter_batches = raster.iter_batches
+    batches = importlib.import_module(f"{pkg}.core.batches")
+    iter_batches = batches.iter_batches
 
     def renormalising(source, windows, norm, *a, **kw):
         for item in iter_batches(source, windows, norm, *a, **kw):
             source.compute_normalization()
             yield item
 
-    raster.iter_batches = renormalising
+    batches.iter_batches = renormalising
     features.iter_batches = renormalising
 
 
 def _plant_teacher_twice(pkg, raster, features):
-    import importlib
     pretrain = importlib.import_module(f"{pkg}.core.pretrain")
     build = pretrain._Run.build
 
@@ -171,7 +171,6 @@ def _plant_teacher_twice(pkg, raster, features):
 
 
 def _plant_cv_refit(pkg, raster, features):
-    import importlib
     cv = importlib.import_module(f"{pkg}.core.cv")
     make = cv.make_regressor
 
@@ -200,7 +199,6 @@ def probe(pkg: str = "soilssl", start: float = None) -> None:
     """Record wall-clock milestones (time.time) of an extraction in this process and write
     them as JSON to $SOILSSL_BENCH_PROBE when extract_features returns: python_start,
     engine_imported, load_backbone_start/_end, extract_start/_end."""
-    import importlib
     import json
     import time
     path = os.environ.get(PROBE_ENV)

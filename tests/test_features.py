@@ -13,7 +13,8 @@ from soilssl.core.errors import Cancelled, InputError
 from soilssl.core.features import embed, extract_features, pixel_values, point_features
 from soilssl.core.maps import CLUSTER_NODATA, cluster_map, pca_map
 from soilssl.core.progress import Progress
-from soilssl.core.raster import Normalization, TileSource, read_tags
+from soilssl.core.raster import Normalization, TileSource
+from soilssl.core.writer import read_tags
 
 
 @pytest.fixture

@@ -11,7 +11,9 @@ from rasterio.windows import Window
 from conftest import write_raster
 from soilssl.core.errors import Cancelled, InputError
 from soilssl.core.progress import Progress
-from soilssl.core.raster import Normalization, RasterWriter, TileGrid, TileSource, iter_batches
+from soilssl.core.batches import iter_batches
+from soilssl.core.raster import Normalization, TileGrid, TileSource
+from soilssl.core.writer import RasterWriter
 
 
 @pytest.mark.parametrize("w,h,tile,stride", [(150, 100, 32, 32), (64, 64, 64, 64),
@@ -336,7 +338,7 @@ def test_reader_threads_given_or_automatic(monkeypatch):
     """WORKERS left empty: 2 readers on the CPU, up to 8 when a GPU runs the model (there
     the readers are the limit); a given count is kept, 0 reads in the calling thread."""
     import os as _os
-    from soilssl.core.raster import reader_threads
+    from soilssl.core.batches import reader_threads
     assert reader_threads(3) == 3 and reader_threads(0) == 0 and reader_threads(3, gpu=True) == 3
     assert reader_threads(None) == 2
     monkeypatch.setattr(_os, "cpu_count", lambda: 16)

@@ -7,8 +7,9 @@ from rasterio.env import get_gdal_config
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
-from soilssl.core.raster import (Normalization, RasterWriter, TileGrid, TileSource,
-                                 _block_cache_cap, iter_batches)
+from soilssl.core.batches import _block_cache_cap, iter_batches
+from soilssl.core.raster import Normalization, TileGrid, TileSource
+from soilssl.core.writer import RasterWriter
 
 
 def _blank(path, width, height, tiled=True):

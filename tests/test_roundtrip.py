@@ -144,7 +144,7 @@ def test_extract_takes_bands_and_dem_from_a_soilssl_checkpoint(qgis_app, rgb, de
     ref = run("extractfeatures", {"INPUT": rgb, "BACKBONE": str(tmp_path / "ssl.pth"),
                                   "BANDS": "3,2,1", "DEM": dem, "DEVICE": "cpu", "WORKERS": 0,
                                   "OUTPUT": str(tmp_path / "f2.tif")})
-    from soilssl.core.raster import read_tags
+    from soilssl.core.writer import read_tags
     tags = read_tags(res["OUTPUT"])
     assert tags["bands"] == [3, 2, 1] and tags["dem"] == dem and tags["tile_size"] == 32
     assert tags["normalization"]["mean"] == norm["mean"]
