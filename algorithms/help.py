@@ -66,8 +66,9 @@ PARAMS = {
               "(fitted in each training fold); all: every method on the same folds, mapped "
               "with their stack: a weighted mean of the methods, the weights (>= 0, sum 1) "
               "fitted to their out-of-fold predictions (one method with weight 1 is a plain "
-              "choice) and pulled toward rf_pixels alone as far as leaving out one fold at a "
-              "time shows it pays (on few points, mostly rf_pixels). Its honest score is the "
+              "choice) and pulled toward rf_pixels alone unless leaving out one fold at a "
+              "time shows a steady gain: the shrinkage closest to rf_pixels within one "
+              "standard error of the best (on few points, mostly rf_pixels). Its honest score is the "
               "row 'selected': each fold predicted with weights from an inner CV on the other "
               "folds.",
     "FOLDS": "Number of spatial folds: K-means clusters of the point coordinates (paper: 6).",

@@ -411,8 +411,8 @@ def stack_sentence(cv) -> Optional[str]:
     if not parts:
         return None
     out = ("The map uses a stack, a weighted mean of the methods with weights fitted to their "
-           "out-of-fold predictions and pulled toward rf_pixels alone as far as leaving out one "
-           "fold at a time shows it pays; the row 'selected' scores it with weights from an "
+           "out-of-fold predictions and pulled toward rf_pixels alone unless leaving out one "
+           "fold at a time shows a steady gain (one-standard-error rule); the row 'selected' scores it with weights from an "
            "inner CV: " + "; ".join(parts) + ".")
     advice = stack_advice(cv)
     return out + " " + advice if advice else out

@@ -13,10 +13,11 @@ what the map (weighted by the CV of all points) gets.  A stack with one weight 1
 plain choice of one method.
 
 The weights are shrunk toward the everyday baseline ``rf_pixels`` alone
-(:func:`~.stacking.shrunk_weights`), by as much as a cross-validation of the weight fit
-itself shows it pays (leaving out one fold of the predictions at a time): on a few dozen
-points the fitted weights follow the handful of points each member happened to fit, and
-do not carry over to the next fold.  λ = 0 (the weights as fitted) when they do.
+(:func:`~.stacking.shrunk_weights`) unless a cross-validation of the weight fit itself
+(leaving out one fold of the predictions at a time) shows a gain steadier than one
+standard error: on a few dozen points the fitted weights follow the handful of points
+each member happened to fit, and do not carry over to the next fold.  λ = 0 (the weights
+as fitted) when they do.
 
 Inner CV: the inner folds of outer fold k are the other outer folds j.  The inner model
 that predicts fold j for outer fold k is trained on every fold but {k, j}; the same

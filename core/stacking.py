@@ -9,7 +9,9 @@ of the candidates' out-of-fold predictions (for a class target: the Brier score 
 out-of-fold class probabilities).  One best candidate is the special case of one weight 1.
 Weights under :data:`MIN_WEIGHT` are dropped and the rest refitted, so a stack keeps only
 the members that matter.  :func:`shrunk_weights` pulls them toward prior weights (the
-baseline alone) by a shrinkage chosen by leaving out one fold of predictions at a time.
+baseline alone) by a shrinkage chosen by leaving out one fold of predictions at a time,
+with the one-standard-error rule (:func:`one_se_choice`), scored as the product is judged:
+squared error, or the kappa of the class map.
 
 :class:`StackedHead` is a head like the others (fit / predict / predict_proba /
 state_dict): each member reads its own columns of the stack's input, which is the union of
@@ -25,13 +27,14 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 from scipy.optimize import minimize
 
-from .classes import CLASSIFICATION, REGRESSION
+from .classes import CLASS_METRICS, CLASSIFICATION, REGRESSION, class_metrics
 from .errors import InputError, SoilSSLError
 
 STACK = "stack"           # the method name in a stacked head's state
 MIN_WEIGHT = 0.05         # members below this weight are dropped (and the rest refitted)
 STATE_VERSION = 1
 SHRINK_GRID = np.linspace(0.0, 1.0, 11)  # λ tried by shrunk_weights
+_KAPPA = CLASS_METRICS.index("kappa")
 
 
 # ----------------------------------------------------------------------------- weights
@@ -121,9 +124,16 @@ def shrunk_weights(P, y, groups, prior, sample_weight=None,
     cross-validating the weight fit itself, leaving out one group of rows at a time
     (``groups``: the folds the predictions came from, so a left-out group was predicted by
     models that never saw it) and scoring the shrunk weights of the other groups on it.
-    λ = 0 is the plain stack, λ = 1 the prior (e.g. the everyday baseline alone).  With
-    one group, or when every group's fit fails, λ = 0.  ``P``, ``y``, ``sample_weight``
-    as :func:`simplex_weights` takes them."""
+    λ = 0 is the plain stack, λ = 1 the prior (e.g. the everyday baseline alone).
+
+    With a handful of groups the λ of the lowest cross-validated loss is itself noisy, so
+    the *one-standard-error rule* (Breiman et al. 1984; Hastie, Tibshirani & Friedman,
+    *Elements of Statistical Learning*, §7.10) picks the largest λ (the one closest to
+    the prior) whose loss exceeds the lowest by at most one standard error of that
+    excess.  The groups are the same for every λ, so the excess is paired: its standard
+    error is that of the per-group differences from the best λ.  With one group, or when
+    every group's fit fails, λ = 0.  ``P``, ``y``, ``sample_weight`` as
+    :func:`simplex_weights` takes them."""
     P, y, s, ok = _prepared(P, y, sample_weight)
     groups = np.asarray(groups).reshape(-1)
     prior = np.asarray(prior, dtype=np.float64).reshape(-1)
@@ -133,20 +143,43 @@ def shrunk_weights(P, y, groups, prior, sample_weight=None,
                          f"summing to 1 over the {P.shape[1]} members.")
     full = simplex_weights(P, y, s)
     grid = np.asarray(grid, dtype=np.float64)
-    loss = np.zeros(len(grid))
-    held = 0
+    losses = []  # per left-out group: its loss at each λ
     for g in np.unique(groups[ok]):
         test, train = ok & (groups == g), ok & (groups != g)
         if not train.any():
             continue
         w = simplex_weights(P[train], y[train], s[train])
-        A, b = _least_squares(P[test], y[test], s[test])
-        for i, lam in enumerate(grid):
-            r = A @ (lam * prior + (1 - lam) * w) - b
-            loss[i] += float(r @ r)
-        held += 1
-    lam = float(grid[int(np.argmin(loss))]) if held > 1 else 0.0
+        losses.append([_held_out_loss(P[test], y[test], s[test], lam * prior + (1 - lam) * w)
+                       for lam in grid])
+    losses = np.asarray(losses, dtype=np.float64).reshape(-1, len(grid))
+    losses = losses[np.isfinite(losses).all(axis=1)]  # kappa undefined: one class only
+    lam = one_se_choice(losses, grid) if len(losses) > 1 else 0.0
     return lam * prior + (1 - lam) * full, lam
+
+
+def _held_out_loss(P, y, s, w) -> float:
+    """What the mix ``w`` loses on a left-out group, by the score its product is judged
+    by: the summed squared error of a numeric prediction; for class probabilities
+    1 - Cohen's kappa of the most probable class (the class map; the CV table averages
+    kappa over folds), NaN where kappa is undefined."""
+    if P.ndim == 2:
+        A, b = _least_squares(P, y, s)
+        r = A @ w - b
+        return float(r @ r)
+    mix = np.tensordot(P, w, axes=([1], [0]))
+    return 1.0 - float(class_metrics(y, mix.argmax(axis=1), s)[_KAPPA])
+
+
+def one_se_choice(losses: np.ndarray, grid: np.ndarray) -> float:
+    """The largest value of ``grid`` (increasing) whose summed loss over the groups
+    (``losses``: groups × grid) exceeds the lowest by at most one standard error of the
+    paired per-group excess (a tiny tolerance absorbs rounding)."""
+    best = int(np.argmin(losses.sum(axis=0)))
+    excess = losses - losses[:, [best]]
+    n = excess.shape[0]
+    se = excess.std(axis=0, ddof=1) * np.sqrt(n)  # of the summed excess
+    within = excess.sum(axis=0) <= se + 1e-12 * max(1.0, float(np.abs(losses).sum()))
+    return float(grid[int(np.flatnonzero(within).max())])
 
 
 def describe(weights: Mapping[str, float]) -> str:
