@@ -5,7 +5,7 @@ public source repositories (checked out or bare git mirrors) and writes GeoTIFFs
 GeoPackages that need nothing but GDAL:
 
   python scripts/build_realdata.py [--soilscaler <git dir>] [--plotkml <git dir>] \
-                                   [--gsif <git dir>]
+                                   [--gsif <git dir> [--edgeroi <git dir>]]
 
 (each set is built from the sources given; SOURCES.txt keeps the commits of the others).
 
@@ -17,7 +17,10 @@ Sources (licences in eval/data/README.md):
     thermal band, soil map, parent material, CORINE land cover).
   * cran/GSIF (GPL): the R.J. Cook Agronomy Farm (Gasch et al. 2015): soil profiles (pH,
     bulk density, soil series) and a 10 m covariate grid (DEM, TWI, RapidEye NDRE, EC_a,
-    soil map units).
+    soil map units); also the Edgeroi soil profiles (NSW, Australia; McGarry et al. 1989).
+  * Envirometrix/PredictiveSoilMapping (CC BY-SA 4.0, the book by Hengl & MacMillan): the
+    Edgeroi covariate grids at 100 m (Landsat thermal, gamma radiometrics, MRVBF, land use)
+    and 250 m (SRTM DEM, TWI, MODIS EVI, parent material), with GSIF's profiles: au_edgeroi.
 Reading the R .rda files needs ``pip install rdata pandas`` (only here).
 """
 import argparse
@@ -39,6 +42,8 @@ DK_COVARIATES = ["DEM", "slope", "twi", "mrvbf", "valdepth", "sagawi"]
 # Cook Farm (cran/GSIF) was added (2026-11-26) as a held-out set: converted before it was
 # run, not run until the stack's weighting change was committed.
 GSIF_PROJ4 = "+proj=utm +zone=11 +datum=NAD83 +units=m +no_defs"  # cookfarm$proj4string
+# Edgeroi (GSIF profiles + PredictiveSoilMapping grids) was added (2026-11-26) as a held-out
+# set: converted and sanity-checked only, not run.
 GTIFF = dict(driver="GTiff", compress="deflate", tiled=True, blockxsize=256, blockysize=256)
 
 
@@ -52,13 +57,14 @@ def git_head(git_dir):
                           capture_output=True, text=True).stdout.strip()
 
 
-def read_rda(git_dir, name):
-    """The object ``name`` of ``data/<name>.rda`` in an R package's git dir (needs rdata)."""
+def read_rda(git_dir, name, folder="data"):
+    """The object ``name`` of ``<folder>/<name>.rda`` in a git dir (an R package's data/ by
+    default; needs rdata)."""
     import rdata
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, name + ".rda")
         with open(path, "wb") as f:
-            f.write(git_show(git_dir, f"data/{name}.rda"))
+            f.write(git_show(git_dir, f"{folder}/{name}.rda"))
         return rdata.read_rda(path)[name]
 
 
@@ -256,7 +262,62 @@ def build_cookfarm(git_dir):
           img.shape)
 
 
-SOURCE_NAMES = ("anbm-dk/soilscaler", "cran/plotKML", "cran/GSIF")
+def build_edgeroi(gsif_dir, psm_dir):
+    folder = os.path.join(OUT, "au_edgeroi")
+    os.makedirs(folder, exist_ok=True)
+    g100 = read_rda(psm_dir, "edgeroi.grids100", "extdata").copy()
+    g250 = read_rda(psm_dir, "edgeroi.grids", "extdata").copy()
+    # 100 m: Landsat thermal PCs 1-2 and gamma K as the "image"; MRVBF, U/Th, Th the other
+    # covariates; land use as a category. 250 m: DEM, TWI, MODIS EVI PCs; parent material.
+    img, prof100 = grid_from_table(g100, ["TI1LAN6", "TI2LAN6", "PCKGAD6"], 100.0, epsg=28355)
+    write_tif(os.path.join(folder, "image.tif"), img, prof100, "float32", np.nan,
+              ("landsat_thermal_pc1", "landsat_thermal_pc2", "gamma_potassium_pct"))
+    cov, _ = grid_from_table(g100, ["MVBSRT6", "RUTGAD6", "PCTGAD6"], 100.0, epsg=28355)
+    write_tif(os.path.join(folder, "covariates.tif"), cov, prof100, "float32", np.nan,
+              ("mrvbf", "gamma_u_th_ratio", "gamma_thorium_ppm"))
+    cov250, prof250 = grid_from_table(g250, ["DEMSRT5", "TWISRT5", "EV1MOD5", "EV2MOD5",
+                                             "EV3MOD5"], 250.0, epsg=28355)
+    write_tif(os.path.join(folder, "covariates_250m.tif"), cov250, prof250, "float32", np.nan,
+              ("dem", "twi", "modis_evi_pc1", "modis_evi_pc2", "modis_evi_pc3"))
+    # Categories coded 1..n in sorted order, one classes_<raster>.txt per class raster.
+    for df, res, prof, column, name, title in (
+            (g250, 250.0, prof250, "PMTGEO5", "geology", "geology_250m"),
+            (g100, 100.0, prof100, "LNUABS6", "landuse", "landuse")):
+        df[name], names = codes(df[column])
+        cat, _ = grid_from_table(df, [name], res, epsg=28355)
+        write_classes(os.path.join(folder, f"{title}.tif"), cat, prof, (name,))
+        with open(os.path.join(folder, f"classes_{title}.txt"), "w", encoding="utf-8") as f:
+            f.write(f"# {title}.tif band 1 ({column})\n")
+            f.writelines(f"{i + 1}\t{n}\n" for i, n in enumerate(names))
+    # One point per site (lon/lat on GDA94, EPSG:4283, to MGA zone 55): its topmost horizon
+    # (smallest UHDICM, the lowest LSQINT where two start at the same depth); sites outside
+    # either grid are left out.
+    edgeroi = read_rda(gsif_dir, "edgeroi")
+    sites, hor = edgeroi["sites"], edgeroi["horizons"]
+    top = hor.sort_values(["UHDICM", "LSQINT"], kind="stable").drop_duplicates("SOURCEID")
+    top = top.set_index(top["SOURCEID"].astype(str))
+    top = top.loc[sites["SOURCEID"].astype(str).to_numpy()]  # in the sites' order
+    xs, ys = rasterio.warp.transform("EPSG:4283", "EPSG:28355", sites["LONGDA94"].to_numpy(),
+                                     sites["LATGDA94"].to_numpy())
+    xs, ys = np.asarray(xs), np.asarray(ys)
+    inside = np.ones(len(xs), bool)
+    for prof in (prof100, prof250):
+        (row, col) = rasterio.transform.rowcol(prof["transform"], xs, ys)
+        row, col = np.asarray(row), np.asarray(col)
+        inside &= (row >= 0) & (row < prof["height"]) & (col >= 0) & (col < prof["width"])
+    gsg = np.array([str(v) if isinstance(v, str) else None
+                    for v in sites["TAXGAUC"].astype(object)], dtype=object)
+    write_points(os.path.join(folder, "points.gpkg"), 28355, xs[inside], ys[inside], {
+        "clay": top["CLYPPT"].to_numpy(float)[inside],
+        "ph": top["PHIHO5"].to_numpy(float)[inside],
+        "soc": top["ORCDRC"].to_numpy(float)[inside],
+        "gsg": gsg[inside]})
+    print("au_edgeroi", int(inside.sum()), "points",
+          f"({int((~inside).sum())} outside the grids)", img.shape, cov250.shape)
+
+
+SOURCE_NAMES = ("anbm-dk/soilscaler", "cran/plotKML", "cran/GSIF",
+                "Envirometrix/PredictiveSoilMapping")
 
 
 def main():
@@ -265,19 +326,26 @@ def main():
     ap.add_argument("--soilscaler", help="git dir of anbm-dk/soilscaler (builds dk_*)")
     ap.add_argument("--plotkml", help="git dir of cran/plotKML (builds eberg)")
     ap.add_argument("--gsif", help="git dir of cran/GSIF (builds us_cookfarm)")
+    ap.add_argument("--edgeroi", metavar="PSM_GIT_DIR",
+                    help="git dir of Envirometrix/PredictiveSoilMapping (its Edgeroi grids; "
+                         "with --gsif, whose Edgeroi profiles it needs: builds au_edgeroi)")
     ap.add_argument("--dk-fields", nargs="*", default=DK_FIELDS, choices=DK_FIELDS,
                     help="the Danish fields to (re)build (default: all five)")
     ap.add_argument("--skip-eberg", action="store_true")
     args = ap.parse_args()
-    given = dict(zip(SOURCE_NAMES, (args.soilscaler, args.plotkml, args.gsif)))
+    given = dict(zip(SOURCE_NAMES, (args.soilscaler, args.plotkml, args.gsif, args.edgeroi)))
     if not any(given.values()):
         ap.error("give at least one of --soilscaler, --plotkml, --gsif")
+    if args.edgeroi and not args.gsif:
+        ap.error("--edgeroi needs --gsif (the Edgeroi profiles are in cran/GSIF)")
     if args.soilscaler:
         build_dk(args.soilscaler, args.dk_fields)
     if args.plotkml and not args.skip_eberg:
         build_eberg(args.plotkml)
     if args.gsif:
         build_cookfarm(args.gsif)
+    if args.edgeroi:
+        build_edgeroi(args.gsif, args.edgeroi)
     # SOURCES.txt: "<repository> <commit>" per source, the ones not given this time kept.
     path = os.path.join(OUT, "SOURCES.txt")
     commits = {}
