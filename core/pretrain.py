@@ -12,9 +12,10 @@ study scene, leaving out every tile near a soil sample.
   prefetch) in a seeded shuffled order; under DDP each rank reads its share
   (:class:`~torch.utils.data.DistributedSampler` over the tile list); the last
   incomplete batch is dropped, as in DINO.
-* Student and teacher: the same ViT (built with ``dynamic_img_size=True`` so
-  that local crops of another size go through), each with a
-  :class:`~.dino.DINOHead`; the teacher is an EMA of the student.
+* Student and teacher (:func:`~.pretrain_nets.build_nets`, in core/pretrain_nets.py):
+  the same ViT (built with ``dynamic_img_size=True`` so that local crops of another size
+  go through), each with a :class:`~.dino.DINOHead`; the teacher is an EMA of the
+  student.
 * Checkpoint (written atomically by rank 0 at the end of every epoch): a
   SoilSSL backbone checkpoint of the teacher backbone (what
   :func:`load_backbone` and feature extraction use) plus ``pretrain``
@@ -35,7 +36,6 @@ Command line (also under ``torchrun --nproc_per_node N`` for several GPUs)::
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import json
 import math
@@ -49,11 +49,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .backbone import RANDOM, backbone_checkpoint, create_model, load_backbone, load_file, \
-    resolve_device
-from .dino import (DINOHead, DINOLoss, MultiCropAugmentation, MultiCropWrapper,
-                   cancel_last_layer_grads, checkpoint_heads, clip_gradients, cosine_schedule,
-                   default_local_size, ema_update, head_dims, head_fits, param_groups)
+from .backbone import backbone_checkpoint, load_file, resolve_device
+from .dino import cancel_last_layer_grads, clip_gradients, cosine_schedule, ema_update
 from .errors import BackboneError, Cancelled, InputError, SoilSSLError, TrainingError
 from .features import AMPS, autocast
 from .files import atomic_save
@@ -61,7 +58,8 @@ from .progress import Progress, ensure
 from .ranks import Ranks
 from .pretrain_tiles import buffer_advice, sample_tiles
 from .batches import iter_batches
-from .raster import DEFAULT_MIN_VALID, Normalization, TileSource
+from .pretrain_nets import build_nets
+from .raster import DEFAULT_MIN_VALID, TileSource
 
 KIND = "dino-pretrain"
 
@@ -189,17 +187,6 @@ def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
                .generate_state(1, dtype=np.uint64)[0] % (2 ** 63 - 1))
 
 
-def _cpu(obj):
-    """Deep copy of a (nested) state dict with every tensor detached on the CPU."""
-    if torch.is_tensor(obj):
-        return obj.detach().cpu().clone()
-    if isinstance(obj, dict):
-        return {k: _cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_cpu(v) for v in obj)
-    return obj
-
-
 # ---------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------
@@ -290,149 +277,19 @@ class _Run:
         self.history: list = []
         self.step_losses: list = []
         self.start_epoch = 0
-        self.head_continued: Optional[bool] = None  # INIT's DINO heads kept (new runs)
 
     # -- models -----------------------------------------------------------------
     def build(self, resumed: Optional[dict]) -> None:
-        cfg, src = self.cfg, self.source
-        in_chans = src.channels
-        timm_kwargs = dict(dynamic_img_size=True)
-        if resumed is not None:
-            if int(resumed.get("in_chans", in_chans)) != in_chans:
-                raise InputError(
-                    f"RESUME was trained on {resumed.get('in_chans')} channels but the input "
-                    f"gives {in_chans} ({len(src.bands)} band(s){' + DEM' if src.dem else ''}): "
-                    f"use the same BANDS and DEM.")
-            arch = resumed["arch"]
-            s_bb = create_model(arch, in_chans, cfg.tile_size,
-                                drop_path_rate=cfg.drop_path_rate, **timm_kwargs)
-            norm = Normalization.from_dict(resumed.get("normalization"))
-            if cfg.warmup_epochs is None:  # a checkpoint from before the automatic warm-up
-                cfg.warmup_epochs = 1
-            source_desc = resumed.get("pretrain", {}).get("init_source", RANDOM)
-        else:
-            torch.manual_seed(cfg.seed)
-            spec = cfg.init if cfg.init and str(cfg.init).lower() != RANDOM else None
-            bb = load_backbone(spec, arch=cfg.arch or None, in_chans=in_chans,
-                               tile_size=cfg.tile_size, device="cpu", progress=self.log,
-                               drop_path_rate=cfg.drop_path_rate, **timm_kwargs)
-            arch, s_bb = bb.arch, bb.model
-            cfg.tile_size = bb.tile_size  # snapped to a multiple of the patch size
-            source_desc = bb.source
-            norm = Normalization.from_dict(bb.normalization)
-            if norm is not None and len(norm.mean) != in_chans:
-                norm = None
-            if norm is None:
-                self.log.info("Computing per-band normalisation from a sample of the raster...")
-                norm = src.compute_normalization(seed=cfg.seed)
-            else:
-                self.log.info("Using the normalisation of the INIT checkpoint.")
-        self.cfg.arch = arch
-        self.arch, self.in_chans, self.norm, self.init_source = arch, in_chans, norm, source_desc
-        embed_dim = int(s_bb.num_features)
-        self.patch = int(s_bb.patch_embed.patch_size[0])
-        torch.manual_seed(cfg.seed + 1)
-        head_args = dict(hidden_dim=cfg.hidden_dim, bottleneck_dim=cfg.bottleneck_dim,
-                         norm_last_layer=cfg.norm_last_layer)
-        student = MultiCropWrapper(s_bb, DINOHead(embed_dim, cfg.out_dim, **head_args))
-        # the teacher starts as a copy of the student; it runs in eval mode (no drop path)
-        teacher = copy.deepcopy(student)
-        local_size = cfg.local_crop_size or default_local_size(cfg.tile_size, self.patch)
-        self.loss_fn = DINOLoss(cfg.out_dim, cfg.local_crops_number + 2, cfg.warmup_teacher_temp,
-                                cfg.teacher_temp, cfg.warmup_teacher_temp_epochs)
-        if resumed is None:
-            self._continue_heads(spec, student, teacher)
+        """The networks (:func:`~.pretrain_nets.build_nets`) and, resuming, where the
+        loop stopped."""
+        self.nets = build_nets(self.cfg, self.source, self.device, self.dd, self.amp, self.log,
+                               resumed)
         if resumed is not None:
             ts = resumed["train_state"]
-            student.load_state_dict(ts["student"])
-            # the teacher backbone is the exported backbone; its head is in the train state
-            teacher.backbone.load_state_dict(resumed["backbone"])
-            teacher.head.load_state_dict(ts["teacher_head"])
-            self.loss_fn.load_state_dict(ts["dino_loss"])
             self.start_epoch = int(ts["epoch"])
             self.history = [float(v) for v in ts.get("loss_history", [])]
             sl = ts.get("step_losses")
             self.step_losses = sl.tolist() if torch.is_tensor(sl) else list(sl or [])
-        student.to(self.device).train()
-        teacher.to(self.device).eval()
-        for p in teacher.parameters():
-            p.requires_grad = False
-        self.loss_fn.to(self.device)
-        self.student, self.teacher = student, teacher
-        # fused AdamW on a GPU: one kernel for all parameters (the foreach default launches
-        # several per parameter group); same update
-        self.optimizer = torch.optim.AdamW(
-            param_groups(student), **({"fused": True} if self.device.type == "cuda" else {}))
-        self.scaler = torch.amp.GradScaler("cuda") if self.amp == "fp16" else None
-        if resumed is not None:
-            ts = resumed["train_state"]
-            self.optimizer.load_state_dict(ts["optimizer"])
-            if self.scaler is not None and ts.get("scaler"):
-                self.scaler.load_state_dict(ts["scaler"])
-            rng = ts.get("rng") or {}
-            if torch.is_tensor(rng.get("torch")):
-                torch.set_rng_state(rng["torch"])
-        self.model = student
-        if self.dd.enabled:
-            self.model = torch.nn.parallel.DistributedDataParallel(
-                student, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.aug = MultiCropAugmentation(
-            cfg.tile_size, src.optical_channels, cfg.local_crops_number, cfg.global_crops_scale,
-            cfg.local_crops_scale, local_size=local_size, patch_size=self.patch)
-        self.generator = torch.Generator()
-        if resumed is not None and torch.is_tensor((resumed["train_state"].get("rng") or {})
-                                                   .get("augment")):
-            self.generator.set_state(resumed["train_state"]["rng"]["augment"])
-        n_params = sum(p.numel() for p in s_bb.parameters())
-        self.log.info(
-            f"{arch} ({n_params / 1e6:.1f} M parameters, {in_chans} channels, patch "
-            f"{self.patch}) from {source_desc}; DINO head -> {cfg.out_dim}; crops: 2 x "
-            f"{cfg.tile_size} px + {cfg.local_crops_number} x {local_size} px; on {self.device}"
-            f"{' x ' + str(self.dd.world) + ' processes' if self.dd.enabled else ''}, "
-            f"AMP {self.amp}.")
-
-    def _continue_heads(self, spec: Optional[str], student: MultiCropWrapper,
-                        teacher: MultiCropWrapper) -> None:
-        """Continue the DINO heads (and loss centre) of a full training checkpoint given as
-        INIT when their dimensions fit this run; otherwise say the head is new.  Sets the
-        warm-up when not given: 1 epoch for a continued head, DINO's 10 of 100 epochs scaled
-        to the run for a new one (a random head's first gradients are noise: a longer
-        warm-up keeps them from wrecking the pretrained backbone)."""
-        cfg = self.cfg
-        heads = None
-        if spec and os.path.isfile(spec) and not spec.lower().endswith(".safetensors"):
-            heads = checkpoint_heads(load_file(spec))  # read again: load_backbone drops heads
-        kept = False
-        if heads is None:
-            reason = "INIT carries no DINO head" if spec else "random initialisation"
-        elif not (head_fits(student.head, heads["student"]) and
-                  head_fits(teacher.head, heads["teacher"])):
-            have = head_dims(heads["teacher"])
-            want = head_dims(teacher.head.state_dict())
-            diff = ", ".join(f"{k} {have[k]} (this run: {want[k]})" for k in want
-                             if have[k] != want[k]) or "other layers"
-            reason = (f"INIT's DINO head does not fit this run: {diff}; give INIT's "
-                      f"dimensions (OUT_DIM; --out-dim, --hidden-dim, --bottleneck-dim on the "
-                      f"command line) to continue it")
-        else:
-            student.head.load_state_dict(heads["student"])
-            teacher.head.load_state_dict(heads["teacher"])
-            center = heads["center"]
-            if center is not None and tuple(center.shape) == tuple(self.loss_fn.center.shape):
-                self.loss_fn.center.copy_(center)
-            kept = True
-        auto = cfg.warmup_epochs is None
-        if auto:
-            cfg.warmup_epochs = 1 if kept else max(1, math.ceil(cfg.epochs * 10 / 100))
-        warmup = (f"learning-rate warm-up {cfg.warmup_epochs} epoch(s)"
-                  f"{'' if auto else ' (as set)'}")
-        if kept:
-            self.log.info(f"Continuing INIT's DINO heads (student and teacher, "
-                          f"{head_dims(heads['teacher'])['out_dim']} outputs) and loss centre; "
-                          f"{warmup}.")
-        else:
-            self.log.info(f"The DINO head is new (random weights): {reason}; {warmup}.")
-        self.head_continued = kept
 
     # -- tiles ------------------------------------------------------------------
     def sample(self, points_xy, points_crs) -> None:
@@ -489,18 +346,10 @@ class _Run:
 
     # -- checkpoint ------------------------------------------------------------------
     def checkpoint(self, epoch_done: int) -> dict:
-        cfg = self.cfg
-        rng = {"torch": torch.get_rng_state(), "augment": self.generator.get_state()}
-        if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        cfg, nets = self.cfg, self.nets
         train_state = {
             "epoch": int(epoch_done),
-            "student": _cpu(self.student.state_dict()),
-            "teacher_head": _cpu(self.teacher.head.state_dict()),  # backbone: ck["backbone"]
-            "dino_loss": _cpu(self.loss_fn.state_dict()),
-            "optimizer": _cpu(self.optimizer.state_dict()),
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "rng": _cpu(rng),
+            **nets.train_state(self.device),
             "config": cfg.to_dict(),
             "loss_history": [float(v) for v in self.history],
             "step_losses": torch.tensor(self.step_losses, dtype=torch.float32),
@@ -511,10 +360,10 @@ class _Run:
                 "loss_history": [float(v) for v in self.history],
                 "tiles": self.tiles.counts(), "buffer": float(cfg.buffer),
                 "stride": int(self.tiles.grid.stride), "input": self.source.describe(),
-                "init_source": str(self.init_source), "config": cfg.to_dict(),
+                "init_source": str(nets.init_source), "config": cfg.to_dict(),
                 "world_size": int(self.dd.world), "steps_per_epoch": int(self.niter)}
-        return backbone_checkpoint(self.teacher.backbone, self.arch, self.in_chans,
-                                   cfg.tile_size, self.norm.to_dict(), pretrain=info,
+        return backbone_checkpoint(nets.teacher.backbone, nets.arch, nets.in_chans,
+                                   cfg.tile_size, nets.norm.to_dict(), pretrain=info,
                                    train_state=train_state)
 
     def save(self, epoch_done: int) -> None:
@@ -550,10 +399,10 @@ class _Run:
             epoch_windows = self.tiles.windows(order)
             seed = _epoch_seed(cfg.seed, epoch, dd.rank)
             torch.manual_seed(seed)
-            self.generator.manual_seed(seed ^ 0x5EED)
+            self.nets.generator.manual_seed(seed ^ 0x5EED)
             epoch_losses = []
             t_epoch = time.perf_counter()
-            batches = iter_batches(self.source, epoch_windows, self.norm, bs, cfg.workers,
+            batches = iter_batches(self.source, epoch_windows, self.nets.norm, bs, cfg.workers,
                                    cfg.prefetch, pin=self.device.type == "cuda")
             for step, (_, batch, _) in enumerate(batches):
                 it = epoch * niter + step
@@ -585,19 +434,19 @@ class _Run:
 
     def _step(self, batch: np.ndarray, epoch: int, it: int, stats: torch.Tensor) -> tuple:
         cfg = self.cfg
-        for i, group in enumerate(self.optimizer.param_groups):
+        for i, group in enumerate(self.nets.optimizer.param_groups):
             group["lr"] = float(self.lr_schedule[it])
             if i == 0:  # only the first group is regularised
                 group["weight_decay"] = float(self.wd_schedule[it])
         x = torch.from_numpy(batch)
         if self.device.type == "cuda":
             x = (x if x.is_pinned() else x.pin_memory()).to(self.device, non_blocking=True)
-        crops = self.aug(x, self.generator)
+        crops = self.nets.aug(x, self.nets.generator)
         with autocast(self.device, self.amp):
             with torch.no_grad():
-                teacher_out = self.teacher(crops[:2])
-            student_out = self.model(crops)
-        loss = self.loss_fn(student_out, teacher_out, epoch)
+                teacher_out = self.nets.teacher(crops[:2])
+            student_out = self.nets.model(crops)
+        loss = self.nets.loss_fn(student_out, teacher_out, epoch)
         stats[0] = loss.detach().float()
         stats[1] = 1.0 if self.progress.cancelled() else 0.0
         if self.dd.enabled:
@@ -610,22 +459,22 @@ class _Run:
                 f"Training diverged: the loss is {value} at epoch {epoch + 1}, step "
                 f"{it - epoch * self.niter + 1}; {kept}. Lower the learning rate, lengthen the "
                 f"warm-up, lower clip_grad or turn AMP off, then RESUME from that checkpoint.")
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler is None:
+        self.nets.optimizer.zero_grad(set_to_none=True)
+        if self.nets.scaler is None:
             loss.backward()
             if cfg.clip_grad:
-                clip_gradients(self.student, cfg.clip_grad)
-            cancel_last_layer_grads(epoch, self.student, cfg.freeze_last_layer)
-            self.optimizer.step()
+                clip_gradients(self.nets.student, cfg.clip_grad)
+            cancel_last_layer_grads(epoch, self.nets.student, cfg.freeze_last_layer)
+            self.nets.optimizer.step()
         else:
-            self.scaler.scale(loss).backward()
+            self.nets.scaler.scale(loss).backward()
             if cfg.clip_grad:
-                self.scaler.unscale_(self.optimizer)
-                clip_gradients(self.student, cfg.clip_grad)
-            cancel_last_layer_grads(epoch, self.student, cfg.freeze_last_layer)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        ema_update(self.student, self.teacher, float(self.momentum_schedule[it]))
+                self.nets.scaler.unscale_(self.nets.optimizer)
+                clip_gradients(self.nets.student, cfg.clip_grad)
+            cancel_last_layer_grads(epoch, self.nets.student, cfg.freeze_last_layer)
+            self.nets.scaler.step(self.nets.optimizer)
+            self.nets.scaler.update()
+        ema_update(self.nets.student, self.nets.teacher, float(self.momentum_schedule[it]))
         return value, bool(cancel)
 
     def _kept(self, epoch: int) -> str:
@@ -640,12 +489,12 @@ class _Run:
     def _summary(self, steps: int, seconds: float) -> dict:
         bs, world = self.cfg.batch_size, self.dd.world
         rate = steps / seconds if seconds > 0 else 0.0
-        return {"output": os.path.abspath(self.cfg.output), "arch": self.arch,
-                "in_chans": self.in_chans, "tile_size": self.cfg.tile_size,
+        return {"output": os.path.abspath(self.cfg.output), "arch": self.nets.arch,
+                "in_chans": self.nets.in_chans, "tile_size": self.cfg.tile_size,
                 "epochs": self.cfg.epochs, "start_epoch": self.start_epoch,
                 "steps": steps, "steps_per_epoch": self.niter, "world_size": world,
                 "device": str(self.device), "amp": self.amp, "tiles": self.tiles.counts(),
-                "head_continued": self.head_continued,
+                "head_continued": self.nets.head_continued,
                 "warmup_epochs": int(self.cfg.warmup_epochs),
                 "loss_history": list(self.history),
                 "final_loss": self.history[-1] if self.history else None,

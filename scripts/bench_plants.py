@@ -159,13 +159,13 @@ def _plant_teacher_twice(pkg, raster, features):
 
     def build_twice(self, resumed):
         build(self, resumed)
-        forward = self.teacher.forward
+        forward = self.nets.teacher.forward
 
         def twice(*a, **kw):
             forward(*a, **kw)
             return forward(*a, **kw)
 
-        self.teacher.forward = twice
+        self.nets.teacher.forward = twice
 
     pretrain._Run.build = build_twice
 

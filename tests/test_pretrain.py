@@ -362,7 +362,7 @@ def test_a_head_that_does_not_fit_is_new_with_a_scaled_warmup(tmp_path):
         return run, [m for m in messages if m.startswith(("The DINO head", "Continuing INIT"))]
 
     run, said = build(out_dim=128, epochs=20)
-    assert run.head_continued is False and run.cfg.warmup_epochs == 2  # DINO: 10 of 100
+    assert run.nets.head_continued is False and run.cfg.warmup_epochs == 2  # DINO: 10 of 100
     assert len(said) == 1 and said[0].startswith("The DINO head is new")
     assert "out_dim 64 (this run: 128)" in said[0] and "warm-up 2 epoch(s)" in said[0]
     run, said = build(out_dim=128, epochs=45)
@@ -370,9 +370,9 @@ def test_a_head_that_does_not_fit_is_new_with_a_scaled_warmup(tmp_path):
     run, said = build(out_dim=128, epochs=45, warmup_epochs=3)  # given: kept as given
     assert run.cfg.warmup_epochs == 3 and "warm-up 3 epoch(s) (as set)" in said[0]
     run, said = build(out_dim=64, epochs=20)  # it fits: continued, a short warm-up
-    assert run.head_continued and run.cfg.warmup_epochs == 1
+    assert run.nets.head_continued and run.cfg.warmup_epochs == 1
     # a backbone-only INIT has no head to continue
     from soilssl.core.backbone import create_model
     torch.save(create_model(TINY, 3, 32).state_dict(), tmp_path / "checkpoint.pth")
     run, said = build(out_dim=64, epochs=20)
-    assert not run.head_continued and "INIT carries no DINO head" in said[0]
+    assert not run.nets.head_continued and "INIT carries no DINO head" in said[0]
