@@ -7,7 +7,7 @@ from soilssl.core.errors import InputError
 from soilssl.core.heads import ForestHead, RidgeHead, load_regressor
 from soilssl.core.importance import native_importances
 from soilssl.core.stacking import (MIN_WEIGHT, SHRINK_GRID, StackedHead, describe,
-                                   member_columns, one_se_choice, shrunk_weights,
+                                   member_columns, one_se_choice, shrink, shrunk_weights,
                                    simplex_weights, union_blocks)
 
 
@@ -70,12 +70,12 @@ def test_shrinkage_is_chosen_by_leaving_out_one_group_at_a_time():
     for g in range(5):
         wg = simplex_weights(P[groups != g], y[groups != g])
         for i, x in enumerate(SHRINK_GRID):
-            loss[g, i] = np.sum((P[groups == g] @ (x * prior + (1 - x) * wg) - y[groups == g]) ** 2)
+            loss[g, i] = np.sum((P[groups == g] @ shrink(wg, prior, x) - y[groups == g]) ** 2)
     best = int(np.argmin(loss.sum(axis=0)))
     excess = loss - loss[:, [best]]
     within = excess.mean(axis=0) <= excess.std(axis=0, ddof=1) / np.sqrt(5)
     assert lam == SHRINK_GRID[np.flatnonzero(within).max()] >= SHRINK_GRID[best]
-    np.testing.assert_allclose(w, lam * prior + (1 - lam) * simplex_weights(P, y))
+    np.testing.assert_allclose(w, shrink(simplex_weights(P, y), prior, lam))
     assert (w >= 0).all() and w.sum() == pytest.approx(1)
     # a member right on two groups only: its weight does not carry over to the others,
     # and the stack is pulled toward the baseline
@@ -92,6 +92,18 @@ def test_shrinkage_is_chosen_by_leaving_out_one_group_at_a_time():
         shrunk_weights(P, y, groups, [0.5, 0.2, 0.0])
     with pytest.raises(InputError, match="one group per point"):
         shrunk_weights(P, y, groups[:-1], prior)
+
+
+def test_shrinking_drops_members_left_below_the_minimum_weight():
+    # toward the baseline alone: what the dropped member had goes to the baseline
+    np.testing.assert_allclose(shrink([0.0, 0.7, 0.3], [1, 0, 0], 0.9), [0.93, 0.07, 0.0])
+    np.testing.assert_allclose(shrink([0.0, 0.7, 0.3], [1, 0, 0], 0.5), [0.5, 0.35, 0.15])
+    np.testing.assert_allclose(shrink([0.0, 0.7, 0.3], [1, 0, 0], 0.98), [1.0, 0.0, 0.0])
+    # toward equal weights: to the kept members, in proportion to the prior
+    third = np.full(3, 1 / 3)
+    w = shrink([0.9, 0.1, 0.0], third, 0.1)
+    np.testing.assert_allclose(w, [0.81 + 0.1 / 3 + 0.1 / 6, 0.09 + 0.1 / 3 + 0.1 / 6, 0.0])
+    assert w.sum() == pytest.approx(1) and MIN_WEIGHT == 0.05
 
 
 def test_one_standard_error_rule_prefers_the_prior_unless_the_gain_is_steady():
