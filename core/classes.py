@@ -54,6 +54,7 @@ CLASS_WEIGHTS = (None, "balanced")
 MAX_AUTO_CLASSES = 20
 MAX_AUTO_SHARE = 0.10
 CLASS_METRICS = ("accuracy", "balanced_accuracy", "kappa", "macro_f1")
+KAPPA = CLASS_METRICS.index("kappa")  # its column in class metric arrays
 # The method mapped for a class target (METHOD=all) is the one with the highest pooled
 # out-of-fold Cohen's kappa; ties go to the higher balanced accuracy.
 SELECT_BY = "kappa"

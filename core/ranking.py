@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .classes import CLASS_METRICS, CLASSIFICATION
+from .classes import CLASSIFICATION, KAPPA
 
 
 def rank_backbones(cv, backbones: dict) -> list:
@@ -17,14 +17,13 @@ def rank_backbones(cv, backbones: dict) -> list:
     kappa_mean, kappa_std."""
     mean, std = cv.summary()
     if cv.class_fold_metrics is not None:
-        kappa = CLASS_METRICS.index("kappa")
         class_mean, class_std = cv.class_summary()
     rows = []
     for t, target in enumerate(cv.target_names):
         is_class = cv.kind(target) == CLASSIFICATION
         if is_class:
-            score = -class_mean[t, :, kappa]  # lower = better
-            spread = class_std[t, :, kappa]
+            score = -class_mean[t, :, KAPPA]  # lower = better
+            spread = class_std[t, :, KAPPA]
         else:
             score, spread = mean[t, :, 0], std[t, :, 0]
         best = []

@@ -412,8 +412,8 @@ def stack_sentence(cv) -> Optional[str]:
         return None
     out = ("The map uses a stack, a weighted mean of the methods with weights fitted to their "
            "out-of-fold predictions and pulled toward rf_pixels alone unless leaving out one "
-           "fold at a time shows a steady gain (one-standard-error rule); the row 'selected' scores it with weights from an "
-           "inner CV: " + "; ".join(parts) + ".")
+           "fold at a time shows a steady gain (one-standard-error rule); the row 'selected' "
+           "scores it with weights from an inner CV: " + "; ".join(parts) + ".")
     advice = stack_advice(cv)
     return out + " " + advice if advice else out
 

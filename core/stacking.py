@@ -27,14 +27,13 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 from scipy.optimize import minimize
 
-from .classes import CLASS_METRICS, CLASSIFICATION, REGRESSION, class_metrics
+from .classes import CLASSIFICATION, KAPPA, REGRESSION, class_metrics
 from .errors import InputError, SoilSSLError
 
 STACK = "stack"           # the method name in a stacked head's state
 MIN_WEIGHT = 0.05         # members below this weight are dropped (and the rest refitted)
 STATE_VERSION = 1
 SHRINK_GRID = np.linspace(0.0, 1.0, 11)  # λ tried by shrunk_weights
-_KAPPA = CLASS_METRICS.index("kappa")
 
 
 # ----------------------------------------------------------------------------- weights
@@ -165,12 +164,10 @@ def shrink(weights, prior, lam: float, min_weight: float = MIN_WEIGHT) -> np.nda
     rf_pixels alone, not five models to run over the map."""
     w = lam * np.asarray(prior, dtype=np.float64) + (1 - lam) * np.asarray(weights, np.float64)
     small = (w > 0) & (w < min_weight)
-    if not small.any():
-        return w
     keep = (w > 0) & ~small
-    to = np.where(keep, prior, 0.0)
-    if not keep.any():
+    if not small.any() or not keep.any():
         return w
+    to = np.where(keep, prior, 0.0)
     if to.sum() <= 0:
         to = np.where(keep, w, 0.0)
     out = np.where(keep, w, 0.0) + w[small].sum() * to / to.sum()
@@ -187,7 +184,7 @@ def _held_out_loss(P, y, s, w) -> float:
         r = A @ w - b
         return float(r @ r)
     mix = np.tensordot(P, w, axes=([1], [0]))
-    return 1.0 - float(class_metrics(y, mix.argmax(axis=1), s)[_KAPPA])
+    return 1.0 - float(class_metrics(y, mix.argmax(axis=1), s)[KAPPA])
 
 
 def one_se_choice(losses: np.ndarray, grid: np.ndarray) -> float:

@@ -81,6 +81,21 @@ def write_classes(path, data, profile, descriptions):
     write_tif(path, np.nan_to_num(data, nan=0), profile, "uint8", 0, descriptions)
 
 
+def write_class_names(path, sections):
+    """A classes text file: per class raster band, a "# <title>" line, then "<code>\t<name>"
+    for the codes 1..n of ``names`` (``sections``: (title, names) pairs)."""
+    with open(path, "w", encoding="utf-8") as f:
+        for title, names in sections:
+            f.write(f"# {title}\n")
+            f.writelines(f"{i + 1}\t{n}\n" for i, n in enumerate(names))
+
+
+def inside_grid(profile, xs, ys):
+    """Which of the points (xs, ys) fall on ``profile``'s grid."""
+    row, col = (np.asarray(v) for v in rasterio.transform.rowcol(profile["transform"], xs, ys))
+    return (row >= 0) & (row < profile["height"]) & (col >= 0) & (col < profile["width"])
+
+
 def write_points(path, epsg, xs, ys, fields):
     """A GeoPackage point layer; ``fields`` maps name -> array (float, int or str)."""
     if os.path.exists(path):
@@ -201,12 +216,10 @@ def build_eberg(git_dir):
                                           "landcover"], 100.0)
     write_tif(os.path.join(folder, "covariates_100m.tif"), arr, prof100, "float32", np.nan,
               ("dem", "twi", "thermal_aster_b14", "geology (class)", "landcover (class)"))
-    with open(os.path.join(folder, "classes.txt"), "w", encoding="utf-8") as f:
-        for title, names in (("soilmap_25m.tif band 1", soil_names),
-                             ("covariates_100m.tif band 4 (geology)", geo_names),
-                             ("covariates_100m.tif band 5 (landcover)", lc_names)):
-            f.write(f"# {title}\n")
-            f.writelines(f"{i + 1}\t{n}\n" for i, n in enumerate(names))
+    write_class_names(os.path.join(folder, "classes.txt"), (
+        ("soilmap_25m.tif band 1", soil_names),
+        ("covariates_100m.tif band 4 (geology)", geo_names),
+        ("covariates_100m.tif band 5 (landcover)", lc_names)))
     keep = pts["SNDMHT_A"].notna() & pts["CLYMHT_A"].notna()
     pts = pts[keep]
     soiltype = pts["soiltype"].astype(object).where(pts["soiltype"].notna(), None)
@@ -238,18 +251,14 @@ def build_cookfarm(git_dir):
     grids["soilmap"], soil_names = codes(grids["MUSYM"])
     cat, _ = grid_from_table(grids, ["soilmap"], 10.0, epsg=26911)
     write_classes(os.path.join(folder, "soilmap.tif"), cat, profile, ("soilmap",))
-    with open(os.path.join(folder, "classes.txt"), "w", encoding="utf-8") as f:
-        f.write("# soilmap.tif band 1 (MUSYM, soil map units)\n")
-        f.writelines(f"{i + 1}\t{n}\n" for i, n in enumerate(soil_names))
+    write_class_names(os.path.join(folder, "classes.txt"),
+                      (("soilmap.tif band 1 (MUSYM, soil map units)", soil_names),))
     # One point per profile: its topmost horizon (the first listed where two start at the
     # same depth); sites whose coordinate falls outside the grid are left out.
     prof = cook["profiles"]
     top = prof.sort_values("UHDICM", kind="stable").drop_duplicates("SOURCEID")
     top = top.sort_values("SOURCEID", kind="stable")
-    (row, col) = rasterio.transform.rowcol(profile["transform"], top["Easting"].to_numpy(),
-                                           top["Northing"].to_numpy())
-    row, col = np.asarray(row), np.asarray(col)
-    inside = (row >= 0) & (row < profile["height"]) & (col >= 0) & (col < profile["width"])
+    inside = inside_grid(profile, top["Easting"].to_numpy(), top["Northing"].to_numpy())
     top = top[inside]
     write_points(os.path.join(folder, "points.gpkg"), 26911, top["Easting"].to_numpy(),
                  top["Northing"].to_numpy(), {
@@ -286,9 +295,8 @@ def build_edgeroi(gsif_dir, psm_dir):
         df[name], names = codes(df[column])
         cat, _ = grid_from_table(df, [name], res, epsg=28355)
         write_classes(os.path.join(folder, f"{title}.tif"), cat, prof, (name,))
-        with open(os.path.join(folder, f"classes_{title}.txt"), "w", encoding="utf-8") as f:
-            f.write(f"# {title}.tif band 1 ({column})\n")
-            f.writelines(f"{i + 1}\t{n}\n" for i, n in enumerate(names))
+        write_class_names(os.path.join(folder, f"classes_{title}.txt"),
+                          ((f"{title}.tif band 1 ({column})", names),))
     # One point per site (lon/lat on GDA94, EPSG:4283, to MGA zone 55): its topmost horizon
     # (smallest UHDICM, the lowest LSQINT where two start at the same depth); sites outside
     # either grid are left out.
@@ -300,11 +308,7 @@ def build_edgeroi(gsif_dir, psm_dir):
     xs, ys = rasterio.warp.transform("EPSG:4283", "EPSG:28355", sites["LONGDA94"].to_numpy(),
                                      sites["LATGDA94"].to_numpy())
     xs, ys = np.asarray(xs), np.asarray(ys)
-    inside = np.ones(len(xs), bool)
-    for prof in (prof100, prof250):
-        (row, col) = rasterio.transform.rowcol(prof["transform"], xs, ys)
-        row, col = np.asarray(row), np.asarray(col)
-        inside &= (row >= 0) & (row < prof["height"]) & (col >= 0) & (col < prof["width"])
+    inside = inside_grid(prof100, xs, ys) & inside_grid(prof250, xs, ys)
     gsg = np.array([str(v) if isinstance(v, str) else None
                     for v in sites["TAXGAUC"].astype(object)], dtype=object)
     write_points(os.path.join(folder, "points.gpkg"), 28355, xs[inside], ys[inside], {

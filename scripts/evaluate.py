@@ -259,8 +259,7 @@ def main():
     settings = (f"{ARCH} from random weights, DINO {args.epochs} epochs on the set's image "
                 f"(tiles {args.tile} px, stride {args.stride}, BUFFER 0), CPU")
     rows = kept_rows(os.path.join(args.out, "results.json"), settings, args.sets)
-    for name in args.sets:
-        rows = [r for r in rows if r["set"] != name]
+    for name in args.sets:  # kept_rows left out the rows of these sets
         rows += evaluate(name, SETS[name], args.out, args.epochs, args.tile, args.stride)
         rows.sort(key=lambda r: list(SETS).index(r["set"]) if r["set"] in SETS else len(SETS))
         with open(os.path.join(args.out, "results.json"), "w") as f:  # after every set
