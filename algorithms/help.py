@@ -68,8 +68,11 @@ PARAMS = {
               "fitted to their out-of-fold predictions (one method with weight 1 is a plain "
               "choice) and pulled toward rf_pixels alone unless leaving out one fold at a "
               "time shows a steady gain: the shrinkage closest to rf_pixels within one "
-              "standard error of the best (on few points, mostly rf_pixels). Its honest score is the "
-              "row 'selected': each fold predicted with weights from an inner CV on the other "
+              "standard error of the best (on few points, mostly rf_pixels). Numeric properties "
+              "then add their out-of-fold residuals kriged from the points (regression "
+              "kriging), in the share that leaving out one fold at a time shows to help "
+              "steadily (often none). Its honest score is the row 'selected': each fold "
+              "predicted with weights, and kriged residuals, from an inner CV on the other "
               "folds.",
     "FOLDS": "Number of spatial folds: K-means clusters of the point coordinates (paper: 6).",
     "FOLD_MODE": "kmeans (spatial, paper), random folds for comparison, or knndm: folds "

@@ -245,6 +245,7 @@ class CVResult:
     selection: Optional[Dict[str, List[str]]] = None  # nested selection: weights per fold
     stacks: Optional[Dict[str, Dict[str, float]]] = None  # the mapped stack's weights
     inner_best: Optional[Dict[str, List[str]]] = None  # best single candidate per fold
+    kriging: Optional[Dict[str, dict]] = None  # residual kriging of the stack (kriging.py)
 
     @property
     def labels(self) -> List[str]:

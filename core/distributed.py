@@ -112,7 +112,7 @@ def compute_block(job: Job, work: str, block: int, block_rows: int,
     w = job.rows.width
     data = [np.full((p.count, len(out_rows), w), p.nodata, np.float32) for p in job.products]
     for row, feats in job.rows.rows(units, progress):
-        if job.blocks is not None:  # the model's pixel covariates: {FEATURES: feats, ...}
+        if job.blocks is not None:  # pixel covariates, cells' centres: {FEATURES: feats, ...}
             feats = {"features": feats, **job.blocks(row)}
         for d, block_data in zip(data, job.compute(feats)):
             d[:, row - out_rows.start, :] = block_data
@@ -279,9 +279,8 @@ def predict_job(source: TileSource, model: dict, model_path: str, output: str,
                 progress: Optional[Progress] = None, covariates=None, **compute) -> Job:
     """The rasters of :func:`~.soil.predict_map` as a sharded job (``covariates``: paths
     replacing the model's covariate rasters, as there)."""
-    from .cv import CONTEXT, PIXELS
-    from .soil import (PRED_NODATA, MapHeads, check_model_input, model_backbone, model_blocks,
-                       model_rows, pixel_stack)
+    from .soil import (PRED_NODATA, MapHeads, check_model_input, model_backbone, model_rows,
+                       pixel_stack, row_blocks)
     check_model_input(source, model)
     stack = pixel_stack(source, model, covariates, progress)
     dev = resolve_device(device)
@@ -296,10 +295,9 @@ def predict_job(source: TileSource, model: dict, model_path: str, output: str,
               stride=int(stride or 0), amp=compute.get("amp", "auto"),
               **({"covariates": [c.checksum.get("sha256") for c in stack.covariates]}
                  if stack else {}))
-    blocks = stack and stack.map_blocks(rows.width, rows.height, rows.transform(),
-                                        model["tile_size"], model_blocks(model) & {PIXELS, CONTEXT})
     # blocks in the order of mapper.products, as the products above
-    return Job(rows, products, lambda feats: list(mapper(feats).values()), fp, blocks or None)
+    return Job(rows, products, lambda feats: list(mapper(feats).values()), fp,
+               row_blocks(stack, model, mapper, rows))
 
 
 # ---------------------------------------------------------------------------

@@ -398,8 +398,12 @@ def stack_sentence(cv) -> Optional[str]:
     CV score against rf_pixels (with :func:`stack_advice`)."""
     from .stacking import describe
     parts = []
+    kriging = getattr(cv, "kriging", None) or {}
     for target, weights, v, b, higher in _stack_rows(cv):
         text = f"for {target}, {describe(weights)}"
+        field = kriging.get(target, {}).get("field")
+        if field is not None:
+            text += f" + {field.describe()}"
         if v is not None and b:
             gain = _gain(v, b, higher)
             metric = "kappa" if higher else "RMSE"
@@ -413,7 +417,10 @@ def stack_sentence(cv) -> Optional[str]:
     out = ("The map uses a stack, a weighted mean of the methods with weights fitted to their "
            "out-of-fold predictions and pulled toward rf_pixels alone unless leaving out one "
            "fold at a time shows a steady gain (one-standard-error rule); the row 'selected' "
-           "scores it with weights from an inner CV: " + "; ".join(parts) + ".")
+           "scores it with weights from an inner CV" + (
+               ", numeric targets with their out-of-fold residuals kriged (regression "
+               "kriging) where leaving out one fold at a time shows a steady gain, nested "
+               "the same way" if kriging else "") + ": " + "; ".join(parts) + ".")
     advice = stack_advice(cv)
     return out + " " + advice if advice else out
 

@@ -28,6 +28,10 @@ the weights are applied to the outer models' predictions, so they are fitted to 
 predictions of the same models (not of cheaper ones with fewer trees, boosting rounds or
 epochs).  :func:`inner_scores` also ranks the single candidates per outer fold (the mean
 over inner folds of the fold RMSE), for the log.
+
+With the points' coordinates, numeric targets add residual kriging to the stack
+(:mod:`.kriging`), nested the same way: fold k's field and its share come from the
+stack's inner out-of-fold residuals on the other folds, never from fold k.
 """
 from __future__ import annotations
 
@@ -43,6 +47,7 @@ from .classes import CLASSIFICATION, REGRESSION, class_metrics
 from .cv import (CONTEXT, MIN_TRAIN_POINTS, PIXELS, SELECTED, CVResult, MethodSpec,
                  make_head, regression_metrics, stack_blocks)
 from .errors import InputError
+from .kriging import residual_kriging
 from .progress import Progress, ensure
 from .stacking import StackedHead, describe, member_columns, shrunk_weights, union_blocks
 
@@ -170,7 +175,8 @@ def nested_selection(cv: CVResult, feature_sets: Mapping[str, np.ndarray],
                      labels: Sequence[str], loss: str = "mse", weights=None, seed: int = 0,
                      head_options: Optional[Mapping[str, dict]] = None,
                      progress: Optional[Progress] = None, weighted_metrics: bool = False,
-                     on_fit=None, inner: Optional[Mapping[str, dict]] = None) -> CVResult:
+                     on_fit=None, inner: Optional[Mapping[str, dict]] = None,
+                     coords=None) -> CVResult:
     """``cv`` with the row ``selected`` appended: the stack of the candidates (see the
     module docstring), scored honestly.
 
@@ -183,7 +189,12 @@ def nested_selection(cv: CVResult, feature_sets: Mapping[str, np.ndarray],
     ``selection`` maps each target to those weights per outer fold (text, in ``fold_ids``
     order), ``stacks`` to the weights of the mapped stack, from the out-of-fold predictions
     of all points, and ``inner_best`` to the single candidate the inner CV ranked first per
-    outer fold."""
+    outer fold.
+    ``coords`` (N, 2), when given: numeric targets get residual kriging (:mod:`.kriging`).
+    Fold k adds its share α_k of the field of the stack's inner out-of-fold residuals on the
+    other folds (α_k chosen on those folds alone); the result's ``kriging`` maps each
+    numeric target to {"fold_alpha": [α_k], "field": the mapped field or None}, the field
+    of the mapped stack's out-of-fold residuals with α chosen on the outer folds."""
     progress = ensure(progress)
     if not labels:
         raise InputError("Nested selection needs at least one candidate method.")
@@ -206,6 +217,8 @@ def nested_selection(cv: CVResult, feature_sets: Mapping[str, np.ndarray],
     selection: Dict[str, List[str]] = {}
     stacks: Dict[str, Dict[str, float]] = {}
     inner_best: Dict[str, List[str]] = {}
+    kriging: Dict[str, dict] = {}
+    xy = None if coords is None else np.asarray(coords, np.float64).reshape(-1, 2)
     models = dict(cv.fold_models) if cv.fold_models is not None else None
     # per-row arrays of class targets, when the CVResult has them
     probs = getattr(cv, "probabilities", None)  # target -> (M, N, C)
@@ -227,7 +240,8 @@ def nested_selection(cv: CVResult, feature_sets: Mapping[str, np.ndarray],
         valid = np.isfinite(cv.y[:, t])
         outer = probs[target][rows].transpose(1, 0, 2) if is_class else \
             cv.predictions[t, rows].T  # (N, M[, C]) outer out-of-fold predictions
-        chosen, best, shrink = [], [], []
+        chosen, best, shrink, shares = [], [], [], []
+        krige = xy is not None and not is_class
         for k, fold in enumerate(cv.fold_ids):
             test = (cv.folds == fold) & valid
             train = (cv.folds != fold) & valid
@@ -238,6 +252,12 @@ def nested_selection(cv: CVResult, feature_sets: Mapping[str, np.ndarray],
             best.append(labels[int(np.argmin(s))])
             chosen.append(describe({labels[m]: wk[m] for m in range(len(rows))}))
             mix = np.tensordot(outer[test], wk, axes=([1], [0]))  # (n_k[, C])
+            if krige:  # the field of the stack's inner out-of-fold residuals
+                field = residual_kriging(xy[train], cv.y[train, t] - inner_pred[k][train] @ wk,
+                                         cv.folds[train], seed)
+                shares.append(field.alpha if field else 0.0)
+                if field:
+                    mix = mix + field.predict(xy[test])
             w_test = w[test] if (w is not None and weighted_metrics) else None
             if is_class:
                 pred[t, 0, test] = mix.argmax(axis=1)
@@ -257,10 +277,18 @@ def nested_selection(cv: CVResult, feature_sets: Mapping[str, np.ndarray],
                                     None if w is None else w[valid])
         stacks[target] = {labels[m]: float(final[m]) for m in np.flatnonzero(final > 0)}
         selection[target], inner_best[target] = chosen, best
+        kriged = ""
+        if krige:
+            field = residual_kriging(xy[valid], cv.y[valid, t] - outer[valid] @ final,
+                                     cv.folds[valid], seed)
+            kriging[target] = {"fold_alpha": shares, "field": field}
+            kriged = (f" Residual kriging, share per outer fold: "
+                      f"{', '.join(f'{a:.2f}' for a in shares)}; mapped: "
+                      f"{field.describe() if field else 'none'}.")
         progress.info(f"{target}: per outer fold the inner CV weighted "
                       f"{'; '.join(chosen)} (its best single method: {', '.join(best)}; "
                       f"shrunk toward {prior_name} by {', '.join(f'{x:.1f}' for x in shrink)}). "
-                      f"Mapped: {describe(stacks[target])} (shrunk by {lam:.1f}).")
+                      f"Mapped: {describe(stacks[target])} (shrunk by {lam:.1f}).{kriged}")
     r2 = np.full((T, 1), np.nan)
     for t, target in enumerate(cv.target_names):
         ok = np.isfinite(cv.y[:, t])
@@ -277,5 +305,6 @@ def nested_selection(cv: CVResult, feature_sets: Mapping[str, np.ndarray],
                   predictions=np.concatenate([cv.predictions, pred], axis=1),
                   fold_metrics=np.concatenate([cv.fold_metrics, metrics], axis=1),
                   r2_pooled=np.concatenate([cv.r2_pooled, r2], axis=1), fold_models=models,
-                  selection=selection, stacks=stacks, inner_best=inner_best)
+                  selection=selection, stacks=stacks, inner_best=inner_best,
+                  kriging=kriging if xy is not None else None)
     return out

@@ -32,6 +32,7 @@ from .features import PATCH, point_features, prepare
 from .files import atomic_save
 from .intervals import TrustMaps, fit_trust
 from .knndm import fold_distances, prediction_locations
+from .kriging import ResidualKriging
 from .progress import Progress, ensure
 from .patches import FeatureRows, PatchGrid, patch_point_features
 from .raster import TileSource
@@ -45,6 +46,7 @@ MODEL_FORMAT = "soilssl-model"
 METHODS = ("all",) + ALL_METHODS
 POINT_FEATURES = ("tile", PATCH, "both")  # tile feature, patch under the point, or CV both
 PRED_NODATA = -9999.0
+XY = "xy"  # the map block of the cells' coordinates (for residual kriging)
 
 
 @dataclass
@@ -314,7 +316,8 @@ def fit_points(source: TileSource, points: Points, backbone: Backbone,
         cv = nested_selection(cv, sets, candidates(cv, scale), loss, weights, seed,
                               progress=progress.sub(0.75, 0.9),
                               inner={t: class_inner(len(names), class_weight)
-                                     for t, names in (points.classes or {}).items()})
+                                     for t, names in (points.classes or {}).items()},
+                              coords=coords)
         progress.info(cv.format_table())
         progress.info("Row 'selected': the weighted mean (stack) of the methods, each fold "
                       "predicted with weights from an inner CV on the other folds (the "
@@ -414,6 +417,8 @@ def _model_dict(source, backbone, cv, sets, y, weights, folds, chosen, loss, see
         "targets": list(cv.target_names), "methods": dict(chosen), "blocks": blocks,
         "stacks": {t: dict(cv.stacks[t]) for t in cv.target_names
                    if chosen[t] == SELECTED and cv.stacks},
+        "kriging": {t: k["field"].state_dict() for t, k in (cv.kriging or {}).items()
+                    if chosen[t] == SELECTED and k["field"] is not None},
         "loss": loss, "seed": seed,
         "backbone": backbone.reference, "bands": list(source.bands), "dem": bool(source.dem),
         "dem_path": os.path.abspath(source.dem) if source.dem else None,
@@ -487,8 +492,7 @@ def predict_map(source: TileSource, model: dict, output: str,
                     amp=amp, workers=workers)
     mapper = MapHeads(model, bool(uncertainty), bool(aoa), bool(probability), lpd=lpd, **trust)
     w, h = fr.width, fr.height
-    covrows = stack and stack.map_blocks(w, h, fr.transform(), model["tile_size"],
-                                         model_blocks(model) & {PIXELS, CONTEXT})
+    extra = row_blocks(stack, model, mapper, fr)
     paths = {"prediction": output, "uncertainty": uncertainty, "aoa": aoa,
              "error": error, "lower": lower, "upper": upper, "probability": probability}
     writers = {}  # product name -> writer; blocks are paired with writers by that name
@@ -499,7 +503,7 @@ def predict_map(source: TileSource, model: dict, output: str,
                                          fr.transform(), nodata=PRED_NODATA, tags=p["tags"],
                                          band_names=p["band_names"])
         for row, feats in fr.rows(progress=progress):
-            blocks = {FEATURES: feats, **(covrows(row) if covrows else {})}
+            blocks = {FEATURES: feats, **(extra(row) if extra else {})}
             for name, block in mapper(blocks).items():
                 writers[name].write(block[:, None, :], ((row, row + 1), (0, w)))
         commit_all(list(writers.values()))
@@ -564,6 +568,24 @@ def pixel_stack(source: TileSource, model: dict, covariates=None,
     return stack
 
 
+def row_blocks(stack: Optional[PixelStack], model: dict, mapper: "MapHeads",
+               rows: FeatureRows):
+    """row -> the blocks of one map row besides FEATURES that ``mapper`` needs: the pixel
+    covariates (PIXELS, CONTEXT) of ``stack``, and the cells' centres (XY, in the raster's
+    CRS as the points were) for residual kriging; None when it needs neither."""
+    covrows = stack and stack.map_blocks(rows.width, rows.height, rows.transform(),
+                                         model["tile_size"],
+                                         model_blocks(model) & {PIXELS, CONTEXT})
+    if not mapper.kriging:
+        return covrows or None
+    transform, cols = rows.transform(), np.arange(rows.width) + 0.5
+
+    def blocks(row: int) -> dict:
+        xy = np.column_stack(transform @ (cols, np.full(len(cols), row + 0.5)))
+        return {**(covrows(row) if covrows else {}), XY: xy}
+    return blocks
+
+
 def model_rows(source: TileSource, model: dict, backbone: Backbone, stride: Optional[int],
                device, progress: Optional[Progress] = None, **compute) -> FeatureRows:
     """The feature rows a model maps: its tile pooling on a grid of STRIDE, or its patches."""
@@ -620,6 +642,10 @@ class MapHeads:
         self.inputs = [[b if b in (PIXELS, CONTEXT) else FEATURES
                         for b in blocks.get(t, [FEATURES])] for t in targets]
         self.needs = {b for bl in self.inputs for b in bl}  # the blocks a map row must give
+        # numeric targets whose stack adds kriged residuals (core/kriging.py): they need
+        # the cells' map coordinates, the block XY
+        self.kriging = {t: ResidualKriging.from_state(state)
+                        for t, state in (model.get("kriging") or {}).items()}
 
     @property
     def inside_count(self) -> int:
@@ -651,7 +677,13 @@ class MapHeads:
                 if spread is not None:
                     blocks["uncertainty"][t, ok] = spread
                 continue
-            blocks["prediction"][t, ok] = self.heads[t].predict(xt)
+            pred = self.heads[t].predict(xt)
+            if self.targets[t] in self.kriging:
+                if XY not in data:
+                    raise InputError("The model adds kriged residuals: the map rows need "
+                                     "their cells' coordinates.")
+                pred = pred + self.kriging[self.targets[t]].predict(data[XY][ok])
+            blocks["prediction"][t, ok] = pred
             if "uncertainty" in blocks:
                 blocks["uncertainty"][t, ok] = np.stack(
                     [f.predict(xt) for f in self.folds[t]]).std(axis=0)

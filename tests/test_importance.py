@@ -221,6 +221,7 @@ def test_feature_view_is_pca_without_umap_one_panel_per_backbone_and_target():
 def test_report_says_what_the_stack_mixes_and_its_honest_score(tmp_path):
     from soilssl.core.report import baseline_comparison, stack_sentence, write_report
     from soilssl.core.selection import nested_selection
+    from soilssl.core.stacking import describe
     cv, sets, coords = report_cv(targets=("ph",))
     assert stack_sentence(cv) is None  # no stack without METHOD=all
     fast = {"rf": {"n_estimators": 20, "search_estimators": 10, "n_jobs": 1}}
@@ -238,6 +239,14 @@ def test_report_says_what_the_stack_mixes_and_its_honest_score(tmp_path):
     assert all(r["method"] != "selected" for r in baseline_comparison(cv))
     path = write_report(str(tmp_path / "r.html"), cv, coords, {"ph": "selected"}, sets=sets)
     assert sentence.replace("'", "&#x27;") in open(path, encoding="utf-8").read()
+    assert "kriging" not in sentence  # no coordinates given: no residual kriging
+    kriged = nested_selection(report_cv(targets=("ph",))[0], sets, ["rf_pixels", "ridge"],
+                              head_options=fast, coords=coords)
+    text = stack_sentence(kriged)
+    assert "out-of-fold residuals kriged (regression kriging)" in text
+    field = kriged.kriging["ph"]["field"]
+    assert (field is not None) == ("kriged residuals (range" in text)
+    assert field is None or f"for ph, {describe(kriged.stacks['ph'])} + {field.describe()}" in text
 
 
 def test_report_advises_rf_pixels_where_the_stack_scores_worse():

@@ -129,12 +129,13 @@ def test_method_rows_stack_their_blocks():
 
 def test_held_out_fold_cannot_influence_its_own_predictions_new_methods_and_selection():
     """Decoys and wild targets in fold 0 change nothing for fold 0: PCA, scalers, GBM early
-    stopping, the forest's OOB search and the nested selection see training folds only."""
+    stopping, the forest's OOB search and the nested selection (with residual kriging: the
+    decoys sit at fold 0's places) see training folds only."""
     coords, sets, y = field(n=60)
     folds = spatial_folds(coords, n_folds=3)
     rows = NEW + ["ridge", "rf_pixels"]
     base = cross_validate(sets, y, folds, rows, head_options=FAST, keep_models=True)
-    base = nested_selection(base, sets, rows, head_options=FAST)
+    base = nested_selection(base, sets, rows, head_options=FAST, coords=coords)
 
     held = folds == 0
     rng = np.random.default_rng(9)
@@ -143,7 +144,9 @@ def test_held_out_fold_cannot_influence_its_own_predictions_new_methods_and_sele
     y2 = np.r_[np.where(held, y * 100 - 500, y), np.full(10, 1e4)]
     folds2 = np.r_[folds, np.zeros(10, dtype=folds.dtype)]
     moved = cross_validate(sets2, y2, folds2, rows, head_options=FAST, keep_models=True)
-    moved = nested_selection(moved, sets2, rows, head_options=FAST)
+    moved = nested_selection(moved, sets2, rows, head_options=FAST,
+                             coords=np.r_[coords, coords[held][:10]])
+    assert moved.kriging["target1"]["fold_alpha"][0] == base.kriging["target1"]["fold_alpha"][0]
     assert moved.labels[-1] == base.labels[-1] == SELECTED
     for m, label in enumerate(moved.labels):
         np.testing.assert_allclose(moved.predictions[0, m, :60][held],
