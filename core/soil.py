@@ -158,10 +158,18 @@ class FitResult:
     @property
     def methods(self) -> dict:
         """target -> what is mapped, in words: the method, or for the stack its members
-        and weights ("selected: 0.62 rf_pixels + 0.38 rf_hybrid")."""
+        and weights ("selected: 0.62 rf_pixels + 0.38 rf_hybrid"), and its kriged residuals
+        when it adds them ("... + 0.50 × kriged residuals (range ...)")."""
         stacks = getattr(self.cv, "stacks", None) or {}
-        return {t: f"{label}: {describe(stacks[t])}" if label == SELECTED and t in stacks
-                else label for t, label in self.chosen.items()}
+        kriging = getattr(self.cv, "kriging", None) or {}
+        out = {}
+        for t, label in self.chosen.items():
+            if label == SELECTED and t in stacks:
+                field = kriging.get(t, {}).get("field")
+                label = f"{label}: {describe(stacks[t])}" + \
+                    (f" + {field.describe()}" if field is not None else "")
+            out[t] = label
+        return out
 
 
 def _choose(cv, method: str, features: str = FEATURES) -> dict:

@@ -91,6 +91,12 @@ def test_nested_kriging_improves_the_stack_and_never_sees_the_held_out_fold():
     info = kriged.kriging["target1"]
     assert len(info["fold_alpha"]) == 3 and max(info["fold_alpha"]) > 0
     assert info["field"] is not None and info["field"].alpha > 0
+    from soilssl.core.soil import FitResult
+    from soilssl.core.stacking import describe
+    said = FitResult(kriged, None, folds, {"target1": SELECTED}, xy).methods["target1"]
+    assert said == f"selected: {describe(kriged.stacks['target1'])} + {info['field'].describe()}"
+    assert FitResult(plain, None, folds, {"target1": SELECTED}, xy).methods["target1"] == \
+        f"selected: {describe(plain.stacks['target1'])}"
     m = kriged.labels.index(SELECTED)
     rmse = lambda p: np.sqrt(np.mean((p - y) ** 2))  # noqa: E731
     assert rmse(kriged.predictions[0, m]) < 0.9 * rmse(plain.predictions[0, m])
