@@ -396,6 +396,7 @@ def test_fitpoints_all_maps_the_stack_through_predictmap(qgis_app, scene, tiny_c
     import rasterio
     from soilssl.core import soil
     from soilssl.core.cv import cross_validate
+    from soilssl.core.kriging import ResidualKriging
     from soilssl.core.selection import nested_selection
     from soilssl.core.stacking import describe
     rf = {"n_estimators": 15, "search_estimators": 8, "min_samples_leaf": (1,), "n_jobs": 1}
@@ -410,7 +411,9 @@ def test_fitpoints_all_maps_the_stack_through_predictmap(qgis_app, scene, tiny_c
         "OUTPUT_POINTS": str(tmp_path / "oof.gpkg"), "OUTPUT_MODEL": str(tmp_path / "m.pth")})
     model = soil.load_model(res["OUTPUT_MODEL"])
     weights = model["stacks"]["ph"]
-    assert json.loads(res["METHODS"]) == {"ph": "selected: " + describe(weights)}
+    kriged = model["kriging"].get("ph")  # the stack's residual kriging, when it kept any
+    assert json.loads(res["METHODS"]) == {"ph": "selected: " + describe(weights) + (
+        f" + {ResidualKriging.from_state(kriged).describe()}" if kriged else "")}
     assert model["heads"]["ph"]["method"] == "stack" and model["methods"] == {"ph": "selected"}
     pred = processing.run("soilssl:predictmap", {
         "INPUT": raster, "MODEL": res["OUTPUT_MODEL"], "STRIDE": 16, "DEVICE": "cpu",
