@@ -396,14 +396,11 @@ def stack_advice(cv) -> Optional[str]:
 def stack_sentence(cv) -> Optional[str]:
     """What METHOD=all maps with, per target: the stack's weights, and its honest (nested)
     CV score against rf_pixels (with :func:`stack_advice`)."""
-    from .stacking import describe
+    from .stacking import stack_text
     parts = []
     kriging = getattr(cv, "kriging", None) or {}
-    for target, weights, v, b, higher in _stack_rows(cv):
-        text = f"for {target}, {describe(weights)}"
-        field = kriging.get(target, {}).get("field")
-        if field is not None:
-            text += f" + {field.describe()}"
+    for target, _, v, b, higher in _stack_rows(cv):
+        text = f"for {target}, {stack_text(cv, target)}"
         if v is not None and b:
             gain = _gain(v, b, higher)
             metric = "kappa" if higher else "RMSE"

@@ -40,7 +40,7 @@ from .writer import RasterWriter, commit_all
 from .selection import candidates, choose_best, class_inner, nested_selection
 from .ranking import format_ranking, rank_backbones  # noqa: F401 (public here too)
 from .report import stack_advice
-from .stacking import describe, stack_head
+from .stacking import describe, stack_head, stack_text
 
 MODEL_FORMAT = "soilssl-model"
 METHODS = ("all",) + ALL_METHODS
@@ -161,15 +161,9 @@ class FitResult:
         and weights ("selected: 0.62 rf_pixels + 0.38 rf_hybrid"), and its kriged residuals
         when it adds them ("... + 0.50 × kriged residuals (range ...)")."""
         stacks = getattr(self.cv, "stacks", None) or {}
-        kriging = getattr(self.cv, "kriging", None) or {}
-        out = {}
-        for t, label in self.chosen.items():
-            if label == SELECTED and t in stacks:
-                field = kriging.get(t, {}).get("field")
-                label = f"{label}: {describe(stacks[t])}" + \
-                    (f" + {field.describe()}" if field is not None else "")
-            out[t] = label
-        return out
+        return {t: f"{label}: {stack_text(self.cv, t)}" if label == SELECTED and t in stacks
+                else label for t, label in self.chosen.items()}
+
 
 
 def _choose(cv, method: str, features: str = FEATURES) -> dict:
@@ -331,7 +325,7 @@ def fit_points(source: TileSource, points: Points, backbone: Backbone,
                       "predicted with weights from an inner CV on the other folds (the "
                       "honest score of what is mapped). The best single method on all folds: "
                       f"{_format_chosen(chosen)}. The map uses the stack: "
-                      f"{_format_chosen({t: describe(w) for t, w in cv.stacks.items()})}.")
+                      f"{_format_chosen({t: stack_text(cv, t) for t in cv.stacks})}.")
         chosen = {t: SELECTED for t in cv.target_names}
         advice = stack_advice(cv)
         if advice:
