@@ -17,6 +17,7 @@ from typing import List, Optional
 
 import numpy as np
 import rasterio
+from rasterio.warp import transform as warp_transform
 
 from .aoa import MapAOA, fit_model_aoa
 from .backbone import Backbone, backbone_name, load_backbone, load_file, resolve_device
@@ -163,7 +164,6 @@ class FitResult:
         stacks = getattr(self.cv, "stacks", None) or {}
         return {t: f"{label}: {stack_text(self.cv, t)}" if label == SELECTED and t in stacks
                 else label for t, label in self.chosen.items()}
-
 
 
 def _choose(cv, method: str, features: str = FEATURES) -> dict:
@@ -419,7 +419,8 @@ def _model_dict(source, backbone, cv, sets, y, weights, folds, chosen, loss, see
         "targets": list(cv.target_names), "methods": dict(chosen), "blocks": blocks,
         "stacks": {t: dict(cv.stacks[t]) for t in cv.target_names
                    if chosen[t] == SELECTED and cv.stacks},
-        "kriging": {t: k["field"].state_dict() for t, k in (cv.kriging or {}).items()
+        "kriging": {t: dict(k["field"].state_dict(), crs=source.crs.to_wkt())
+                    for t, k in (cv.kriging or {}).items()
                     if chosen[t] == SELECTED and k["field"] is not None},
         "loss": loss, "seed": seed,
         "backbone": backbone.reference, "bands": list(source.bands), "dem": bool(source.dem),
@@ -581,10 +582,16 @@ def row_blocks(stack: Optional[PixelStack], model: dict, mapper: "MapHeads",
     if not mapper.kriging:
         return covrows or None
     transform, cols = rows.transform(), np.arange(rows.width) + 0.5
+    # the points' CRS at fit time (the fitted raster's); a raster in another CRS is mapped
+    # with its cells' centres reprojected there
+    fitted = next(iter((model.get("kriging") or {}).values()), {}).get("crs")
+    to = rasterio.crs.CRS.from_user_input(fitted) if fitted else rows.source.crs
 
     def blocks(row: int) -> dict:
-        xy = np.column_stack(transform @ (cols, np.full(len(cols), row + 0.5)))
-        return {**(covrows(row) if covrows else {}), XY: xy}
+        xs, ys = transform @ (cols, np.full(len(cols), row + 0.5))
+        if to != rows.source.crs:
+            xs, ys = warp_transform(rows.source.crs, to, xs, ys)
+        return {**(covrows(row) if covrows else {}), XY: np.column_stack([xs, ys])}
     return blocks
 
 

@@ -168,3 +168,29 @@ def test_map_adds_the_share_of_the_field_at_each_cells_centre(tmp_path, tiny_ckp
     centres = np.column_stack(transform @ (c + 0.5, r + 0.5))
     np.testing.assert_allclose(kriged[ok] - plain[ok], field.predict(centres), atol=1e-4)
     assert np.abs(field.predict(centres)).max() > 0.1
+
+
+def test_map_rows_give_the_cells_centres_in_the_crs_the_points_had(tmp_path):
+    """The field lives in the fitted raster's CRS: a raster in another CRS is mapped with its
+    cells' centres reprojected there."""
+    from types import SimpleNamespace
+
+    from rasterio.warp import transform as warp
+
+    from conftest import write_raster
+    from soilssl.core.raster import TileSource
+    from soilssl.core.soil import XY, row_blocks
+    path = write_raster(tmp_path / "s.tif", np.full((3, 8, 12), 100, np.uint8))  # EPSG:32637
+    field = ResidualKriging(np.zeros((3, 2)), np.zeros(3), 1.0, 1.0, 0.1)
+    with TileSource(path) as src:
+        rows = SimpleNamespace(transform=lambda: src.transform, width=src.width,
+                               height=src.height, source=src)
+        mapper = SimpleNamespace(kriging={"ph": field})
+        centres = np.column_stack(src.transform @ (np.arange(12) + 0.5, np.full(12, 3.5)))
+        for crs, want in ((src.crs.to_wkt(), centres),
+                          ("EPSG:4326", np.column_stack(warp(src.crs, "EPSG:4326", *centres.T)))):
+            model = {"kriging": {"ph": dict(field.state_dict(), crs=crs)}, "tile_size": 32}
+            got = row_blocks(None, model, mapper, rows)(3)[XY]
+            np.testing.assert_allclose(got, want, rtol=1e-12)
+        assert abs(want[0, 0]) < 180  # degrees: the reprojection happened
+        assert row_blocks(None, model, SimpleNamespace(kriging={}), rows) is None
