@@ -279,8 +279,8 @@ def predict_job(source: TileSource, model: dict, model_path: str, output: str,
                 progress: Optional[Progress] = None, covariates=None, **compute) -> Job:
     """The rasters of :func:`~.soil.predict_map` as a sharded job (``covariates``: paths
     replacing the model's covariate rasters, as there)."""
-    from .soil import (PRED_NODATA, MapHeads, check_model_input, model_backbone, model_rows,
-                       pixel_stack, row_blocks)
+    from .mapheads import PRED_NODATA, MapHeads, row_blocks
+    from .soil import check_model_input, model_backbone, model_rows, pixel_stack
     check_model_input(source, model)
     stack = pixel_stack(source, model, covariates, progress)
     dev = resolve_device(device)

@@ -17,13 +17,11 @@ from typing import List, Optional
 
 import numpy as np
 import rasterio
-from rasterio.warp import transform as warp_transform
 
-from .aoa import MapAOA, fit_model_aoa
+from .aoa import fit_model_aoa
 from .backbone import Backbone, backbone_name, load_backbone, load_file, resolve_device
 from .cache import FeatureCache, cache_dir, digest  # noqa: F401 (cache_dir: public here too)
-from .classes import CLASSIFICATION, REGRESSION, choose_class_method, class_block, \
-    class_products, class_targets, load_head
+from .classes import CLASSIFICATION, REGRESSION, choose_class_method
 from .covariates import PixelStack, open_covariates, resolve_covariates
 from .cv import (ALL_METHODS, COMPARE, CONTEXT, FEATURE_METHODS, FEATURES, HYBRID_METHODS,
                  PIXELS, SELECTED, MethodSpec, cross_validate, make_head, method_specs, spatial_folds,
@@ -33,7 +31,7 @@ from .features import PATCH, point_features, prepare
 from .files import atomic_save
 from .intervals import TrustMaps, fit_trust
 from .knndm import fold_distances, prediction_locations
-from .kriging import ResidualKriging
+from .mapheads import PRED_NODATA, MapHeads, model_blocks, row_blocks
 from .progress import Progress, ensure
 from .patches import FeatureRows, PatchGrid, patch_point_features
 from .raster import TileSource
@@ -46,8 +44,6 @@ from .stacking import describe, stack_head, stack_text
 MODEL_FORMAT = "soilssl-model"
 METHODS = ("all",) + ALL_METHODS
 POINT_FEATURES = ("tile", PATCH, "both")  # tile feature, patch under the point, or CV both
-PRED_NODATA = -9999.0
-XY = "xy"  # the map block of the cells' coordinates (for residual kriging)
 
 
 @dataclass
@@ -538,13 +534,6 @@ def check_model_input(source: TileSource, model: dict) -> None:
                          f"METHOD mlp, ridge, rf_features or all to map predictions.")
 
 
-def model_blocks(model: dict) -> set:
-    """The blocks (PIXELS, CONTEXT, FEATURES) the model's mapped methods use."""
-    blocks = model.get("blocks") or {t: [FEATURES] for t in model["targets"]}
-    return {b if b in (PIXELS, CONTEXT) else FEATURES for t in model["targets"]
-            for b in blocks[t]}
-
-
 def pixel_stack(source: TileSource, model: dict, covariates=None,
                 progress: Optional[Progress] = None) -> Optional[PixelStack]:
     """The model's pixel covariates on ``source`` (None when its methods use none): the
@@ -571,30 +560,6 @@ def pixel_stack(source: TileSource, model: dict, covariates=None,
     return stack
 
 
-def row_blocks(stack: Optional[PixelStack], model: dict, mapper: "MapHeads",
-               rows: FeatureRows):
-    """row -> the blocks of one map row besides FEATURES that ``mapper`` needs: the pixel
-    covariates (PIXELS, CONTEXT) of ``stack``, and the cells' centres (XY, in the raster's
-    CRS as the points were) for residual kriging; None when it needs neither."""
-    covrows = stack and stack.map_blocks(rows.width, rows.height, rows.transform(),
-                                         model["tile_size"],
-                                         model_blocks(model) & {PIXELS, CONTEXT})
-    if not mapper.kriging:
-        return covrows or None
-    transform, cols = rows.transform(), np.arange(rows.width) + 0.5
-    # the points' CRS at fit time (the fitted raster's); a raster in another CRS is mapped
-    # with its cells' centres reprojected there
-    fitted = next(iter((model.get("kriging") or {}).values()), {}).get("crs")
-    to = rasterio.crs.CRS.from_user_input(fitted) if fitted else rows.source.crs
-
-    def blocks(row: int) -> dict:
-        xs, ys = transform @ (cols, np.full(len(cols), row + 0.5))
-        if to != rows.source.crs:
-            xs, ys = warp_transform(rows.source.crs, to, xs, ys)
-        return {**(covrows(row) if covrows else {}), XY: np.column_stack([xs, ys])}
-    return blocks
-
-
 def model_rows(source: TileSource, model: dict, backbone: Backbone, stride: Optional[int],
                device, progress: Optional[Progress] = None, **compute) -> FeatureRows:
     """The feature rows a model maps: its tile pooling on a grid of STRIDE, or its patches."""
@@ -605,100 +570,3 @@ def model_rows(source: TileSource, model: dict, backbone: Backbone, stride: Opti
                               "patch and STRIDE is ignored.")
     return FeatureRows.create(source, backbone, norm, pool, tile, stride,
                               model.get("margin"), device, **compute)
-
-
-class MapHeads:
-    """A model's heads applied to map rows: prediction, and optionally the uncertainty
-    (std of the fold models), the area of applicability and (``trust``: error, lower, upper,
-    level; see :class:`~.intervals.TrustMaps`) the expected error and interval bounds.
-    ``products`` maps each asked product ("prediction", "uncertainty", "aoa", "error",
-    "lower", "upper", "probability") to its raster's count, band names and tags; calling it
-    on a dict of blocks of one output row, {PIXELS: (n, p), CONTEXT: (n, q), FEATURES:
-    (n, D)} (an (n, D) array means {FEATURES: it}), gives {product: (count, n) float32
-    block} for the same products (PRED_NODATA where a value is NaN), so blocks meet
-    writers by name.  Each target's head gets its method's blocks (the model's ``blocks``;
-    models without it map FEATURES) stacked in order."""
-
-    def __init__(self, model: dict, uncertainty: bool = False, aoa: bool = False,
-                 probability: bool = False, lpd: bool = False, **trust):
-        self.model = model
-        self.targets = targets = model["targets"]
-        self.heads = [load_head(model["heads"][t]) for t in targets]
-        self.folds = [[load_head(s) for s in model["fold_heads"][t]] for t in targets] \
-            if uncertainty else None
-        self.class_targets = class_targets(model)
-        tags = {"soilssl_product": "prediction", "targets": targets, "methods": model["methods"],
-                "backbone": model["backbone"],
-                **({"classes": model["classes"]} if self.class_targets else {})}
-        self.products = {"prediction": {"count": len(targets), "band_names": list(targets),
-                                        "tags": tags}}
-        if len(self.class_targets) == len(targets):  # a class raster: integer class indices
-            self.products["prediction"]["dtype"] = "int16"
-        self.products.update(class_products(model, tags, probability))
-        if uncertainty:
-            self.products["uncertainty"] = {
-                "count": len(targets),  # class targets: share of fold models disagreeing
-                "band_names": [f"{t} disagreement" if t in self.class_targets else f"{t} std"
-                               for t in targets],
-                "tags": dict(tags, soilssl_product="uncertainty")}
-        # per target: inside, DI [, LPD] (core.aoa.MapAOA; one set for older models)
-        self.aoa = MapAOA(model, lpd, tags, PRED_NODATA) if aoa else None
-        if self.aoa is not None:
-            self.products["aoa"] = self.aoa.product
-        self.trust = TrustMaps(model, tags=tags, **trust)  # error, lower, upper (as asked)
-        self.products.update(self.trust.products)
-        blocks = model.get("blocks") or {}  # the sets each target's head reads, in order
-        self.inputs = [[b if b in (PIXELS, CONTEXT) else FEATURES
-                        for b in blocks.get(t, [FEATURES])] for t in targets]
-        self.needs = {b for bl in self.inputs for b in bl}  # the blocks a map row must give
-        # numeric targets whose stack adds kriged residuals (core/kriging.py): they need
-        # the cells' map coordinates, the block XY
-        self.kriging = {t: ResidualKriging.from_state(state)
-                        for t, state in (model.get("kriging") or {}).items()}
-
-    @property
-    def inside_count(self) -> int:
-        """Rows inside the AOA of every target."""
-        return self.aoa.inside_all if self.aoa is not None else 0
-
-    def __call__(self, feats) -> dict:
-        data = feats if isinstance(feats, dict) else {FEATURES: feats}
-        missing = sorted(self.needs - set(data))
-        if missing:
-            raise InputError(f"The model needs the {', '.join(missing)} block(s) on the map.")
-        n = len(data[FEATURES] if FEATURES in data else data[next(iter(self.needs))])
-        ok = np.ones(n, bool)  # a cell is mapped where every block its heads read is valid
-        for name in self.needs:
-            ok &= np.isfinite(data[name]).all(axis=1)
-        blocks = {name: np.full((p["count"], n), PRED_NODATA, np.float32)
-                  for name, p in self.products.items()}
-        if not ok.any():
-            return blocks
-        for t in range(len(self.targets)):
-            xt = np.hstack([data[b][ok] for b in self.inputs[t]])
-            if self.targets[t] in self.class_targets:
-                pred, prob, ent, spread = class_block(
-                    self.heads[t], self.folds[t] if self.folds else None, xt)
-                blocks["prediction"][t, ok] = pred
-                if "probability" in blocks:
-                    j = 2 * self.class_targets.index(self.targets[t])
-                    blocks["probability"][j, ok], blocks["probability"][j + 1, ok] = prob, ent
-                if spread is not None:
-                    blocks["uncertainty"][t, ok] = spread
-                continue
-            pred = self.heads[t].predict(xt)
-            if self.targets[t] in self.kriging:
-                if XY not in data:
-                    raise InputError("The model adds kriged residuals: the map rows need "
-                                     "their cells' coordinates.")
-                pred = pred + self.kriging[self.targets[t]].predict(data[XY][ok])
-            blocks["prediction"][t, ok] = pred
-            if "uncertainty" in blocks:
-                blocks["uncertainty"][t, ok] = np.stack(
-                    [f.predict(xt) for f in self.folds[t]]).std(axis=0)
-        di = None
-        if "aoa" in blocks:  # first: its DI serves the error map and the intervals too
-            blocks["aoa"], di_all = self.aoa.measure(data)
-            di = {k: v[ok] for k, v in di_all.items()}
-        self.trust.fill(blocks, {k: v[ok] for k, v in data.items()}, ok, di)
-        return blocks

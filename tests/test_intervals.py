@@ -245,7 +245,7 @@ def test_aoa_and_error_maps_share_one_dissimilarity_computation(monkeypatch):
     import soilssl.core.aoa as aoa
     import soilssl.core.intervals as intervals
     from soilssl.core.heads import RidgeHead
-    from soilssl.core.soil import MapHeads
+    from soilssl.core.mapheads import MapHeads
     X, folds, cv = _synthetic_cv(n=120)
     head = RidgeHead().fit(X, cv.y[:, 0])
     model = {"targets": ["ph"], "methods": {"ph": "ridge"}, "kinds": {"ph": "regression"},

@@ -135,7 +135,8 @@ def test_map_adds_the_share_of_the_field_at_each_cells_centre(tmp_path, tiny_ckp
     from soilssl.core.backbone import load_backbone
     from soilssl.core.raster import TileSource
     from soilssl.core.distributed import predict_job, run_sharded
-    from soilssl.core.soil import PRED_NODATA, MapHeads, Points, fit_points, predict_map
+    from soilssl.core.mapheads import PRED_NODATA, MapHeads
+    from soilssl.core.soil import Points, fit_points, predict_map
     rng = np.random.default_rng(0)
     img = np.clip(128 + rng.normal(0, 30, (3, 64, 96)), 1, 255).astype(np.uint8)
     path = write_raster(tmp_path / "s.tif", img, nodata=0)
@@ -179,7 +180,7 @@ def test_map_rows_give_the_cells_centres_in_the_crs_the_points_had(tmp_path):
 
     from conftest import write_raster
     from soilssl.core.raster import TileSource
-    from soilssl.core.soil import XY, row_blocks
+    from soilssl.core.mapheads import XY, row_blocks
     path = write_raster(tmp_path / "s.tif", np.full((3, 8, 12), 100, np.uint8))  # EPSG:32637
     field = ResidualKriging(np.zeros((3, 2)), np.zeros(3), 1.0, 1.0, 0.1)
     with TileSource(path) as src:

@@ -17,7 +17,7 @@ from soilssl.core.hybrid import GBMHead, gbm_arrays, gbm_predict
 from soilssl.core.selection import (candidates, choose_best, inner_predictions, inner_scores,
                                     nested_selection)
 from soilssl.core.stacking import shrunk_weights, simplex_weights
-from soilssl.core.soil import PRED_NODATA, MapHeads
+from soilssl.core.mapheads import PRED_NODATA, MapHeads
 
 # Small heads: every test runs in seconds on a busy 2-core machine.
 RF = {"n_estimators": 15, "search_estimators": 8, "min_samples_leaf": (1,), "n_jobs": 1}
