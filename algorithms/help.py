@@ -215,7 +215,9 @@ ALGS = {
         "fold models) and the area of applicability where the model can be trusted; "
         "optionally the expected error and a prediction interval at LEVEL from the "
         "cross-validation residuals (models fitted before these existed must be fitted "
-        "again for them).",
+        "again for them). A model whose mapped methods read only covariates (a stack of "
+        "rf_pixels and rf_context) maps without running the ViT over the raster; its "
+        "uncertainty map still does when a fold's stack used ViT features.",
         ["INPUT_RASTER", "BANDS", "DEM", "MODEL", "BACKBONE_MOVED", "STRIDE_PRED", "LEVEL",
          "DEVICE", "BATCH_SIZE", "AMP", "WORKERS", "OUTPUT_PREDICTION", "OUTPUT_UNCERTAINTY",
          "OUTPUT_AOA", "LPD", "OUTPUT_ERROR", "OUTPUT_LOWER", "OUTPUT_UPPER"],

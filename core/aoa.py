@@ -27,7 +27,7 @@ any size fit.  Version-1 states (unweighted, one for all targets) still load.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import sklearn
@@ -36,7 +36,8 @@ from sklearn.metrics import pairwise_distances_argmin_min, pairwise_distances_ch
 
 from .errors import InputError
 from .heads import to_numpy
-from .importance import aoa_weights, block_matrix, spec_blocks, target_metric
+from .importance import (aoa_weights, block_matrix, native_importances, spec_blocks,
+                         target_metric)
 from .progress import Progress, ensure
 
 STATE_VERSION = 2
@@ -180,37 +181,47 @@ def aoa_predict(state: dict, X, chunk_rows: int = 4096) -> Tuple[np.ndarray, np.
 
 def fit_model_aoa(cv, sets: Mapping[str, np.ndarray], chosen: Mapping[str, str],
                   heads: Optional[Mapping[str, object]] = None, seed: int = 0,
-                  progress: Optional[Progress] = None) -> Dict[str, dict]:
+                  progress: Optional[Progress] = None,
+                  blocks: Optional[Mapping[str, Sequence[str]]] = None) -> Dict[str, dict]:
     """target -> AOA state of the method mapped for it (``chosen``), fitted on the points
     that have the target, its predictors weighted by importance (``heads``: the refitted
     heads, whose forest importances are used; else the CV's fold models' permutation
     importance on the held-out folds).  Each state also holds ``target``, ``method``,
     ``blocks`` ([set name, columns] in the head's order), ``weighting`` (where the weights
     come from) and ``index`` (the state's rows among the CV's points), so that
-    ``train_di[i]`` belongs to point ``index[i]``."""
+    ``train_di[i]`` belongs to point ``index[i]``.
+    ``blocks``: per target, the blocks the mapped head reads when they are fewer than its
+    CV row's (a stack without its unweighted candidates): the state measures those."""
     progress = ensure(progress)
     heads = heads or {}
     out = {}
     for target in cv.target_names:
         label = chosen[target]
         t, m = cv.index(target, label)
-        blocks = spec_blocks(cv.methods[m])
-        X, columns = block_matrix(sets, blocks)
+        full = spec_blocks(cv.methods[m])
+        used = tuple((blocks or {}).get(target) or full)
+        X, columns = block_matrix(sets, used)
         y = cv.y[:, t]
         ok = np.isfinite(y)
         kinds = getattr(cv, "kinds", None)
         kind = kinds.get(target, "regression") if isinstance(kinds, Mapping) else "regression"
         fold_models = (cv.fold_models or {}).get((target, label))
-        weights, source = aoa_weights(heads.get(target), fold_models, X, y, cv.folds,
-                                      cv.fold_ids, target_metric(kind), seed=seed,
-                                      check=progress.check)
+        metric = target_metric(kind)
+        if used == full or native_importances(heads.get(target), X.shape[1]) is not None:
+            weights, source = aoa_weights(heads.get(target), fold_models, X, y, cv.folds,
+                                          cv.fold_ids, metric, seed=seed, check=progress.check)
+        else:  # the fold models read every block: their importances, on the used columns
+            Xf, cf = block_matrix(sets, full)
+            weights, source = aoa_weights(None, fold_models, Xf, y, cv.folds, cv.fold_ids,
+                                          metric, seed=seed, check=progress.check)
+            weights = weights[np.concatenate([cf[b] for b in used])]
         if not (weights > 0).any():
             progress.info(f"{target}: no predictor of {label} has a positive importance; the "
                           f"area of applicability is computed unweighted.")
             weights, source = np.ones(X.shape[1]), "unweighted (no positive importance)"
         state = fit_aoa(X[ok], cv.folds[ok], weights)
         state.update(target=target, method=label, weighting=source,
-                     blocks=[[b, int(len(columns[b]))] for b in blocks],
+                     blocks=[[b, int(len(columns[b]))] for b in used],
                      index=torch.from_numpy(np.flatnonzero(ok)))
         progress.info(f"{target}: area of applicability of {label} on {int(ok.sum())} points "
                       f"({source}); DI threshold {state['threshold']:.3f}.")
@@ -225,6 +236,15 @@ def model_aoa_states(model: dict) -> List[Tuple[Optional[str], dict]]:
     if per_target:
         return [(t, per_target[t]) for t in model["targets"] if t in per_target]
     return [(None, model["aoa"])] if model.get("aoa") is not None else []
+
+
+def reads_features(state: Optional[dict]) -> bool:
+    """Whether an AOA state measures its DI on ViT features (any set besides the pixel
+    covariates and their context; states without a block record are on features)."""
+    if state is None:
+        return False
+    return any(name not in NON_FEATURE_BLOCKS
+               for name, _ in state.get("blocks") or [[FEATURES, 0]])
 
 
 def aoa_matrix(state: dict, blocks) -> np.ndarray:

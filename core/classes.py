@@ -625,13 +625,18 @@ def class_products(model: dict, tags: dict, probability: bool) -> Dict[str, dict
                                          class_targets=targets)}}
 
 
-def class_block(head, fold_heads, x: np.ndarray):
+def class_block(head, fold_heads, x: np.ndarray, fold_x: Optional[np.ndarray] = None,
+                rows: Optional[np.ndarray] = None):
     """(class index, its probability, entropy, fold models' disagreement or None) of the
-    feature rows ``x`` (n, D) by a class head and its fold heads."""
+    feature rows ``x`` (n, D) by a class head and its fold heads; ``fold_x``: the fold
+    heads' rows when they read other blocks than the head, for the rows ``rows`` (a mask
+    of the n rows) only."""
     p = head.predict_proba(x)
     pred = p.argmax(axis=1)
-    spread = None if fold_heads is None else \
-        disagreement(np.stack([f.predict(x) for f in fold_heads]), pred)
+    fx = x if fold_x is None else fold_x
+    spread = None if fold_heads is None else np.zeros(0) if not len(fx) else \
+        disagreement(np.stack([f.predict(fx) for f in fold_heads]),
+                     pred if rows is None else pred[rows])
     return pred, p.max(axis=1), entropy(p), spread
 
 

@@ -113,7 +113,7 @@ def compute_block(job: Job, work: str, block: int, block_rows: int,
     data = [np.full((p.count, len(out_rows), w), p.nodata, np.float32) for p in job.products]
     for row, feats in job.rows.rows(units, progress):
         if job.blocks is not None:  # pixel covariates, cells' centres: {FEATURES: feats, ...}
-            feats = {"features": feats, **job.blocks(row)}
+            feats = {**({} if feats is None else {"features": feats}), **job.blocks(row)}
         for d, block_data in zip(data, job.compute(feats)):
             d[:, row - out_rows.start, :] = block_data
     transform = job.rows.transform() @ Affine.translation(0, out_rows.start)
@@ -285,8 +285,9 @@ def predict_job(source: TileSource, model: dict, model_path: str, output: str,
     stack = pixel_stack(source, model, covariates, progress)
     dev = resolve_device(device)
     backbone = backbone or model_backbone(model, device=str(dev))
-    rows = model_rows(source, model, backbone, stride, dev, progress, **compute)
     mapper = MapHeads(model, bool(uncertainty), bool(aoa))
+    rows = model_rows(source, model, backbone, stride, dev, progress,
+                      features=mapper.reads_features, **compute)
     paths = {"prediction": output, "uncertainty": uncertainty, "aoa": aoa}
     products = [Product(os.path.abspath(paths[name]), p["count"], p["tags"], p["band_names"],
                         PRED_NODATA) for name, p in mapper.products.items()]

@@ -11,9 +11,10 @@ import numpy as np
 import rasterio
 from rasterio.warp import transform as warp_transform
 
-from .aoa import MapAOA
+from .aoa import MapAOA, reads_features
 from .classes import class_block, class_products, class_targets, load_head
 from .covariates import PixelStack
+from .errorprofile import aoa_state
 from .cv import CONTEXT, FEATURES, PIXELS
 from .errors import InputError
 from .intervals import TrustMaps
@@ -27,8 +28,9 @@ XY = "xy"  # the map block of the cells' coordinates (for residual kriging)
 def model_blocks(model: dict) -> set:
     """The blocks (PIXELS, CONTEXT, FEATURES) the model's mapped methods use."""
     blocks = model.get("blocks") or {t: [FEATURES] for t in model["targets"]}
+    folds = model.get("fold_blocks") or {}  # a stack's fold models (the uncertainty map)
     return {b if b in (PIXELS, CONTEXT) else FEATURES for t in model["targets"]
-            for b in blocks[t]}
+            for b in list(blocks[t]) + list(folds.get(t, []))}
 
 
 def row_blocks(stack: Optional[PixelStack], model: dict, mapper: "MapHeads",
@@ -98,11 +100,30 @@ class MapHeads:
         blocks = model.get("blocks") or {}  # the sets each target's head reads, in order
         self.inputs = [[b if b in (PIXELS, CONTEXT) else FEATURES
                         for b in blocks.get(t, [FEATURES])] for t in targets]
+        # a stack's fold models read every candidate's blocks, its head only its members'
+        folds = model.get("fold_blocks") or {}
+        self.fold_inputs = [[b if b in (PIXELS, CONTEXT) else FEATURES for b in folds[t]]
+                            if t in folds else self.inputs[i] for i, t in enumerate(targets)]
         self.needs = {b for bl in self.inputs for b in bl}  # the blocks a map row must give
+        if uncertainty:
+            self.needs |= {b for bl in self.fold_inputs for b in bl}
         # numeric targets whose stack adds kriged residuals (core/kriging.py): they need
         # the cells' map coordinates, the block XY
         self.kriging = {t: ResidualKriging.from_state(state)
                         for t, state in (model.get("kriging") or {}).items()}
+
+    @property
+    def reads_features(self) -> bool:
+        """Whether any asked product reads the ViT features: a head, or the DI of the AOA
+        map or of the trust maps.  A stack of pixel covariates alone (plus kriging) does
+        not, and its map runs no backbone."""
+        if FEATURES in self.needs:
+            return True
+        states = [s for _, s in self.aoa.states] if self.aoa is not None else []
+        if self.trust:
+            states += [aoa_state(self.model, t) for t, profile in self.trust.profiles.items()
+                       if profile is not None]
+        return any(reads_features(s) for s in states)
 
     @property
     def inside_count(self) -> int:
@@ -115,24 +136,29 @@ class MapHeads:
         if missing:
             raise InputError(f"The model needs the {', '.join(missing)} block(s) on the map.")
         n = len(data[FEATURES] if FEATURES in data else data[next(iter(self.needs))])
+        valid = {name: np.isfinite(data[name]).all(axis=1) for name in self.needs}
         ok = np.ones(n, bool)  # a cell is mapped where every block its heads read is valid
-        for name in self.needs:
-            ok &= np.isfinite(data[name]).all(axis=1)
+        for name in {b for bl in self.inputs for b in bl}:
+            ok &= valid[name]
         blocks = {name: np.full((p["count"], n), PRED_NODATA, np.float32)
                   for name, p in self.products.items()}
         if not ok.any():
             return blocks
         for t in range(len(self.targets)):
             xt = np.hstack([data[b][ok] for b in self.inputs[t]])
+            fo, xf = ok, xt  # the rows and inputs of the fold models (uncertainty)
+            if self.folds and self.fold_inputs[t] != self.inputs[t]:
+                fo = ok & np.logical_and.reduce([valid[b] for b in self.fold_inputs[t]])
+                xf = np.hstack([data[b][fo] for b in self.fold_inputs[t]])
             if self.targets[t] in self.class_targets:
                 pred, prob, ent, spread = class_block(
-                    self.heads[t], self.folds[t] if self.folds else None, xt)
+                    self.heads[t], self.folds[t] if self.folds else None, xt, xf, fo[ok])
                 blocks["prediction"][t, ok] = pred
                 if "probability" in blocks:
                     j = 2 * self.class_targets.index(self.targets[t])
                     blocks["probability"][j, ok], blocks["probability"][j + 1, ok] = prob, ent
                 if spread is not None:
-                    blocks["uncertainty"][t, ok] = spread
+                    blocks["uncertainty"][t, fo] = spread
                 continue
             pred = self.heads[t].predict(xt)
             if self.targets[t] in self.kriging:
@@ -141,9 +167,9 @@ class MapHeads:
                                      "their cells' coordinates.")
                 pred = pred + self.kriging[self.targets[t]].predict(data[XY][ok])
             blocks["prediction"][t, ok] = pred
-            if "uncertainty" in blocks:
-                blocks["uncertainty"][t, ok] = np.stack(
-                    [f.predict(xt) for f in self.folds[t]]).std(axis=0)
+            if "uncertainty" in blocks and fo.any():
+                blocks["uncertainty"][t, fo] = np.stack(
+                    [f.predict(xf) for f in self.folds[t]]).std(axis=0)
         di = None
         if "aoa" in blocks:  # first: its DI serves the error map and the intervals too
             blocks["aoa"], di_all = self.aoa.measure(data)

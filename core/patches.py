@@ -326,6 +326,7 @@ class FeatureRows:
     amp: str = "auto"
     min_valid: float = DEFAULT_MIN_VALID
     workers: int = 2
+    features: bool = True  # False: the grid's rows without running the backbone
 
     @classmethod
     def create(cls, source: TileSource, backbone: Backbone, norm: Normalization, pool: str,
@@ -371,9 +372,21 @@ class FeatureRows:
 
     def rows(self, units: Optional[range] = None,
              progress: Optional[Progress] = None) -> Iterator[tuple]:
-        """Yield ``(row, feats (width, D))`` for the output rows of grid rows ``units``."""
+        """Yield ``(row, feats (width, D))`` for the output rows of grid rows ``units``;
+        ``(row, None)`` when ``features`` is off (a map whose heads read no ViT feature
+        runs no backbone)."""
+        if not self.features:
+            return self._bare_rows(range(self.units) if units is None else units,
+                                   ensure(progress))
         args = (self.source, self.grid, self.norm, self.backbone, self.device, self.batch_size,
                 self.amp)
         if self.patch:
             return iter_patch_grid_rows(*args, self.min_valid, self.workers, progress, units)
         return iter_grid_rows(*args, self.pool, self.min_valid, self.workers, progress, units)
+
+    def _bare_rows(self, units: range, progress: Progress) -> Iterator[tuple]:
+        out = self.out_rows(units)
+        for i, row in enumerate(out):
+            progress.check()
+            yield row, None
+            progress.set((i + 1) / len(out))

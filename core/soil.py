@@ -39,7 +39,7 @@ from .writer import RasterWriter, commit_all
 from .selection import candidates, choose_best, class_inner, nested_selection
 from .ranking import format_ranking, rank_backbones  # noqa: F401 (public here too)
 from .report import stack_advice
-from .stacking import describe, stack_head, stack_text
+from .stacking import describe, stack_head, stack_text, union_blocks
 
 MODEL_FORMAT = "soilssl-model"
 METHODS = ("all",) + ALL_METHODS
@@ -386,7 +386,7 @@ def compared_sets(compare) -> dict:
 
 def _model_dict(source, backbone, cv, sets, y, weights, folds, chosen, loss, seed, pool, tile,
                 normalization, progress, scale=FEATURES, margin=None, class_weight=None) -> dict:
-    heads, fold_heads, refitted, blocks = {}, {}, {}, {}
+    heads, fold_heads, refitted, blocks, fold_blocks, used = {}, {}, {}, {}, {}, {}
     for t, target in enumerate(cv.target_names):
         label = chosen[target]
         spec = cv.methods[cv.labels.index(label)]
@@ -396,23 +396,32 @@ def _model_dict(source, backbone, cv, sets, y, weights, folds, chosen, loss, see
             return make_head(member, [sets[b].shape[1] for b in member.blocks], loss, seed,
                              None, cv.kind(target),
                              len((cv.classes or {}).get(target, ())) or 2, class_weight)
-        if spec.method == SELECTED:  # the stack: its members refitted, its mapped weights
-            head = stack_head(cv, target, {b: sets[b].shape[1] for b in spec.blocks},
-                              spec.blocks, factory)
+        used[target] = tuple(spec.blocks)
+        if spec.method == SELECTED:  # the stack: its members refitted, its mapped weights,
+            # on the blocks of its kept members only (a stack of pixel methods maps without
+            # ViT features); its fold stacks keep the layout of every candidate
+            kept = union_blocks([cv.methods[cv.labels.index(m)].blocks
+                                 for m in cv.stacks[target]])
+            used[target] = tuple(b for b in spec.blocks if b in kept)
+            head = stack_head(cv, target, {b: sets[b].shape[1] for b in used[target]},
+                              used[target], factory)
         else:
             head = factory(spec)
         what = f"the stack {describe(head.weight_map)}" if spec.method == SELECTED else label
         progress.info(f"{target}: refitting {what} on all {int(ok.sum())} points for mapping.")
-        head.fit(stack_blocks(sets, spec.blocks, ok), y[ok, t],
+        head.fit(stack_blocks(sets, used[target], ok), y[ok, t],
                  sample_weight=None if weights is None else weights[ok])
         heads[target] = head.state_dict()
         refitted[target] = head
         fold_heads[target] = [h.state_dict() for h in cv.fold_models[(target, label)]]
         # on the map the model's feature set (tile or patch pooling) is the FEATURES block
-        blocks[target] = [FEATURES if b == scale else b for b in spec.blocks]
+        blocks[target] = [FEATURES if b == scale else b for b in used[target]]
+        if used[target] != tuple(spec.blocks):
+            fold_blocks[target] = [FEATURES if b == scale else b for b in spec.blocks]
     model = {
         "soilssl": {"format": MODEL_FORMAT, "version": 1},
         "targets": list(cv.target_names), "methods": dict(chosen), "blocks": blocks,
+        "fold_blocks": fold_blocks,  # where the fold models read other blocks than the head
         "stacks": {t: dict(cv.stacks[t]) for t in cv.target_names
                    if chosen[t] == SELECTED and cv.stacks},
         "kriging": {t: dict(k["field"].state_dict(), crs=source.crs.to_wkt())
@@ -424,7 +433,7 @@ def _model_dict(source, backbone, cv, sets, y, weights, folds, chosen, loss, see
         "pool": pool, "tile_size": int(tile), **({"margin": margin} if pool == PATCH else {}),
         "normalization": normalization,
         "heads": heads, "fold_heads": fold_heads,
-        "aoa_targets": fit_model_aoa(cv, sets, chosen, refitted, seed, progress),
+        "aoa_targets": fit_model_aoa(cv, sets, chosen, refitted, seed, progress, used),
         "cv_table": cv.table(), "n_points": int(len(folds)),
         "kinds": {t: cv.kind(t) for t in cv.target_names},
         "classes": {t: list(names) for t, names in (cv.classes or {}).items()},
@@ -487,9 +496,9 @@ def predict_map(source: TileSource, model: dict, output: str,
     stack = pixel_stack(source, model, covariates, progress)
     dev = resolve_device(device)
     backbone = backbone or model_backbone(model, device=str(dev))
-    fr = model_rows(source, model, backbone, stride, dev, progress, batch_size=batch_size,
-                    amp=amp, workers=workers)
     mapper = MapHeads(model, bool(uncertainty), bool(aoa), bool(probability), lpd=lpd, **trust)
+    fr = model_rows(source, model, backbone, stride, dev, progress, batch_size=batch_size,
+                    amp=amp, workers=workers, features=mapper.reads_features)
     w, h = fr.width, fr.height
     extra = row_blocks(stack, model, mapper, fr)
     paths = {"prediction": output, "uncertainty": uncertainty, "aoa": aoa,
@@ -502,7 +511,8 @@ def predict_map(source: TileSource, model: dict, output: str,
                                          fr.transform(), nodata=PRED_NODATA, tags=p["tags"],
                                          band_names=p["band_names"])
         for row, feats in fr.rows(progress=progress):
-            blocks = {FEATURES: feats, **(extra(row) if extra else {})}
+            blocks = {**({} if feats is None else {FEATURES: feats}),
+                      **(extra(row) if extra else {})}
             for name, block in mapper(blocks).items():
                 writers[name].write(block[:, None, :], ((row, row + 1), (0, w)))
         commit_all(list(writers.values()))
@@ -565,6 +575,9 @@ def model_rows(source: TileSource, model: dict, backbone: Backbone, stride: Opti
     """The feature rows a model maps: its tile pooling on a grid of STRIDE, or its patches."""
     tile, norm = prepare(source, backbone, model["tile_size"], model["normalization"], progress)
     pool = model.get("pool", "cls")
+    if not compute.get("features", True):
+        ensure(progress).info("The mapped methods read no ViT features (pixel covariates "
+                              "only): the backbone is not run over the raster.")
     if pool == PATCH and stride:
         ensure(progress).info("The model uses patch features: the map has one pixel per "
                               "patch and STRIDE is ignored.")

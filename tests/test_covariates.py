@@ -307,3 +307,113 @@ def test_fitpoints_and_predictmap_with_covariates_in_qgis(qgis_app, image, tiny_
     assert p.shape == (8, 8) and p.count() > 40
     # rf_pixels on the covariates follows the elevation gradient (ph ~ row)
     assert np.ma.corrcoef(np.ma.mean(p, axis=1), np.arange(8))[0, 1] > 0.8
+
+
+def test_a_map_of_pixel_covariates_alone_runs_no_backbone(image, tmp_path, vit, monkeypatch):
+    """rf_pixels (or any stack without ViT-feature members) maps every product, AOA and
+    error included, without computing a single tile's features, and gives the same rasters
+    as the map that computes them; a ViT-feature head still runs the backbone."""
+    import soilssl.core.features as features
+    from soilssl.core.distributed import predict_job, run_sharded
+    from soilssl.core.mapheads import MapHeads
+    calls = []
+    real_embed = features.embed
+    monkeypatch.setattr(features, "embed", lambda *a, **k: calls.append(1) or real_embed(*a, **k))
+    elev = _cover(tmp_path, "elev.tif", "EPSG:32637", 3.0,
+                  lambda h, w, i: np.linspace(0, 80, h)[:, None] * np.ones((1, w)))
+    outs = ("p", "u", "a", "e")
+
+    def run(model, tag):
+        paths = [str(tmp_path / f"{tag}_{o}.tif") for o in outs]
+        predict_map(src, model, paths[0], uncertainty=paths[1], aoa=paths[2], error=paths[3],
+                    stride=8)
+        result = []
+        for p in paths:
+            with rasterio.open(p) as ds:
+                result.append(ds.read())
+        return result
+
+    with TileSource(image, bands=[1, 2, 3]) as src:
+        fit = fit_points(src, _points(src), vit, method="rf_pixels", n_folds=3,
+                         covariates=open_covariates([elev]), model_path=str(tmp_path / "m.pth"))
+        model = load_model(str(tmp_path / "m.pth"))
+        assert not MapHeads(model, True, True, error=True).reads_features
+        calls.clear()
+        bare = run(model, "bare")
+        assert calls == []
+        run_sharded(predict_job(src, model, str(tmp_path / "m.pth"), str(tmp_path / "d.tif"),
+                                stride=8, device="cpu"), block_rows=2)
+        assert calls == []
+        with monkeypatch.context() as m:  # the same map with the features computed
+            m.setattr(MapHeads, "reads_features", property(lambda self: True))
+            computed = run(model, "computed")
+        assert len(calls) > 0
+        for a, b in zip(bare, computed):
+            assert a.shape == b.shape and (a != -9999).any()
+            np.testing.assert_array_equal(a, b)
+        with rasterio.open(tmp_path / "d.tif") as ds:
+            np.testing.assert_array_equal(ds.read(), bare[0])
+        # the prediction follows the elevation gradient: a real map, not nodata
+        pred = np.ma.masked_equal(bare[0][0], -9999)
+        assert np.corrcoef(np.arange(pred.shape[0]), pred.mean(axis=1))[0, 1] > 0.8
+        # a head on ViT features runs the backbone
+        ridge = fit_points(src, _points(src), vit, method="ridge", n_folds=3).model
+        assert MapHeads(ridge).reads_features
+        calls.clear()
+        predict_map(src, ridge, str(tmp_path / "r.tif"), stride=8)
+        assert len(calls) > 0
+
+
+def test_a_stack_of_pixel_members_maps_without_features_and_its_folds_with(
+        image, tmp_path, vit, monkeypatch):
+    """The mapped stack reads only its kept members' blocks (here rf_pixels alone): its
+    head, AOA and map need no ViT feature.  Its fold stacks (other weights, a ViT-feature
+    member) keep every candidate's blocks, so the uncertainty map computes the features;
+    the prediction is the same either way."""
+    import soilssl.core.features as features
+    import soilssl.core.selection as selection
+    import soilssl.core.soil as soil
+    from soilssl.core.cv import FEATURES, MethodSpec
+    from soilssl.core.mapheads import MapHeads
+    monkeypatch.setattr(soil, "method_specs",
+                        lambda method, compare=False: [MethodSpec("rf_pixels"),
+                                                       MethodSpec("ridge")])
+    n_points = 30
+
+    def weights(P, y, groups, prior, sample_weight=None):  # folds: both; mapped: rf_pixels
+        if len(y) == n_points:
+            return np.asarray(prior, float), 1.0
+        return np.array([0.5, 0.5]), 0.0
+    monkeypatch.setattr(selection, "shrunk_weights", weights)
+    calls = []
+    real_embed = features.embed
+    monkeypatch.setattr(features, "embed", lambda *a, **k: calls.append(1) or real_embed(*a, **k))
+    elev = _cover(tmp_path, "elev.tif", "EPSG:32637", 3.0,
+                  lambda h, w, i: np.linspace(0, 80, h)[:, None] * np.ones((1, w)))
+    with TileSource(image, bands=[1, 2, 3]) as src:
+        fit = fit_points(src, _points(src, n=n_points), vit, method="all", n_folds=3,
+                         covariates=open_covariates([elev]), model_path=str(tmp_path / "m.pth"))
+        model = load_model(str(tmp_path / "m.pth"))
+        assert fit.chosen == {"ph": "selected"} and model["stacks"] == {"ph": {"rf_pixels": 1.0}}
+        assert model["blocks"] == {"ph": [PIXELS]}
+        assert model["fold_blocks"] == {"ph": [PIXELS, FEATURES]}
+        assert [b for b, _ in model["aoa_targets"]["ph"]["blocks"]] == [PIXELS]
+        assert all(set(s["labels"]) == {"rf_pixels", "ridge"}
+                   for s in model["fold_heads"]["ph"])
+        assert not MapHeads(model, aoa=True).reads_features
+        assert MapHeads(model, uncertainty=True).reads_features
+        calls.clear()
+        predict_map(src, model, str(tmp_path / "p.tif"), aoa=str(tmp_path / "a.tif"), stride=8)
+        assert calls == []
+        predict_map(src, model, str(tmp_path / "pu.tif"), uncertainty=str(tmp_path / "u.tif"),
+                    stride=8)
+        assert calls
+        # the mapped head is rf_pixels refitted on all points: its prediction at the cells
+        mapper = MapHeads(model)
+        with rasterio.open(tmp_path / "p.tif") as a, rasterio.open(tmp_path / "pu.tif") as b, \
+                rasterio.open(tmp_path / "u.tif") as u:
+            pred, again, spread = a.read(1), b.read(1), u.read(1)
+        np.testing.assert_array_equal(pred, again)
+        ok = pred != -9999
+        assert ok.sum() > 40 and (spread[ok] > 0).mean() > 0.9
+        assert mapper.heads[0].n_features == len(model["pixel_names"])
