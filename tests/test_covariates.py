@@ -417,3 +417,47 @@ def test_a_stack_of_pixel_members_maps_without_features_and_its_folds_with(
         ok = pred != -9999
         assert ok.sum() > 40 and (spread[ok] > 0).mean() > 0.9
         assert mapper.heads[0].n_features == len(model["pixel_names"])
+
+
+def test_a_class_stack_of_pixel_members_maps_its_fold_disagreement_on_their_blocks(
+        image, tmp_path, vit, monkeypatch):
+    """The same for a class target: the class map runs no backbone; the fold models'
+    disagreement (which read the ViT features) does, and the class map is unchanged."""
+    import soilssl.core.selection as selection
+    import soilssl.core.soil as soil
+    from soilssl.core.cv import FEATURES, MethodSpec
+    from soilssl.core.mapheads import MapHeads
+    monkeypatch.setattr(soil, "method_specs",
+                        lambda method, compare=False: [MethodSpec("rf_pixels"),
+                                                       MethodSpec("ridge")])
+    n_points = 36
+    monkeypatch.setattr(selection, "shrunk_weights",
+                        lambda P, y, groups, prior, sample_weight=None:
+                        (np.asarray(prior, float), 1.0) if len(y) == n_points
+                        else (np.array([0.5, 0.5]), 0.0))
+    elev = _cover(tmp_path, "elev.tif", "EPSG:32637", 3.0,
+                  lambda h, w, i: np.linspace(0, 80, h)[:, None] * np.ones((1, w)))
+    with TileSource(image, bands=[1, 2, 3]) as src:
+        pts = _points(src, n=n_points)
+        pts.values = np.digitize(pts.values, [3.0, 5.5]).astype(float)  # 3 classes by row
+        pts.classes = {"ph": ["low", "mid", "high"]}
+        fit_points(src, pts, vit, method="all", n_folds=3, covariates=open_covariates([elev]),
+                   model_path=str(tmp_path / "m.pth"))
+        model = load_model(str(tmp_path / "m.pth"))
+        assert model["blocks"] == {"ph": [PIXELS]}
+        assert model["fold_blocks"] == {"ph": [PIXELS, FEATURES]}
+        assert not MapHeads(model, probability=True).reads_features
+        assert MapHeads(model, uncertainty=True).reads_features
+        predict_map(src, model, str(tmp_path / "c.tif"), stride=8,
+                    probability=str(tmp_path / "p.tif"))
+        predict_map(src, model, str(tmp_path / "cu.tif"), stride=8,
+                    uncertainty=str(tmp_path / "u.tif"))
+    with rasterio.open(tmp_path / "c.tif") as a, rasterio.open(tmp_path / "cu.tif") as b, \
+            rasterio.open(tmp_path / "u.tif") as u:
+        classes, again, spread = a.read(1), b.read(1), u.read(1)
+    np.testing.assert_array_equal(classes, again)
+    ok = spread != -9999
+    assert ok.sum() > 40 and set(np.unique(classes[ok])) <= {0, 1, 2}
+    assert ((spread[ok] >= 0) & (spread[ok] <= 1)).all()
+    # the classes follow the rows, as the points' classes do
+    assert np.corrcoef(np.nonzero(ok)[0], classes[ok])[0, 1] > 0.5
