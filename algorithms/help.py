@@ -107,7 +107,8 @@ PARAMS = {
     "RESUME": "A checkpoint of an interrupted run: training continues from its last complete "
               "epoch.",
     "OUTPUT_CKPT": "SoilSSL checkpoint, written at the end of every epoch; use it as BACKBONE.",
-    "BACKBONE_MOVED": "The backbone file, only if it moved since fitting (checked by checksum).",
+    "BACKBONE_MOVED": "The backbone file, only if it moved since fitting (checked by checksum); "
+                      "a model that maps with covariates only does not need it.",
     "STRIDE_PRED": "Prediction resolution: one output pixel per STRIDE px (0 = tile size). "
                    "A model fitted on patch features (POINT_FEATURE) maps one pixel per patch "
                    "and does not use STRIDE.",
@@ -216,8 +217,8 @@ ALGS = {
         "optionally the expected error and a prediction interval at LEVEL from the "
         "cross-validation residuals (models fitted before these existed must be fitted "
         "again for them). A model whose mapped methods read only covariates (a stack of "
-        "rf_pixels and rf_context) maps without running the ViT over the raster; its "
-        "uncertainty map still does when a fold's stack used ViT features.",
+        "rf_pixels and rf_context) maps without loading or running the ViT; its "
+        "uncertainty map still runs it when a fold's stack used ViT features.",
         ["INPUT_RASTER", "BANDS", "DEM", "MODEL", "BACKBONE_MOVED", "STRIDE_PRED", "LEVEL",
          "DEVICE", "BATCH_SIZE", "AMP", "WORKERS", "OUTPUT_PREDICTION", "OUTPUT_UNCERTAINTY",
          "OUTPUT_AOA", "LPD", "OUTPUT_ERROR", "OUTPUT_LOWER", "OUTPUT_UPPER"],

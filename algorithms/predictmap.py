@@ -49,11 +49,12 @@ class PredictMap(SoilSSLAlgorithm):
     def execute(self, parameters, context, feedback, progress):
         from ..core.classes import class_targets
         from ..core.inputs import model_inputs
-        from ..core.soil import load_model, model_backbone, predict_map
+        from ..core.soil import load_model, predict_map
         compute = self.compute(parameters, context)
         model = load_model(self.parameterAsFile(parameters, "MODEL", context))
-        backbone = model_backbone(model, self.parameterAsFile(parameters, "BACKBONE", context)
-                                  or None, compute["device"])
+        # the model's backbone, or its replacement: loaded by the map only if it reads ViT
+        # features (a model of covariate methods maps without it)
+        backbone = self.parameterAsFile(parameters, "BACKBONE", context) or None
         # the probability raster exists for class targets only (else it is not made at all,
         # though the dialog asks for a temporary one by default)
         outputs = {k: self.parameterAsOutputLayer(parameters, k, context) or None

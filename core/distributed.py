@@ -278,16 +278,16 @@ def predict_job(source: TileSource, model: dict, model_path: str, output: str,
                 stride: Optional[int] = None, backbone=None, device: str = "auto",
                 progress: Optional[Progress] = None, covariates=None, **compute) -> Job:
     """The rasters of :func:`~.soil.predict_map` as a sharded job (``covariates``: paths
-    replacing the model's covariate rasters, as there)."""
+    replacing the model's covariate rasters; ``backbone``: a Backbone or a path replacing
+    the model's, not loaded when the map reads no ViT feature; as there)."""
     from .mapheads import PRED_NODATA, MapHeads, row_blocks
-    from .soil import check_model_input, model_backbone, model_rows, pixel_stack
+    from .soil import check_model_input, map_backbone, model_rows, pixel_stack
     check_model_input(source, model)
     stack = pixel_stack(source, model, covariates, progress)
     dev = resolve_device(device)
-    backbone = backbone or model_backbone(model, device=str(dev))
     mapper = MapHeads(model, bool(uncertainty), bool(aoa))
-    rows = model_rows(source, model, backbone, stride, dev, progress,
-                      features=mapper.reads_features, **compute)
+    rows = model_rows(source, model, map_backbone(model, mapper, backbone, dev), stride, dev,
+                      progress, features=mapper.reads_features, **compute)
     paths = {"prediction": output, "uncertainty": uncertainty, "aoa": aoa}
     products = [Product(os.path.abspath(paths[name]), p["count"], p["tags"], p["band_names"],
                         PRED_NODATA) for name, p in mapper.products.items()]
@@ -381,10 +381,9 @@ def run(args: argparse.Namespace, progress: Optional[Progress] = None) -> dict:
         model = load_model(args.model)
         bands = _bands(args.bands) or list(model["bands"])
         with TileSource(args.input, bands, args.dem or None) as src:
-            from .soil import model_backbone
-            bb = model_backbone(model, args.backbone or None, device)
             job = predict_job(src, model, args.model, args.output, args.uncertainty or None,
-                              args.aoa or None, args.stride, bb, device, progress,
+                              args.aoa or None, args.stride, args.backbone or None, device,
+                              progress,
                               covariates=[p for p in args.covariates.split(";") if p.strip()],
                               **compute)
             return run_sharded(job, args.work_dir or None, args.block_rows, ranks,

@@ -472,7 +472,7 @@ def model_backbone(model: dict, override: Optional[str] = None, device: str = "c
 
 def predict_map(source: TileSource, model: dict, output: str,
                 uncertainty: Optional[str] = None, aoa: Optional[str] = None,
-                stride: Optional[int] = None, backbone: Optional[Backbone] = None,
+                stride: Optional[int] = None, backbone=None,
                 batch_size: int = 32, device: str = "auto", amp: str = "auto", workers: int = 2,
                 progress: Optional[Progress] = None, error: Optional[str] = None,
                 lower: Optional[str] = None, upper: Optional[str] = None,
@@ -487,7 +487,9 @@ def predict_map(source: TileSource, model: dict, output: str,
     disagree, and ``probability`` (class targets only) the mapped class's probability and
     the normalised entropy per class target (:func:`.classes.class_products`).
     ``covariates``: paths replacing the model's covariate rasters (see
-    :func:`~.covariates.resolve_covariates`); by default the recorded files."""
+    :func:`~.covariates.resolve_covariates`); by default the recorded files.
+    ``backbone``: a :class:`~.backbone.Backbone`, or a path replacing the model's recorded
+    one (:func:`map_backbone`: not loaded at all when the map reads no ViT feature)."""
     progress = ensure(progress)
     check_model_input(source, model)
     trust = dict(error=bool(error), lower=bool(lower), upper=bool(upper), level=level)
@@ -495,10 +497,10 @@ def predict_map(source: TileSource, model: dict, output: str,
         progress.info(note)                       # before any feature is computed
     stack = pixel_stack(source, model, covariates, progress)
     dev = resolve_device(device)
-    backbone = backbone or model_backbone(model, device=str(dev))
     mapper = MapHeads(model, bool(uncertainty), bool(aoa), bool(probability), lpd=lpd, **trust)
-    fr = model_rows(source, model, backbone, stride, dev, progress, batch_size=batch_size,
-                    amp=amp, workers=workers, features=mapper.reads_features)
+    fr = model_rows(source, model, map_backbone(model, mapper, backbone, dev), stride, dev,
+                    progress, batch_size=batch_size, amp=amp, workers=workers,
+                    features=mapper.reads_features)
     w, h = fr.width, fr.height
     extra = row_blocks(stack, model, mapper, fr)
     paths = {"prediction": output, "uncertainty": uncertainty, "aoa": aoa,
@@ -570,14 +572,37 @@ def pixel_stack(source: TileSource, model: dict, covariates=None,
     return stack
 
 
-def model_rows(source: TileSource, model: dict, backbone: Backbone, stride: Optional[int],
-               device, progress: Optional[Progress] = None, **compute) -> FeatureRows:
-    """The feature rows a model maps: its tile pooling on a grid of STRIDE, or its patches."""
-    tile, norm = prepare(source, backbone, model["tile_size"], model["normalization"], progress)
+def map_backbone(model: dict, mapper: MapHeads, backbone=None, device="cpu"):
+    """The backbone a map of ``model`` runs: ``backbone`` (a Backbone, or a path replacing
+    the model's), else the model's own (checksum-checked); None when no product ``mapper``
+    makes reads ViT features and the grid needs none (tile pooling): a model of covariate
+    methods then maps without its backbone file."""
+    if not mapper.reads_features and model.get("pool", "cls") != PATCH:
+        return None
+    if isinstance(backbone, Backbone):
+        return backbone
+    return model_backbone(model, backbone or None, device=str(device))
+
+
+def model_rows(source: TileSource, model: dict, backbone: Optional[Backbone],
+               stride: Optional[int], device, progress: Optional[Progress] = None,
+               **compute) -> FeatureRows:
+    """The feature rows a model maps: its tile pooling on a grid of STRIDE, or its patches;
+    with ``features=False`` in ``compute`` the same grid's rows without running the
+    backbone, and without a ``backbone`` at all (:func:`map_backbone`) for tile pooling."""
     pool = model.get("pool", "cls")
     if not compute.get("features", True):
-        ensure(progress).info("The mapped methods read no ViT features (pixel covariates "
-                              "only): the backbone is not run over the raster.")
+        ensure(progress).info("The mapped methods read no ViT features (covariates only): "
+                              f"the backbone is {'not loaded nor' if backbone is None else 'not'}"
+                              f" run over the raster.")
+    if backbone is None:
+        tile = int(model["tile_size"])
+        if tile > max(source.width, source.height):
+            raise InputError(f"The model's tiles ({tile} px) are larger than the raster "
+                             f"({source.width} x {source.height} px).")
+        return FeatureRows.create(source, None, None, pool, tile, stride, None, device,
+                                  **dict(compute, features=False))
+    tile, norm = prepare(source, backbone, model["tile_size"], model["normalization"], progress)
     if pool == PATCH and stride:
         ensure(progress).info("The model uses patch features: the map has one pixel per "
                               "patch and STRIDE is ignored.")

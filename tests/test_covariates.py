@@ -17,7 +17,7 @@ from conftest import write_raster
 from soilssl.core.backbone import load_backbone
 from soilssl.core.covariates import Covariate, PixelStack, open_covariates
 from soilssl.core.cv import CONTEXT, PIXELS
-from soilssl.core.errors import InputError
+from soilssl.core.errors import BackboneError, InputError
 from soilssl.core.raster import TileSource
 from soilssl.core.soil import Points, fit_points, load_model, predict_map
 
@@ -307,6 +307,13 @@ def test_fitpoints_and_predictmap_with_covariates_in_qgis(qgis_app, image, tiny_
     assert p.shape == (8, 8) and p.count() > 40
     # rf_pixels on the covariates follows the elevation gradient (ph ~ row)
     assert np.ma.corrcoef(np.ma.mean(p, axis=1), np.arange(8))[0, 1] > 0.8
+    # a covariate model maps without its backbone file
+    os.remove(tiny_ckpt)
+    again = processing.run("soilssl:predictmap", {
+        "INPUT": image, "MODEL": res["OUTPUT_MODEL"], "STRIDE": 8, "DEVICE": "cpu",
+        "COVARIATES": [str(tmp_path / "elev2.tif"), soil], "OUTPUT": str(tmp_path / "q.tif")})
+    with rasterio.open(again["OUTPUT"]) as ds:
+        np.testing.assert_array_equal(ds.read(1, masked=True), p)
 
 
 def test_a_map_of_pixel_covariates_alone_runs_no_backbone(image, tmp_path, vit, monkeypatch):
@@ -362,6 +369,14 @@ def test_a_map_of_pixel_covariates_alone_runs_no_backbone(image, tmp_path, vit, 
         calls.clear()
         predict_map(src, ridge, str(tmp_path / "r.tif"), stride=8)
         assert len(calls) > 0
+        # without the backbone file: the covariate model maps the same, the ridge one cannot
+        os.remove(model["backbone"]["source"])
+        predict_map(src, model, str(tmp_path / "nb.tif"), stride=8)
+        with rasterio.open(tmp_path / "nb.tif") as ds:
+            np.testing.assert_array_equal(ds.read(), bare[0])
+        with pytest.raises(BackboneError, match="fitted with backbone"):
+            predict_map(src, ridge, str(tmp_path / "r2.tif"), stride=8)
+        assert not os.path.exists(tmp_path / "r2.tif")
 
 
 def test_a_stack_of_pixel_members_maps_without_features_and_its_folds_with(
