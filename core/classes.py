@@ -40,9 +40,9 @@ from sklearn.utils.class_weight import compute_sample_weight
 from torch.nn import functional as F
 
 from .errors import InputError
-from .heads import (ForestHead, Regressor, Seeded, _check_fit_data, _standardisation,
-                    METHOD_ALIASES, build_head, forest_leaves, inner_split, load_regressor,
-                    make_regressor, to_numpy, train_head)
+from .heads import (ForestHead, MLPNet, Regressor, Seeded, _check_fit_data, _standardisation,
+                    METHOD_ALIASES, forest_arrays, forest_leaves, load_regressor,
+                    make_regressor, to_numpy)
 from .hybrid import FoldPCA, GBMSettings, gbm_arrays, gbm_raw
 
 REGRESSION, CLASSIFICATION = "regression", "classification"
@@ -225,6 +225,12 @@ class Classifier(Regressor):
         raise NotImplementedError
 
 
+def _node_probabilities(tree) -> np.ndarray:
+    """(nodes, classes) class probabilities of a fitted classification tree's nodes."""
+    value = tree.value[:, 0, :].astype(np.float64)
+    return value / value.sum(axis=1, keepdims=True).clip(1e-300)
+
+
 class ForestClassifier(Classifier, ForestHead):
     """Random forest classifier with (max_features, min_samples_leaf) chosen by out-of-bag
     accuracy on :meth:`ForestHead.grid`; trees stored as arrays (leaf class fractions)
@@ -262,23 +268,7 @@ class ForestClassifier(Classifier, ForestHead):
         ForestHead._fit(self, X, y, w)
 
     def _tree_arrays(self, forest) -> Dict[str, np.ndarray]:
-        parts = {k: [] for k in ("children_left", "children_right", "feature", "threshold",
-                                 "value")}
-        roots, offset = [], 0
-        for est in forest.estimators_:
-            tree = est.tree_
-            left, right = tree.children_left.astype(np.int64), tree.children_right.astype(np.int64)
-            parts["children_left"].append(np.where(left >= 0, left + offset, -1))
-            parts["children_right"].append(np.where(right >= 0, right + offset, -1))
-            parts["feature"].append(tree.feature.astype(np.int64))
-            parts["threshold"].append(tree.threshold.astype(np.float64))
-            value = tree.value[:, 0, :].astype(np.float64)
-            parts["value"].append(value / value.sum(axis=1, keepdims=True).clip(1e-300))
-            roots.append(offset)
-            offset += tree.node_count
-        arrays = {k: np.concatenate(v) for k, v in parts.items()}
-        arrays["roots"] = np.asarray(roots, dtype=np.int64)
-        return arrays
+        return forest_arrays(forest, _node_probabilities)
 
     def _proba_seen(self, X: np.ndarray) -> np.ndarray:
         leaves = forest_leaves(self.arrays, X)
@@ -364,7 +354,7 @@ class LogisticHead(Seeded, Classifier):
         self.C = float(state["C"])
 
 
-class MLPClassifier(Seeded, Classifier):
+class MLPClassifier(Seeded, MLPNet, Classifier):
     """The paper's MLP head with C outputs, softmax and (weighted) cross-entropy, on
     standardised features; Adam, early stopping on a seeded inner split as the regression
     MLP (:class:`~.heads.MLPHead`)."""
@@ -391,43 +381,24 @@ class MLPClassifier(Seeded, Classifier):
                 "val_fraction": self.val_fraction}
 
     def _fit(self, X, y, w) -> None:
-        self.x_mean, self.x_scale = _standardisation(X)
-        xs = torch.from_numpy(((X - self.x_mean) / self.x_scale).astype(np.float32))
         ys = torch.from_numpy(y)
-        ws = torch.from_numpy((np.ones(len(y)) if w is None else w).astype(np.float32))
-        tr, va = (torch.from_numpy(i) for i in inner_split(len(y), self.val_fraction,
-                                                           self.seed))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            net = build_head(X.shape[1], self.hidden, self.n_classes)
-
-        def per_point(idx):
-            return F.cross_entropy(net(xs[idx]), ys[idx], reduction="none")
-        self.epochs_trained, self.best_epoch = train_head(
-            net, per_point, ws, tr, va, self,
+        self._train_net(
+            X, w, self.n_classes,
+            lambda out, idx: F.cross_entropy(out, ys[idx], reduction="none"),
             "The mlp class head diverged (loss {loss}) at epoch {epoch}: lower the learning "
             "rate.")
-        self.net = net
 
     def _proba_chunk(self, X: np.ndarray) -> np.ndarray:
-        xs = torch.from_numpy(((X - self.x_mean) / self.x_scale).astype(np.float32))
         with torch.no_grad():
-            logits = self.net(xs).double()
+            logits = self.net(self._inputs(X)).double()
         logits[:, np.setdiff1d(np.arange(self.n_classes), self.seen)] = -math.inf
         return torch.softmax(logits, dim=1).numpy()
 
     def _state(self) -> dict:
-        return {"x_mean": torch.from_numpy(self.x_mean), "x_scale": torch.from_numpy(self.x_scale),
-                "net": {k: v.clone() for k, v in self.net.state_dict().items()},
-                "epochs_trained": self.epochs_trained, "best_epoch": self.best_epoch}
+        return self._net_state()
 
     def _load(self, state: dict) -> None:
-        self.x_mean = to_numpy(state["x_mean"]).astype(np.float64)
-        self.x_scale = to_numpy(state["x_scale"]).astype(np.float64)
-        self.net = build_head(len(self.x_mean), self.hidden, self.n_classes)
-        self.net.load_state_dict(dict(state["net"]))
-        self.net.eval()
-        self.epochs_trained, self.best_epoch = int(state["epochs_trained"]), int(state["best_epoch"])
+        self._load_net(state, self.n_classes)
 
 
 # ----------------------------------------------------------------------------- boosting, hybrids

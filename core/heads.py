@@ -252,6 +252,48 @@ def train_head(net: nn.Module, per_point, ws: torch.Tensor, tr: torch.Tensor, va
     return epoch, best_epoch or epoch
 
 
+class MLPNet:
+    """What the regression and class MLP heads share: standardised inputs, the paper's head
+    built under their seed and trained by :func:`train_head` on a seeded inner split, and
+    the net's state.  The head sets ``hidden``, ``seed``, ``val_fraction`` and the options
+    :func:`train_head` reads."""
+
+    def _inputs(self, X: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(((X - self.x_mean) / self.x_scale).astype(np.float32))
+
+    def _inner_split(self, n: int):
+        return inner_split(n, self.val_fraction, self.seed)
+
+    def _train_net(self, X: np.ndarray, w, out: int, loss_of, diverged: str) -> None:
+        """Standardise ``X`` and train a new head with ``out`` outputs to the per-point
+        loss ``loss_of(net output, idx)`` weighted by ``w`` (None: 1); ``diverged`` as
+        :func:`train_head` takes it."""
+        self.x_mean, self.x_scale = _standardisation(X)
+        xs = self._inputs(X)
+        ws = torch.from_numpy((np.ones(len(X)) if w is None else w).astype(np.float32))
+        tr, va = (torch.from_numpy(i) for i in self._inner_split(len(X)))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            net = build_head(X.shape[1], self.hidden, out)
+        self.epochs_trained, self.best_epoch = train_head(
+            net, lambda idx: loss_of(net(xs[idx]), idx), ws, tr, va, self, diverged)
+        self.net = net
+
+    def _net_state(self, **extra) -> dict:
+        return {"x_mean": torch.from_numpy(self.x_mean), "x_scale": torch.from_numpy(self.x_scale),
+                **extra, "net": {k: v.clone() for k, v in self.net.state_dict().items()},
+                "epochs_trained": self.epochs_trained, "best_epoch": self.best_epoch}
+
+    def _load_net(self, state: dict, out: int = 1) -> None:
+        self.x_mean = to_numpy(state["x_mean"]).astype(np.float64)
+        self.x_scale = to_numpy(state["x_scale"]).astype(np.float64)
+        self.net = build_head(len(self.x_mean), self.hidden, out)
+        self.net.load_state_dict(dict(state["net"]))
+        self.net.eval()
+        self.epochs_trained = int(state["epochs_trained"])
+        self.best_epoch = int(state["best_epoch"])
+
+
 class Seeded:
     """Mixin for heads whose constructor takes ``seed`` and no ``loss``: their
     :meth:`Regressor.create` (list it before the head's base class)."""
@@ -261,7 +303,7 @@ class Seeded:
         return cls(seed=seed, **opts)
 
 
-class MLPHead(Regressor):
+class MLPHead(MLPNet, Regressor):
     """The paper's MLP head on standardised features and targets.
 
     Adam on mini-batches of ``batch_size``; ``val_fraction`` of the training points
@@ -303,52 +345,27 @@ class MLPHead(Regressor):
                 "max_epochs": self.max_epochs, "patience": self.patience,
                 "val_fraction": self.val_fraction, "huber_delta": self.huber_delta}
 
-    def _inner_split(self, n: int):
-        return inner_split(n, self.val_fraction, self.seed)
-
     def _fit(self, X, y, w) -> None:
-        self.x_mean, self.x_scale = _standardisation(X)
         self.y_mean = float(y.mean())
         self.y_scale = float(y.std()) or 1.0
-        xs = torch.from_numpy(((X - self.x_mean) / self.x_scale).astype(np.float32))
         ys = torch.from_numpy(((y - self.y_mean) / self.y_scale).astype(np.float32))
-        ws = torch.from_numpy((np.ones_like(y) if w is None else w).astype(np.float32))
-        tr, va = (torch.from_numpy(i) for i in self._inner_split(len(y)))
-
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            net = build_head(X.shape[1], self.hidden)
-
-        def per_point(idx: torch.Tensor) -> torch.Tensor:
-            return _pointwise_loss(self.loss, net(xs[idx]).squeeze(1), ys[idx],
-                                   self.huber_delta)
-        self.epochs_trained, self.best_epoch = train_head(
-            net, per_point, ws, tr, va, self,
+        self._train_net(
+            X, w, 1, lambda out, idx: _pointwise_loss(self.loss, out.squeeze(1), ys[idx],
+                                                      self.huber_delta),
             "The mlp head diverged (loss {loss}) at epoch {epoch}: lower the learning rate "
             "or check the targets.")
-        self.net = net
 
     def _predict_chunk(self, X: np.ndarray) -> np.ndarray:
-        xs = torch.from_numpy(((X - self.x_mean) / self.x_scale).astype(np.float32))
         with torch.no_grad():
-            out = self.net(xs).squeeze(1).double().numpy()
+            out = self.net(self._inputs(X)).squeeze(1).double().numpy()
         return out * self.y_scale + self.y_mean
 
     def _state(self) -> dict:
-        return {"x_mean": torch.from_numpy(self.x_mean), "x_scale": torch.from_numpy(self.x_scale),
-                "y_mean": self.y_mean, "y_scale": self.y_scale,
-                "net": {k: v.clone() for k, v in self.net.state_dict().items()},
-                "epochs_trained": self.epochs_trained, "best_epoch": self.best_epoch}
+        return self._net_state(y_mean=self.y_mean, y_scale=self.y_scale)
 
     def _load(self, state: dict) -> None:
-        self.x_mean = to_numpy(state["x_mean"]).astype(np.float64)
-        self.x_scale = to_numpy(state["x_scale"]).astype(np.float64)
         self.y_mean, self.y_scale = float(state["y_mean"]), float(state["y_scale"])
-        self.net = build_head(len(self.x_mean), self.hidden)
-        self.net.load_state_dict(dict(state["net"]))
-        self.net.eval()
-        self.epochs_trained = int(state["epochs_trained"])
-        self.best_epoch = int(state["best_epoch"])
+        self._load_net(state)
 
 
 # ----------------------------------------------------------------------------- ridge
@@ -413,10 +430,16 @@ def resolve_max_features(spec, n_features: int) -> int:
 TREE_ARRAYS = ("children_left", "children_right", "feature", "threshold", "value")
 
 
-def forest_arrays(forest: RandomForestRegressor) -> Dict[str, np.ndarray]:
+def _leaf_means(tree) -> np.ndarray:
+    return tree.value[:, 0, 0].astype(np.float64)
+
+
+def forest_arrays(forest, node_values=_leaf_means) -> Dict[str, np.ndarray]:
     """The trees of a fitted single-output forest concatenated into flat node arrays.
 
-    ``roots[t]`` is the index of tree t's root; child indices are global (-1 at leaves).
+    ``roots[t]`` is the index of tree t's root; child indices are global (-1 at leaves);
+    ``value`` holds ``node_values(tree)`` of each tree (a regression tree's node means; a
+    class forest passes its nodes' class probabilities).
     """
     parts = {k: [] for k in TREE_ARRAYS}
     roots, offset = [], 0
@@ -427,7 +450,7 @@ def forest_arrays(forest: RandomForestRegressor) -> Dict[str, np.ndarray]:
         parts["children_right"].append(np.where(right >= 0, right + offset, -1))
         parts["feature"].append(tree.feature.astype(np.int64))
         parts["threshold"].append(tree.threshold.astype(np.float64))
-        parts["value"].append(tree.value[:, 0, 0].astype(np.float64))
+        parts["value"].append(node_values(tree))
         roots.append(offset)
         offset += tree.node_count
     arrays = {k: np.concatenate(v) for k, v in parts.items()}
