@@ -5,7 +5,7 @@ public source repositories (checked out or bare git mirrors) and writes GeoTIFFs
 GeoPackages that need nothing but GDAL:
 
   python scripts/build_realdata.py [--soilscaler <git dir>] [--plotkml <git dir>] \
-                                   [--gsif <git dir> [--edgeroi <git dir>]]
+                                   [--gsif <git dir> [--edgeroi <git dir>]] [--libertad <git dir>]
 
 (each set is built from the sources given; SOURCES.txt keeps the commits of the others).
 
@@ -21,6 +21,8 @@ Sources (licences in eval/data/README.md):
   * Envirometrix/PredictiveSoilMapping (CC BY-SA 4.0, the book by Hengl & MacMillan): the
     Edgeroi covariate grids at 100 m (Landsat thermal, gamma radiometrics, MRVBF, land use)
     and 250 m (SRTM DEM, TWI, MODIS EVI, parent material), with GSIF's profiles: au_edgeroi.
+  * The same repository also gives co_libertad: the geospt organic carbon samples of La
+    Libertad (Colombia) and their 30 m covariates (SRTM derivatives, Landsat, surface water).
 Reading the R .rda files needs ``pip install rdata pandas`` (only here).
 """
 import argparse
@@ -320,6 +322,88 @@ def build_edgeroi(gsif_dir, psm_dir):
           f"({int((~inside).sum())} outside the grids)", img.shape, cov250.shape)
 
 
+def read_grid_rds(git_dir, path):
+    """(names, values (layers, cells), cell centres (cells, 2), proj4) of an sp
+    SpatialPixelsDataFrame saved with saveRDS (rdata parses it; its S4 class is read by
+    hand: the slots data, coords and proj4string)."""
+    import rdata
+
+    def name(tag):  # a symbol, or a reference to one met before
+        while tag is not None and tag.info.type.name == "REF":
+            tag = tag.referenced_object
+        return None if tag is None else tag.value.value.decode()
+
+    def pairs(obj):  # an R pairlist -> {tag: value}
+        out = {}
+        while obj is not None and obj.info.type.name == "LIST":
+            car, cdr = obj.value
+            out[name(obj.tag)] = car
+            obj = cdr if cdr.info.type.name == "LIST" else None
+        return out
+    slots = pairs(rdata.parser.parse_data(git_show(git_dir, path)).object.attributes)
+    data = slots["data"]
+    names = [x.value.decode() for x in pairs(data.attributes)["names"].value]
+    values = np.stack([np.asarray(col.value, np.float64) for col in data.value])
+    coords = np.asarray(slots["coords"].value, np.float64).reshape(2, -1).T  # column-major
+    proj4 = pairs(slots["proj4string"].attributes)["projargs"].value[0].value.decode()
+    return names, values, coords, proj4
+
+
+def build_libertad(psm_dir):
+    """La Libertad research centre (Meta, Colombia): the geospt package's soil organic carbon
+    samples as the PSM book gives them (extdata/COSha30.rda, COSha10.rda) with its 30 m
+    covariates (extdata/covs30m.rds)."""
+    folder = os.path.join(OUT, "co_libertad")
+    os.makedirs(folder, exist_ok=True)
+    names, values, coords, proj4 = read_grid_rds(psm_dir, "extdata/covs30m.rds")
+    assert "+zone=18" in proj4 and "+datum=WGS84" in proj4, proj4
+    res, epsg = 30.0, 32618  # UTM 18N, WGS 84
+    x0, y1 = coords[:, 0].min() - res / 2, coords[:, 1].max() + res / 2
+    w = int(round((coords[:, 0].max() - coords[:, 0].min()) / res)) + 1
+    h = int(round((coords[:, 1].max() - coords[:, 1].min()) / res)) + 1
+    col = np.round((coords[:, 0] - coords[:, 0].min()) / res).astype(int)
+    row = np.round((coords[:, 1].max() - coords[:, 1]) / res).astype(int)
+    prof = dict(height=h, width=w, transform=rasterio.transform.from_origin(x0, y1, res, res),
+                crs=f"EPSG:{epsg}")
+
+    def grid(layers):
+        out = np.full((len(layers), h, w), np.nan, np.float32)
+        for i, name in enumerate(layers):
+            out[i, row, col] = values[names.index(name)]
+        return out
+    # the image: Landsat NIR, red and SWIR1 (Global Forest Change 2000-2014, first
+    # composite); the other covariates: SRTM DEM and its derivatives, SWIR2, tree cover 2000,
+    # surface water occurrence. Left out: COSha30map_var1pred_ (a kriged map of the target
+    # itself) and Landsat_bare2010 (0 everywhere).
+    gfc = "GlobalForestChange2000.2014_"
+    image = [gfc + "first_NIRL00", gfc + "first_REDL00", gfc + "first_SW1L00"]
+    srtm = "SRTMGL1_SRTMGL1.2"
+    covs = [srtm] + [f"{srtm}_{d}" for d in ("slope", "twi", "vbf", "vdepth", "cprof",
+                                              "devmean", "openn", "openp")] + \
+        [gfc + "first_SW2L00", gfc + "treecover2000", "GlobalSurfaceWater_occurrence"]
+    write_tif(os.path.join(folder, "image.tif"), grid(image), prof, "float32", np.nan,
+              ("landsat_nir", "landsat_red", "landsat_swir1"))
+    write_tif(os.path.join(folder, "covariates.tif"), grid(covs), prof, "float32", np.nan,
+              ("dem", "slope", "twi", "mrvbf", "valley_depth", "profile_curvature",
+               "deviation_from_mean", "openness_negative", "openness_positive",
+               "landsat_swir2", "tree_cover_2000", "surface_water_occurrence"))
+    # one point per sample ID (the 0-30 cm and 0-10 cm tables share 118 of their 122 IDs
+    # and the same coordinates); a value missing from a table is left NULL
+    d30 = read_rda(psm_dir, "COSha30", "extdata")
+    d10 = read_rda(psm_dir, "COSha10", "extdata")
+    pts = d30.merge(d10, on="ID", how="outer", suffixes=("", "_10"))
+    xs = pts["x"].fillna(pts["x_10"]).to_numpy(float)
+    ys = pts["y"].fillna(pts["y_10"]).to_numpy(float)
+    inside = inside_grid(prof, xs, ys)
+    write_points(os.path.join(folder, "points.gpkg"), epsg, xs[inside], ys[inside], {
+        "soc30": pts["COSha30"].to_numpy(float)[inside],
+        "oc30": pts["CO30"].to_numpy(float)[inside],
+        "bd30": pts["DA30"].to_numpy(float)[inside],
+        "soc10": pts["COSha10"].to_numpy(float)[inside]})
+    print("co_libertad", int(inside.sum()), "points", f"({int((~inside).sum())} outside)",
+          (h, w))
+
+
 SOURCE_NAMES = ("anbm-dk/soilscaler", "cran/plotKML", "cran/GSIF",
                 "Envirometrix/PredictiveSoilMapping")
 
@@ -333,13 +417,16 @@ def main():
     ap.add_argument("--edgeroi", metavar="PSM_GIT_DIR",
                     help="git dir of Envirometrix/PredictiveSoilMapping (its Edgeroi grids; "
                          "with --gsif, whose Edgeroi profiles it needs: builds au_edgeroi)")
+    ap.add_argument("--libertad", metavar="PSM_GIT_DIR",
+                    help="git dir of Envirometrix/PredictiveSoilMapping (builds co_libertad)")
     ap.add_argument("--dk-fields", nargs="*", default=DK_FIELDS, choices=DK_FIELDS,
                     help="the Danish fields to (re)build (default: all five)")
     ap.add_argument("--skip-eberg", action="store_true")
     args = ap.parse_args()
-    given = dict(zip(SOURCE_NAMES, (args.soilscaler, args.plotkml, args.gsif, args.edgeroi)))
+    given = dict(zip(SOURCE_NAMES, (args.soilscaler, args.plotkml, args.gsif,
+                                    args.edgeroi or args.libertad)))
     if not any(given.values()):
-        ap.error("give at least one of --soilscaler, --plotkml, --gsif")
+        ap.error("give at least one of --soilscaler, --plotkml, --gsif, --libertad")
     if args.edgeroi and not args.gsif:
         ap.error("--edgeroi needs --gsif (the Edgeroi profiles are in cran/GSIF)")
     if args.soilscaler:
@@ -350,6 +437,8 @@ def main():
         build_cookfarm(args.gsif)
     if args.edgeroi:
         build_edgeroi(args.gsif, args.edgeroi)
+    if args.libertad:
+        build_libertad(args.libertad)
     # SOURCES.txt: "<repository> <commit>" per source, the ones not given this time kept.
     path = os.path.join(OUT, "SOURCES.txt")
     commits = {}
