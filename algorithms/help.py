@@ -112,7 +112,8 @@ PARAMS = {
     "STRIDE_PRED": "Prediction resolution: one output pixel per STRIDE px (0 = tile size). "
                    "A model fitted on patch features (POINT_FEATURE) maps one pixel per patch "
                    "and does not use STRIDE.",
-    "OUTPUT_UNCERTAINTY": "Standard deviation of the per-fold models' predictions.",
+    "OUTPUT_UNCERTAINTY": "Standard deviation of the per-fold models' predictions (with their "
+                          "own kriged residuals when the stack adds residual kriging).",
     "OUTPUT_FEATURES": "The feature raster (float32, one band per feature dimension, NaN = "
                        "nodata tile).",
     "OUTPUT_CLUSTERS": "Class raster 0..K-1 (uint8, nodata 255), styled as a paletted map.",

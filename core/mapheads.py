@@ -41,12 +41,14 @@ def row_blocks(stack: Optional[PixelStack], model: dict, mapper: "MapHeads",
     covrows = stack and stack.map_blocks(rows.width, rows.height, rows.transform(),
                                          model["tile_size"],
                                          model_blocks(model) & {PIXELS, CONTEXT})
-    if not mapper.kriging:
+    if not (mapper.kriging or getattr(mapper, "fold_kriging", None)):
         return covrows or None
     transform, cols = rows.transform(), np.arange(rows.width) + 0.5
     # the points' CRS at fit time (the fitted raster's); a raster in another CRS is mapped
     # with its cells' centres reprojected there
-    fitted = next(iter((model.get("kriging") or {}).values()), {}).get("crs")
+    states = list((model.get("kriging") or {}).values()) + \
+        [f for fs in (model.get("fold_kriging") or {}).values() for f in fs if f]
+    fitted = states[0].get("crs") if states else None
     to = rasterio.crs.CRS.from_user_input(fitted) if fitted else rows.source.crs
 
     def blocks(row: int) -> dict:
@@ -111,6 +113,11 @@ class MapHeads:
         # the cells' map coordinates, the block XY
         self.kriging = {t: ResidualKriging.from_state(state)
                         for t, state in (model.get("kriging") or {}).items()}
+        # the fold stacks' own fields: the fold models' spread includes them
+        self.fold_kriging = {t: [None if s is None else ResidualKriging.from_state(s)
+                                 for s in states]
+                             for t, states in (model.get("fold_kriging") or {}).items()} \
+            if uncertainty else {}
 
     @property
     def reads_features(self) -> bool:
@@ -168,8 +175,13 @@ class MapHeads:
                 pred = pred + self.kriging[self.targets[t]].predict(data[XY][ok])
             blocks["prediction"][t, ok] = pred
             if "uncertainty" in blocks and fo.any():
+                fields = self.fold_kriging.get(self.targets[t]) or [None] * len(self.folds[t])
+                if any(fields) and XY not in data:
+                    raise InputError("The model's fold stacks add kriged residuals: the map "
+                                     "rows need their cells' coordinates.")
                 blocks["uncertainty"][t, fo] = np.stack(
-                    [f.predict(xf) for f in self.folds[t]]).std(axis=0)
+                    [f.predict(xf) + (0.0 if k is None else k.predict(data[XY][fo]))
+                     for f, k in zip(self.folds[t], fields)]).std(axis=0)
         di = None
         if "aoa" in blocks:  # first: its DI serves the error map and the intervals too
             blocks["aoa"], di_all = self.aoa.measure(data)

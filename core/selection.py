@@ -193,8 +193,9 @@ def nested_selection(cv: CVResult, feature_sets: Mapping[str, np.ndarray],
     ``coords`` (N, 2), when given: numeric targets get residual kriging (:mod:`.kriging`).
     Fold k adds its share α_k of the field of the stack's inner out-of-fold residuals on the
     other folds (α_k chosen on those folds alone); the result's ``kriging`` maps each
-    numeric target to {"fold_alpha": [α_k], "field": the mapped field or None}, the field
-    of the mapped stack's out-of-fold residuals with α chosen on the outer folds."""
+    numeric target to {"fold_alpha": [α_k], "field": the mapped field or None, the field
+    of the mapped stack's out-of-fold residuals with α chosen on the outer folds,
+    "fold_fields": fold k's field or None (the fold models' part, for their spread)}."""
     progress = ensure(progress)
     if not labels:
         raise InputError("Nested selection needs at least one candidate method.")
@@ -240,7 +241,7 @@ def nested_selection(cv: CVResult, feature_sets: Mapping[str, np.ndarray],
         valid = np.isfinite(cv.y[:, t])
         outer = probs[target][rows].transpose(1, 0, 2) if is_class else \
             cv.predictions[t, rows].T  # (N, M[, C]) outer out-of-fold predictions
-        chosen, best, shrink, shares = [], [], [], []
+        chosen, best, shrink, shares, fields = [], [], [], [], []
         krige = xy is not None and not is_class
         for k, fold in enumerate(cv.fold_ids):
             test = (cv.folds == fold) & valid
@@ -256,6 +257,7 @@ def nested_selection(cv: CVResult, feature_sets: Mapping[str, np.ndarray],
                 field = residual_kriging(xy[train], cv.y[train, t] - inner_pred[k][train] @ wk,
                                          cv.folds[train], seed)
                 shares.append(field.alpha if field else 0.0)
+                fields.append(field)
                 if field:
                     mix = mix + field.predict(xy[test])
             w_test = w[test] if (w is not None and weighted_metrics) else None
@@ -281,7 +283,7 @@ def nested_selection(cv: CVResult, feature_sets: Mapping[str, np.ndarray],
         if krige:
             field = residual_kriging(xy[valid], cv.y[valid, t] - outer[valid] @ final,
                                      cv.folds[valid], seed)
-            kriging[target] = {"fold_alpha": shares, "field": field}
+            kriging[target] = {"fold_alpha": shares, "field": field, "fold_fields": fields}
             kriged = (f" Residual kriging, share per outer fold: "
                       f"{', '.join(f'{a:.2f}' for a in shares)}; mapped: "
                       f"{field.describe() if field else 'none'}.")

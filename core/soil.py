@@ -427,6 +427,11 @@ def _model_dict(source, backbone, cv, sets, y, weights, folds, chosen, loss, see
         "kriging": {t: dict(k["field"].state_dict(), crs=source.crs.to_wkt())
                     for t, k in (cv.kriging or {}).items()
                     if chosen[t] == SELECTED and k["field"] is not None},
+        # each fold stack's own kriged field (None: it kept none), for the fold models' spread
+        "fold_kriging": {t: [None if f is None else dict(f.state_dict(), crs=source.crs.to_wkt())
+                             for f in k.get("fold_fields", [])]
+                         for t, k in (cv.kriging or {}).items()
+                         if chosen[t] == SELECTED and any(k.get("fold_fields", []))},
         "loss": loss, "seed": seed,
         "backbone": backbone.reference, "bands": list(source.bands), "dem": bool(source.dem),
         "dem_path": os.path.abspath(source.dem) if source.dem else None,

@@ -100,11 +100,19 @@ def test_nested_kriging_improves_the_stack_and_never_sees_the_held_out_fold():
     m = kriged.labels.index(SELECTED)
     rmse = lambda p: np.sqrt(np.mean((p - y) ** 2))  # noqa: E731
     assert rmse(kriged.predictions[0, m]) < 0.9 * rmse(plain.predictions[0, m])
-    # the folds whose share is 0 keep the stack's prediction exactly
+    # the folds whose share is 0 keep the stack's prediction exactly; the others add their
+    # own field (kept for the fold models' spread on the map)
     for k, alpha in enumerate(info["fold_alpha"]):
         same = np.allclose(kriged.predictions[0, m, folds == k],
                            plain.predictions[0, m, folds == k])
         assert same == (alpha == 0)
+        field = info["fold_fields"][k]
+        assert (field is None) == (alpha == 0)
+        if field is not None:
+            assert field.alpha == alpha
+            np.testing.assert_allclose(kriged.predictions[0, m, folds == k] -
+                                       plain.predictions[0, m, folds == k],
+                                       field.predict(xy[folds == k]), rtol=1e-9, atol=1e-12)
     # wild targets in fold 0 change nothing there: its field and share come from folds 1-2
     held = folds == 0
     wild = cv.y.copy()
@@ -130,17 +138,21 @@ def test_class_targets_are_not_kriged():
     assert out.kriging == {}
 
 
-def test_map_adds_the_share_of_the_field_at_each_cells_centre(tmp_path, tiny_ckpt):
+def _noise_image(tmp_path, rng, height, width):
+    """A 3-band uint8 noise image (nodata 0), written with conftest.write_raster."""
     from conftest import write_raster
+    img = np.clip(128 + rng.normal(0, 30, (3, height, width)), 1, 255).astype(np.uint8)
+    return write_raster(tmp_path / "s.tif", img, nodata=0)
+
+
+def test_map_adds_the_share_of_the_field_at_each_cells_centre(tmp_path, tiny_ckpt):
     from soilssl.core.backbone import load_backbone
     from soilssl.core.raster import TileSource
     from soilssl.core.distributed import predict_job, run_sharded
     from soilssl.core.mapheads import PRED_NODATA, MapHeads
     from soilssl.core.soil import Points, fit_points, predict_map
     rng = np.random.default_rng(0)
-    img = np.clip(128 + rng.normal(0, 30, (3, 64, 96)), 1, 255).astype(np.uint8)
-    path = write_raster(tmp_path / "s.tif", img, nodata=0)
-    with TileSource(path) as src:
+    with TileSource(_noise_image(tmp_path, rng, 64, 96)) as src:
         cols, rows = rng.uniform(4, 92, 30), rng.uniform(4, 60, 30)
         xs, ys = src.transform @ (cols, rows)
         pts = Points(xs, ys, src.crs.to_wkt(), (rows / 10)[:, None], ["ph"])
@@ -171,6 +183,38 @@ def test_map_adds_the_share_of_the_field_at_each_cells_centre(tmp_path, tiny_ckp
     assert np.abs(field.predict(centres)).max() > 0.1
 
 
+def test_the_fold_models_spread_adds_each_folds_own_field():
+    """With kriged fold stacks, the uncertainty map is the std over folds of (fold model +
+    its fold's field), at each cell's centre; folds without a field add nothing."""
+    from soilssl.core.heads import make_regressor
+    from soilssl.core.mapheads import XY, MapHeads
+    rng = np.random.default_rng(4)
+    X, y = rng.normal(size=(60, 3)), rng.normal(size=60)
+    folds = [make_regressor("ridge").fit(X[i::3], y[i::3]) for i in range(3)]
+    head = make_regressor("ridge").fit(X, y)
+    pts = rng.uniform(0, 2000, (40, 2))
+    fields = [ResidualKriging.fit(pts, smooth(pts), alpha=0.5), None,
+              ResidualKriging.fit(pts, -smooth(pts), alpha=1.0)]
+    model = {"targets": ["ph"], "methods": {"ph": "ridge"}, "backbone": {},
+             "heads": {"ph": head.state_dict()},
+             "fold_heads": {"ph": [f.state_dict() for f in folds]},
+             "fold_kriging": {"ph": [None if f is None else dict(f.state_dict(), crs="EPSG:1")
+                                     for f in fields]}}
+    cells, xy = rng.normal(size=(25, 3)), rng.uniform(0, 2000, (25, 2))
+    got = MapHeads(model, uncertainty=True)({FEATURES: cells, XY: xy})
+    want = np.std([folds[0].predict(cells) + fields[0].predict(xy), folds[1].predict(cells),
+                   folds[2].predict(cells) + fields[2].predict(xy)], axis=0)
+    np.testing.assert_allclose(got["uncertainty"][0], want, rtol=1e-5)
+    plain = np.std([f.predict(cells) for f in folds], axis=0)
+    assert np.abs(got["uncertainty"][0] - plain).max() > 0.1
+    # the prediction itself is the head's: the mapped stack keeps no field here
+    np.testing.assert_allclose(got["prediction"][0], head.predict(cells), rtol=1e-5)
+    with pytest.raises(InputError, match="coordinates"):
+        MapHeads(model, uncertainty=True)({FEATURES: cells})
+    # without the uncertainty map the fold fields are not read at all
+    assert MapHeads(model).fold_kriging == {}
+
+
 def test_map_rows_give_the_cells_centres_in_the_crs_the_points_had(tmp_path):
     """The field lives in the fitted raster's CRS: a raster in another CRS is mapped with its
     cells' centres reprojected there."""
@@ -195,3 +239,39 @@ def test_map_rows_give_the_cells_centres_in_the_crs_the_points_had(tmp_path):
             np.testing.assert_allclose(got, want, rtol=1e-12)
         assert abs(want[0, 0]) < 180  # degrees: the reprojection happened
         assert row_blocks(None, model, SimpleNamespace(kriging={}), rows) is None
+
+
+def test_fit_points_keeps_the_fold_fields_and_the_uncertainty_map_uses_them(
+        tmp_path, tiny_ckpt, monkeypatch):
+    import soilssl.core.soil as soil
+    from soilssl.core.backbone import load_backbone
+    from soilssl.core.cv import MethodSpec
+    from soilssl.core.raster import TileSource
+    from soilssl.core.soil import Points, fit_points, load_model, predict_map
+    monkeypatch.setattr(soil, "method_specs",
+                        lambda method, compare=False: [MethodSpec("rf_pixels"),
+                                                       MethodSpec("ridge")])
+    rng = np.random.default_rng(2)
+    with TileSource(_noise_image(tmp_path, rng, 96, 96)) as src:
+        cols, rows = rng.uniform(4, 92, 90), rng.uniform(4, 92, 90)
+        xs, ys = src.transform @ (cols, rows)
+        field = 3 * np.sin(cols / 12) + 2 * np.cos(rows / 15)  # pure spatial structure
+        pts = Points(xs, ys, src.crs.to_wkt(), (field + 0.2 * rng.normal(size=90))[:, None],
+                     ["ph"])
+        fit_points(src, pts, load_backbone(tiny_ckpt, tile_size=32), method="all",
+                   n_folds=4, model_path=str(tmp_path / "m.pth"))
+        model = load_model(str(tmp_path / "m.pth"))
+        folds = model["fold_kriging"]["ph"]
+        assert len(folds) == 4 == len(model["fold_heads"]["ph"]) and any(folds)
+        assert "ph" in model["kriging"]
+        outs = {}
+        for name, m in (("with", model), ("without", dict(model, fold_kriging={}))):
+            predict_map(src, m, str(tmp_path / f"p_{name}.tif"), stride=8,
+                        uncertainty=str(tmp_path / f"u_{name}.tif"))
+            with rasterio.open(tmp_path / f"p_{name}.tif") as p, \
+                    rasterio.open(tmp_path / f"u_{name}.tif") as u:
+                outs[name] = p.read(1), u.read(1)
+    np.testing.assert_array_equal(outs["with"][0], outs["without"][0])
+    ok = outs["with"][1] != -9999
+    assert ok.sum() > 50
+    assert np.abs(outs["with"][1][ok] - outs["without"][1][ok]).max() > 0.05
