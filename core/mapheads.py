@@ -44,11 +44,11 @@ def row_blocks(stack: Optional[PixelStack], model: dict, mapper: "MapHeads",
     if not (mapper.kriging or getattr(mapper, "fold_kriging", None)):
         return covrows or None
     transform, cols = rows.transform(), np.arange(rows.width) + 0.5
-    # the points' CRS at fit time (the fitted raster's); a raster in another CRS is mapped
-    # with its cells' centres reprojected there
-    states = list((model.get("kriging") or {}).values()) + \
-        [f for fs in (model.get("fold_kriging") or {}).values() for f in fs if f]
-    fitted = states[0].get("crs") if states else None
+    # the points' CRS at fit time (the fitted raster's; models of the first kriging version
+    # kept it in each field's state); a raster in another CRS is mapped with its cells'
+    # centres reprojected there
+    fitted = model.get("crs") or next(
+        (s.get("crs") for s in (model.get("kriging") or {}).values() if s.get("crs")), None)
     to = rasterio.crs.CRS.from_user_input(fitted) if fitted else rows.source.crs
 
     def blocks(row: int) -> dict:
@@ -121,9 +121,9 @@ class MapHeads:
 
     @property
     def reads_features(self) -> bool:
-        """Whether any asked product reads the ViT features: a head, or the DI of the AOA
-        map or of the trust maps.  A stack of pixel covariates alone (plus kriging) does
-        not, and its map runs no backbone."""
+        """Whether any asked product reads the ViT features: a head, the fold models (the
+        uncertainty map), or the DI of the AOA map or of the trust maps.  A stack of pixel
+        covariates alone (plus kriging) does not, and its map runs no backbone."""
         if FEATURES in self.needs:
             return True
         states = [s for _, s in self.aoa.states] if self.aoa is not None else []

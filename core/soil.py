@@ -424,11 +424,11 @@ def _model_dict(source, backbone, cv, sets, y, weights, folds, chosen, loss, see
         "fold_blocks": fold_blocks,  # where the fold models read other blocks than the head
         "stacks": {t: dict(cv.stacks[t]) for t in cv.target_names
                    if chosen[t] == SELECTED and cv.stacks},
-        "kriging": {t: dict(k["field"].state_dict(), crs=source.crs.to_wkt())
-                    for t, k in (cv.kriging or {}).items()
+        "crs": source.crs.to_wkt(),  # the fitted raster's: the points' (kriged fields) CRS
+        "kriging": {t: k["field"].state_dict() for t, k in (cv.kriging or {}).items()
                     if chosen[t] == SELECTED and k["field"] is not None},
         # each fold stack's own kriged field (None: it kept none), for the fold models' spread
-        "fold_kriging": {t: [None if f is None else dict(f.state_dict(), crs=source.crs.to_wkt())
+        "fold_kriging": {t: [None if f is None else f.state_dict()
                              for f in k.get("fold_fields", [])]
                          for t, k in (cv.kriging or {}).items()
                          if chosen[t] == SELECTED and any(k.get("fold_fields", []))},

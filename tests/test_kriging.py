@@ -234,9 +234,12 @@ def test_map_rows_give_the_cells_centres_in_the_crs_the_points_had(tmp_path):
         centres = np.column_stack(src.transform @ (np.arange(12) + 0.5, np.full(12, 3.5)))
         for crs, want in ((src.crs.to_wkt(), centres),
                           ("EPSG:4326", np.column_stack(warp(src.crs, "EPSG:4326", *centres.T)))):
-            model = {"kriging": {"ph": dict(field.state_dict(), crs=crs)}, "tile_size": 32}
-            got = row_blocks(None, model, mapper, rows)(3)[XY]
-            np.testing.assert_allclose(got, want, rtol=1e-12)
+            # the model's CRS record, or (models of the first kriging version) the field's
+            for model in ({"kriging": {"ph": field.state_dict()}, "crs": crs, "tile_size": 32},
+                          {"kriging": {"ph": dict(field.state_dict(), crs=crs)},
+                           "tile_size": 32}):
+                got = row_blocks(None, model, mapper, rows)(3)[XY]
+                np.testing.assert_allclose(got, want, rtol=1e-12)
         assert abs(want[0, 0]) < 180  # degrees: the reprojection happened
         assert row_blocks(None, model, SimpleNamespace(kriging={}), rows) is None
 
@@ -264,6 +267,7 @@ def test_fit_points_keeps_the_fold_fields_and_the_uncertainty_map_uses_them(
         folds = model["fold_kriging"]["ph"]
         assert len(folds) == 4 == len(model["fold_heads"]["ph"]) and any(folds)
         assert "ph" in model["kriging"]
+        assert rasterio.crs.CRS.from_wkt(model["crs"]) == src.crs
         outs = {}
         for name, m in (("with", model), ("without", dict(model, fold_kriging={}))):
             predict_map(src, m, str(tmp_path / f"p_{name}.tif"), stride=8,
