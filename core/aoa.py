@@ -238,15 +238,6 @@ def model_aoa_states(model: dict) -> List[Tuple[Optional[str], dict]]:
     return [(None, model["aoa"])] if model.get("aoa") is not None else []
 
 
-def reads_features(state: Optional[dict]) -> bool:
-    """Whether an AOA state measures its DI on ViT features (any set besides the pixel
-    covariates and their context; states without a block record are on features)."""
-    if state is None:
-        return False
-    return any(name not in NON_FEATURE_BLOCKS
-               for name, _ in state.get("blocks") or [[FEATURES, 0]])
-
-
 def aoa_matrix(state: dict, blocks) -> np.ndarray:
     """The state's predictors from a map's blocks (set name -> (n, d) array, or the
     feature rows (n, D) alone): the state's sets side by side; a ViT feature set of

@@ -281,13 +281,12 @@ def predict_job(source: TileSource, model: dict, model_path: str, output: str,
     replacing the model's covariate rasters; ``backbone``: a Backbone or a path replacing
     the model's, not loaded when the map reads no ViT feature; as there)."""
     from .mapheads import PRED_NODATA, MapHeads, row_blocks
-    from .soil import check_model_input, map_backbone, model_rows, pixel_stack
+    from .soil import check_model_input, model_rows, pixel_stack
     check_model_input(source, model)
     stack = pixel_stack(source, model, covariates, progress)
     dev = resolve_device(device)
     mapper = MapHeads(model, bool(uncertainty), bool(aoa))
-    rows = model_rows(source, model, map_backbone(model, mapper, backbone, dev), stride, dev,
-                      progress, features=mapper.reads_features, **compute)
+    rows = model_rows(source, model, mapper, backbone, stride, dev, progress, **compute)
     paths = {"prediction": output, "uncertainty": uncertainty, "aoa": aoa}
     products = [Product(os.path.abspath(paths[name]), p["count"], p["tags"], p["band_names"],
                         PRED_NODATA) for name, p in mapper.products.items()]

@@ -93,6 +93,10 @@ def check_inputs(source: TileSource, backbone: Backbone, tile: int) -> None:
             f"Channel mismatch: the backbone expects {backbone.in_chans} input channels but the "
             f"input gives {source.channels} ({len(source.bands)} band(s)"
             f"{' + DEM' if source.dem else ''}). Adjust BANDS/DEM.")
+    check_tile_fits(source, tile)
+
+
+def check_tile_fits(source: TileSource, tile: int) -> None:
     if tile > max(source.width, source.height):
         raise InputError(
             f"TILE_SIZE {tile} px is larger than the raster ({source.width} x {source.height} px): "

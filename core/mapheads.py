@@ -11,7 +11,7 @@ import numpy as np
 import rasterio
 from rasterio.warp import transform as warp_transform
 
-from .aoa import MapAOA, reads_features
+from .aoa import MapAOA
 from .classes import class_block, class_products, class_targets, load_head
 from .covariates import PixelStack
 from .errorprofile import aoa_state
@@ -25,11 +25,17 @@ PRED_NODATA = -9999.0
 XY = "xy"  # the map block of the cells' coordinates (for residual kriging)
 
 
+def map_block(name: str) -> str:
+    """The map block that gives a fitted set: PIXELS and CONTEXT as they are, any ViT
+    feature set (tile or patch pooling, "features") the map's FEATURES."""
+    return name if name in (PIXELS, CONTEXT) else FEATURES
+
+
 def model_blocks(model: dict) -> set:
     """The blocks (PIXELS, CONTEXT, FEATURES) the model's mapped methods use."""
     blocks = model.get("blocks") or {t: [FEATURES] for t in model["targets"]}
     folds = model.get("fold_blocks") or {}  # a stack's fold models (the uncertainty map)
-    return {b if b in (PIXELS, CONTEXT) else FEATURES for t in model["targets"]
+    return {map_block(b) for t in model["targets"]
             for b in list(blocks[t]) + list(folds.get(t, []))}
 
 
@@ -40,7 +46,7 @@ def row_blocks(stack: Optional[PixelStack], model: dict, mapper: "MapHeads",
     CRS as the points were) for residual kriging; None when it needs neither."""
     covrows = stack and stack.map_blocks(rows.width, rows.height, rows.transform(),
                                          model["tile_size"],
-                                         model_blocks(model) & {PIXELS, CONTEXT})
+                                         mapper.reads & {PIXELS, CONTEXT})
     if not (mapper.kriging or getattr(mapper, "fold_kriging", None)):
         return covrows or None
     transform, cols = rows.transform(), np.arange(rows.width) + 0.5
@@ -100,12 +106,11 @@ class MapHeads:
         self.trust = TrustMaps(model, tags=tags, **trust)  # error, lower, upper (as asked)
         self.products.update(self.trust.products)
         blocks = model.get("blocks") or {}  # the sets each target's head reads, in order
-        self.inputs = [[b if b in (PIXELS, CONTEXT) else FEATURES
-                        for b in blocks.get(t, [FEATURES])] for t in targets]
+        self.inputs = [[map_block(b) for b in blocks.get(t, [FEATURES])] for t in targets]
         # a stack's fold models read every candidate's blocks, its head only its members'
         folds = model.get("fold_blocks") or {}
-        self.fold_inputs = [[b if b in (PIXELS, CONTEXT) else FEATURES for b in folds[t]]
-                            if t in folds else self.inputs[i] for i, t in enumerate(targets)]
+        self.fold_inputs = [[map_block(b) for b in folds[t]] if t in folds else self.inputs[i]
+                            for i, t in enumerate(targets)]
         self.needs = {b for bl in self.inputs for b in bl}  # the blocks a map row must give
         if uncertainty:
             self.needs |= {b for bl in self.fold_inputs for b in bl}
@@ -120,17 +125,22 @@ class MapHeads:
             if uncertainty else {}
 
     @property
-    def reads_features(self) -> bool:
-        """Whether any asked product reads the ViT features: a head, the fold models (the
-        uncertainty map), or the DI of the AOA map or of the trust maps.  A stack of pixel
-        covariates alone (plus kriging) does not, and its map runs no backbone."""
-        if FEATURES in self.needs:
-            return True
+    def reads(self) -> set:
+        """The blocks (PIXELS, CONTEXT, FEATURES) the asked products read: the heads, the
+        fold models (the uncertainty map), and the DI of the AOA map or of the trust maps
+        (an AOA state without a block record is on the features)."""
         states = [s for _, s in self.aoa.states] if self.aoa is not None else []
         if self.trust:
             states += [aoa_state(self.model, t) for t, profile in self.trust.profiles.items()
                        if profile is not None]
-        return any(reads_features(s) for s in states)
+        return self.needs | {map_block(b) for s in states if s is not None
+                             for b, _ in s.get("blocks") or [[FEATURES, 0]]}
+
+    @property
+    def reads_features(self) -> bool:
+        """Whether any asked product reads the ViT features.  A stack of pixel covariates
+        alone (plus kriging) does not, and its map runs no backbone."""
+        return FEATURES in self.reads
 
     @property
     def inside_count(self) -> int:

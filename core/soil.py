@@ -27,7 +27,7 @@ from .cv import (ALL_METHODS, COMPARE, CONTEXT, FEATURE_METHODS, FEATURES, HYBRI
                  PIXELS, SELECTED, MethodSpec, cross_validate, make_head, method_specs, spatial_folds,
                  stack_blocks)
 from .errors import BackboneError, InputError
-from .features import PATCH, point_features, prepare
+from .features import PATCH, check_tile_fits, point_features, prepare
 from .files import atomic_save
 from .intervals import TrustMaps, fit_trust
 from .knndm import fold_distances, prediction_locations
@@ -494,7 +494,7 @@ def predict_map(source: TileSource, model: dict, output: str,
     ``covariates``: paths replacing the model's covariate rasters (see
     :func:`~.covariates.resolve_covariates`); by default the recorded files.
     ``backbone``: a :class:`~.backbone.Backbone`, or a path replacing the model's recorded
-    one (:func:`map_backbone`: not loaded at all when the map reads no ViT feature)."""
+    one (:func:`model_rows`: not loaded at all when the map reads no ViT feature)."""
     progress = ensure(progress)
     check_model_input(source, model)
     trust = dict(error=bool(error), lower=bool(lower), upper=bool(upper), level=level)
@@ -503,9 +503,8 @@ def predict_map(source: TileSource, model: dict, output: str,
     stack = pixel_stack(source, model, covariates, progress)
     dev = resolve_device(device)
     mapper = MapHeads(model, bool(uncertainty), bool(aoa), bool(probability), lpd=lpd, **trust)
-    fr = model_rows(source, model, map_backbone(model, mapper, backbone, dev), stride, dev,
-                    progress, batch_size=batch_size, amp=amp, workers=workers,
-                    features=mapper.reads_features)
+    fr = model_rows(source, model, mapper, backbone, stride, dev, progress,
+                    batch_size=batch_size, amp=amp, workers=workers)
     w, h = fr.width, fr.height
     extra = row_blocks(stack, model, mapper, fr)
     paths = {"prediction": output, "uncertainty": uncertainty, "aoa": aoa,
@@ -577,39 +576,30 @@ def pixel_stack(source: TileSource, model: dict, covariates=None,
     return stack
 
 
-def map_backbone(model: dict, mapper: MapHeads, backbone=None, device="cpu"):
-    """The backbone a map of ``model`` runs: ``backbone`` (a Backbone, or a path replacing
-    the model's), else the model's own (checksum-checked); None when no product ``mapper``
-    makes reads ViT features and the grid needs none (tile pooling): a model of covariate
-    methods then maps without its backbone file."""
-    if not mapper.reads_features and model.get("pool", "cls") != PATCH:
-        return None
-    if isinstance(backbone, Backbone):
-        return backbone
-    return model_backbone(model, backbone or None, device=str(device))
-
-
-def model_rows(source: TileSource, model: dict, backbone: Optional[Backbone],
-               stride: Optional[int], device, progress: Optional[Progress] = None,
+def model_rows(source: TileSource, model: dict, mapper: MapHeads, backbone=None,
+               stride: Optional[int] = None, device="cpu", progress: Optional[Progress] = None,
                **compute) -> FeatureRows:
-    """The feature rows a model maps: its tile pooling on a grid of STRIDE, or its patches;
-    with ``features=False`` in ``compute`` the same grid's rows without running the
-    backbone, and without a ``backbone`` at all (:func:`map_backbone`) for tile pooling."""
+    """The feature rows ``mapper`` maps a model on: its tile pooling on a grid of STRIDE, or
+    its patches.  ``backbone``: a Backbone, or a path replacing the model's own (loaded and
+    checksum-checked).  When no product ``mapper`` makes reads ViT features, the same grid's
+    rows come without running the backbone; for tile pooling, without loading it at all (a
+    model of covariate methods maps without its backbone file)."""
     pool = model.get("pool", "cls")
-    if not compute.get("features", True):
+    features = mapper.reads_features
+    if not features:
         ensure(progress).info("The mapped methods read no ViT features (covariates only): "
-                              f"the backbone is {'not loaded nor' if backbone is None else 'not'}"
+                              f"the backbone is {'not' if pool == PATCH else 'neither loaded nor'}"
                               f" run over the raster.")
-    if backbone is None:
+    if not features and pool != PATCH:
         tile = int(model["tile_size"])
-        if tile > max(source.width, source.height):
-            raise InputError(f"The model's tiles ({tile} px) are larger than the raster "
-                             f"({source.width} x {source.height} px).")
+        check_tile_fits(source, tile)
         return FeatureRows.create(source, None, None, pool, tile, stride, None, device,
-                                  **dict(compute, features=False))
+                                  features=False, **compute)
+    if not isinstance(backbone, Backbone):
+        backbone = model_backbone(model, backbone or None, device=str(device))
     tile, norm = prepare(source, backbone, model["tile_size"], model["normalization"], progress)
     if pool == PATCH and stride:
         ensure(progress).info("The model uses patch features: the map has one pixel per "
                               "patch and STRIDE is ignored.")
     return FeatureRows.create(source, backbone, norm, pool, tile, stride,
-                              model.get("margin"), device, **compute)
+                              model.get("margin"), device, features=features, **compute)
