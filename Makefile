@@ -5,7 +5,7 @@
 PY := .venv/bin/python
 export QT_QPA_PLATFORM := offscreen
 
-.PHONY: setup test desktop screenshots demo bench evaluate zip clean
+.PHONY: setup test desktop screenshots demo bench evaluate noise zip clean
 
 setup:
 	@bash scripts/setup.sh
@@ -26,6 +26,10 @@ demo: setup
 
 evaluate: setup
 	$(PY) scripts/evaluate.py
+
+# How far rf_pixels moves from itself when only its seed changes (eval/noise.md).
+noise: setup
+	$(PY) scripts/noise_floor.py
 
 # make bench BENCH_ARGS="--quick" / BENCH_ARGS="--plant no_bf16" (a planted regression)
 bench: setup

@@ -12,7 +12,7 @@ import json
 import os
 import sys
 
-import numpy as np
+from evaluate import read_points
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, ".build", "plugins"))
@@ -24,22 +24,6 @@ SETS = {
                   os.path.join(ROOT, "eval", "data", "dk_vindum", "points.gpkg"),
                   ["clay", "silt", "sand", "humus"]),
 }
-
-
-def read_points(path, fields):
-    from osgeo import ogr
-    from soilssl.core.soil import Points
-    ds = ogr.Open(path)
-    layer = ds.GetLayer()
-    crs = layer.GetSpatialRef().ExportToWkt()
-    xs, ys, vals = [], [], []
-    for feat in layer:
-        g = feat.GetGeometryRef()
-        xs.append(g.GetX())
-        ys.append(g.GetY())
-        vals.append([np.nan if feat.GetField(f) is None else float(feat.GetField(f))
-                     for f in fields])
-    return Points(xs, ys, crs, np.array(vals), fields)
 
 
 def main():
