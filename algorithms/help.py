@@ -73,7 +73,9 @@ PARAMS = {
               "kriging), in the share that leaving out one fold at a time shows to help "
               "steadily (often none). Its honest score is the row 'selected': each fold "
               "predicted with weights, and kriged residuals, from an inner CV on the other "
-              "folds.",
+              "folds. METHOD=all also refits rf_pixels with 4 more random seeds on the same "
+              "folds: the log, the CV table (seed_sd_percent) and the report say how far the "
+              "baseline moves by itself, and whether each gain over it is beyond twice that.",
     "FOLDS": "Number of spatial folds: K-means clusters of the point coordinates (paper: 6).",
     "FOLD_MODE": "kmeans (spatial, paper), random folds for comparison, or knndm: folds "
                  "whose test-to-training distances match the distances from the raster's "

@@ -46,6 +46,7 @@ FEATURE_METHODS = ("mlp", "rf_features", "ridge")
 HYBRID_METHODS = ("rf_hybrid", "gbm_hybrid")
 ALL_METHODS = ("rf_pixels", "rf_context") + FEATURE_METHODS + HYBRID_METHODS
 SELECTED = "selected"  # the stack's row, scored by nested CV (core/selection.py)
+BASELINE = "rf_pixels"  # the everyday baseline's row: RF on every pixel covariate
 METRICS = ("rmse", "mae", "r2")
 
 
@@ -246,6 +247,7 @@ class CVResult:
     stacks: Optional[Dict[str, Dict[str, float]]] = None  # the mapped stack's weights
     inner_best: Optional[Dict[str, List[str]]] = None  # best single candidate per fold
     kriging: Optional[Dict[str, dict]] = None  # residual kriging of the stack (kriging.py)
+    spread: Optional[Dict[str, dict]] = None  # rf_pixels' score over seeds (spread.py)
 
     @property
     def labels(self) -> List[str]:
@@ -303,6 +305,10 @@ class CVResult:
             for m, spec in enumerate(self.methods):
                 row = {"target": target, "method": spec.label, "features": spec.features,
                        "n": int(self.n_used[t]), "kind": self.kind(target)}
+                if spec.label == BASELINE and target in (self.spread or {}):
+                    # its score's sd over seeds (core/spread.py), absolute and in %
+                    row["seed_sd"] = self.spread[target]["sd"]
+                    row["seed_sd_percent"] = self.spread[target]["percent"]
                 if row["kind"] == CLASSIFICATION:  # pooled out-of-fold metrics, fold mean/std
                     rows.append(self._class_row(row, t, m, classes[0][t, m], classes[1][t, m]))
                     continue

@@ -19,6 +19,8 @@ from typing import List, Mapping, Optional
 import numpy as np
 
 from .classes import report_html
+from .cv import BASELINE, FEATURES, SELECTED
+from .spread import spread_clause
 from .files import atomic_write_text
 from .importance import COVARIATE_BLOCKS, COVARIATES, VIT, grouped_importance, spec_blocks
 from .ranking import ranking_score
@@ -294,8 +296,6 @@ def _geodist_section(gd) -> str:
             body + "</table>" + _png(geodist_figure(gd)))
 # ----------------------------------------------------------------------------- ViT vs pixels
 
-BASELINE, FEATURES = "rf_pixels", "features"  # cv's pixel baseline row and BACKBONE's set
-SELECTED = "selected"  # the stack's row (core/selection.py)
 STACK_BEHIND = 2.0  # % worse than rf_pixels in nested CV: the report advises rf_pixels
 
 
@@ -357,7 +357,8 @@ def baseline_sentence(cv) -> Optional[str]:
         how = ("lower" if r["better"] else "higher") if r["metric"] == "RMSE" \
             else ("higher" if r["better"] else "lower")
         parts.append(f"for {r['target']}, {r['method']} has {r['metric']} {r['value']:.4g} "
-                     f"against {r['baseline']:.4g}, {abs(r['percent']):.1f} % {how}")
+                     f"against {r['baseline']:.4g}, {abs(r['percent']):.1f} % {how}"
+                     + spread_clause(cv, r["target"], r["percent"]))
     return head + ": " + "; ".join(parts) + "."
 
 
@@ -407,7 +408,7 @@ def stack_sentence(cv) -> Optional[str]:
             how = ("higher" if gain > 0 else "lower") if higher else \
                 ("lower" if gain > 0 else "higher")
             text += (f" (nested-CV {metric} {v:.4g} against rf_pixels {b:.4g}, "
-                     f"{abs(gain):.1f} % {how})")
+                     f"{abs(gain):.1f} % {how}{spread_clause(cv, target, gain)})")
         parts.append(text)
     if not parts:
         return None

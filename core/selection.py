@@ -44,14 +44,13 @@ import numpy as np
 from sklearn.metrics import r2_score
 
 from .classes import CLASSIFICATION, REGRESSION, class_metrics
-from .cv import (CONTEXT, MIN_TRAIN_POINTS, PIXELS, SELECTED, CVResult, MethodSpec,
-                 make_head, regression_metrics, stack_blocks)
+from .cv import (BASELINE, CONTEXT, MIN_TRAIN_POINTS, PIXELS, SELECTED, CVResult,
+                 MethodSpec, make_head, regression_metrics, stack_blocks)
 from .errors import InputError
 from .kriging import residual_kriging
 from .progress import Progress, ensure
 from .stacking import StackedHead, describe, member_columns, shrunk_weights, union_blocks
 
-BASELINE = "rf_pixels"  # the everyday baseline the stack's weights are shrunk toward
 
 
 def candidates(cv: CVResult, features: str) -> List[str]:

@@ -37,6 +37,7 @@ from .patches import FeatureRows, PatchGrid, patch_point_features
 from .raster import TileSource
 from .writer import RasterWriter, commit_all
 from .selection import candidates, choose_best, class_inner, nested_selection
+from .spread import baseline_spread, spread_text
 from .ranking import format_ranking, rank_backbones  # noqa: F401 (public here too)
 from .report import stack_advice
 from .stacking import describe, stack_head, stack_text, union_blocks
@@ -311,8 +312,10 @@ def fit_points(source: TileSource, points: Points, backbone: Backbone,
     if compared:
         progress.info(format_ranking(ranking))
     if method == "all":  # the stack of the candidates, scored by nested CV: row 'selected'
+        cv = baseline_spread(cv, sets, seed, loss=loss, weights=weights,
+                             class_weight=class_weight, progress=progress.sub(0.75, 0.78))
         cv = nested_selection(cv, sets, candidates(cv, scale), loss, weights, seed,
-                              progress=progress.sub(0.75, 0.9),
+                              progress=progress.sub(0.78, 0.9),
                               inner={t: class_inner(len(names), class_weight)
                                      for t, names in (points.classes or {}).items()},
                               coords=coords)
@@ -323,9 +326,9 @@ def fit_points(source: TileSource, points: Points, backbone: Backbone,
                       f"{_format_chosen(chosen)}. The map uses the stack: "
                       f"{_format_chosen({t: stack_text(cv, t) for t in cv.stacks})}.")
         chosen = {t: SELECTED for t in cv.target_names}
-        advice = stack_advice(cv)
-        if advice:
-            progress.info(advice)
+        for line in (spread_text(cv), stack_advice(cv)):
+            if line:
+                progress.info(line)
     model = _model_dict(source, backbone, cv, sets, y, weights, folds, chosen, loss, seed,
                         PATCH if scale == PATCH else pool, tile, norm.to_dict(),
                         progress.sub(0.9, 1.0), scale, margin, class_weight)

@@ -52,22 +52,18 @@ def baseline_rows(name, spec):
 
 
 def seed_scores(x, y, folds, points, seeds):
-    """(seeds, targets) mean fold RMSE, or kappa for class targets, of rf_pixels."""
-    from soilssl.core.classes import KAPPA
-    from soilssl.core.cv import PIXELS, cross_validate
+    """(seeds, targets) mean fold RMSE, or kappa for class targets, of rf_pixels with seeds
+    0..seeds-1 (core.spread.baseline_spread, as fitpoints METHOD=all measures it)."""
+    from soilssl.core.cv import BASELINE, PIXELS, cross_validate
+    from soilssl.core.spread import baseline_spread, row_scores
     kinds = ["classification" if f in (points.classes or {}) else "regression"
              for f in points.names]
-    out = []
-    for seed in range(seeds):
-        cv = cross_validate({PIXELS: x}, y, folds, ["rf_pixels"], target_names=points.names,
-                            seed=seed, kinds=kinds, classes=points.classes)
-        rmse = cv.summary()[0][:, 0, 0]
-        kappa = cv.class_summary()[0][:, 0, KAPPA] if cv.class_fold_metrics is not None \
-            else np.full(len(kinds), np.nan)
-        out.append([kappa[t] if k == "classification" else rmse[t]
-                    for t, k in enumerate(kinds)])
-        print(f"  seed {seed}: {np.round(out[-1], 4).tolist()}", flush=True)
-    return np.array(out), kinds
+    cv = cross_validate({PIXELS: x}, y, folds, [BASELINE], target_names=points.names,
+                        seed=0, kinds=kinds, classes=points.classes)
+    if seeds < 2:
+        return row_scores(cv, BASELINE)[None], kinds
+    cv = baseline_spread(cv, {PIXELS: x}, 0, n_seeds=seeds - 1)
+    return np.array([cv.spread[t]["scores"] for t in points.names]).T, kinds
 
 
 def gains(scores, kinds):

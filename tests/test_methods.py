@@ -320,6 +320,7 @@ def test_fit_points_all_maps_the_chosen_method_with_pixels_and_features(tmp_path
     # small heads in the CV and the nested selection (the refit for the map is full size)
     monkeypatch.setattr(soil, "cross_validate", partial(cross_validate, head_options=FAST))
     monkeypatch.setattr(soil, "nested_selection", partial(nested_selection, head_options=FAST))
+    monkeypatch.setattr(soil, "baseline_spread", partial(soil.baseline_spread, head_options=FAST))
     with TileSource(path) as src:
         cols, rows = rng.uniform(4, 92, 36), rng.uniform(4, 60, 36)
         xs, ys = src.transform @ (cols, rows)
@@ -334,6 +335,9 @@ def test_fit_points_all_maps_the_chosen_method_with_pixels_and_features(tmp_path
                           "rf_hybrid", "gbm_hybrid", "selected"]
         # METHOD=all maps with the stack whose honest score is the row 'selected'
         assert fit.chosen["ph"] == "selected"
+        # and measures how far rf_pixels moves by itself (4 more seeds), for the log
+        assert len(fit.cv.spread["ph"]["scores"]) == 5
+        assert sum(m.startswith("How far rf_pixels moves by itself") for m in messages) == 1
         assert len(fit.cv.selection["ph"]) == 3
         weights = fit.cv.stacks["ph"]
         assert set(weights) <= set(labels[:-1]) and sum(weights.values()) == pytest.approx(1)

@@ -404,6 +404,7 @@ def test_fitpoints_all_maps_the_stack_through_predictmap(qgis_app, scene, tiny_c
             "rf_hybrid": {"inner": rf}, "gbm_hybrid": {"inner": {"max_iter": 30}}}
     monkeypatch.setattr(soil, "cross_validate", partial(cross_validate, head_options=fast))
     monkeypatch.setattr(soil, "nested_selection", partial(nested_selection, head_options=fast))
+    monkeypatch.setattr(soil, "baseline_spread", partial(soil.baseline_spread, head_options=fast))
     raster, points = scene
     res = processing.run("soilssl:fitpoints", {
         "INPUT": raster, "BACKBONE": tiny_ckpt, "POINTS": points, "FIELDS": ["ph"],
@@ -415,6 +416,8 @@ def test_fitpoints_all_maps_the_stack_through_predictmap(qgis_app, scene, tiny_c
     assert json.loads(res["METHODS"]) == {"ph": "selected: " + describe(weights) + (
         f" + {ResidualKriging.from_state(kriged).describe()}" if kriged else "")}
     assert model["heads"]["ph"]["method"] == "stack" and model["methods"] == {"ph": "selected"}
+    base = [r for r in json.loads(res["CV_TABLE"]) if r["method"] == "rf_pixels"]
+    assert len(base) == 1 and base[0]["seed_sd_percent"] > 0  # rf_pixels' spread over seeds
     pred = processing.run("soilssl:predictmap", {
         "INPUT": raster, "MODEL": res["OUTPUT_MODEL"], "STRIDE": 16, "DEVICE": "cpu",
         "OUTPUT": str(tmp_path / "map.tif"), "OUTPUT_UNCERTAINTY": str(tmp_path / "sd.tif")})
