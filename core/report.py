@@ -20,7 +20,7 @@ import numpy as np
 
 from .classes import report_html
 from .cv import BASELINE, FEATURES, SELECTED
-from .spread import spread_clause
+from .spread import spread_clause, spread_note
 from .files import atomic_write_text
 from .importance import COVARIATE_BLOCKS, COVARIATES, VIT, grouped_importance, spec_blocks
 from .ranking import ranking_score
@@ -568,6 +568,9 @@ def write_report(path: str, cv, coords: np.ndarray, chosen: dict, title: str = "
     stacked = stack_sentence(cv)
     if stacked:
         parts.append(f"<p class='verdict'>{html.escape(stacked)}</p>")
+    note = spread_note(cv) if sentence or stacked else None
+    if note:
+        parts.append(f"<p class='note'>{html.escape(note)}</p>")
     parts.append("<h2>Cross-validation</h2>" + _table(cv, chosen) + report_html(cv, chosen))
     if len({r["backbone"] for r in ranking or []}) > 1:
         parts.append(_ranking(ranking))

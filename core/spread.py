@@ -80,8 +80,18 @@ def spread_clause(cv: CVResult, target: str, percent: float) -> str:
     if not s or not np.isfinite(s["percent"]):
         return ""
     where = "beyond" if abs(percent) > BEYOND * s["percent"] else "within"
-    return (f", {where} twice the {s['percent']:.1f} % by which rf_pixels itself moves when "
-            f"only its seed changes (sd over {len(s['scores'])} seeds)")
+    return f", {where} twice rf_pixels' seed spread of {s['percent']:.1f} %"
+
+
+def spread_note(cv: CVResult) -> Optional[str]:
+    """What "rf_pixels' seed spread" means, once per report (None without one)."""
+    spread = getattr(cv, "spread", None) or {}
+    if not spread:
+        return None
+    n = len(next(iter(spread.values()))["scores"])
+    return (f"rf_pixels' seed spread: the standard deviation of its CV score over {n} random "
+            f"seeds, the points and folds unchanged, in % of its mean. A difference within "
+            f"twice that spread is not shown to be real: the baseline itself moves that much.")
 
 
 def spread_text(cv: CVResult) -> Optional[str]:

@@ -8,7 +8,8 @@ import pytest
 from soilssl.core.classes import CLASSIFICATION, KAPPA, REGRESSION
 from soilssl.core.cv import BASELINE, PIXELS, cross_validate, spatial_folds
 from soilssl.core.report import baseline_sentence, stack_sentence
-from soilssl.core.spread import BEYOND, baseline_spread, row_scores, spread_clause, spread_text
+from soilssl.core.spread import (BEYOND, baseline_spread, row_scores, spread_clause,
+                                 spread_note, spread_text)
 
 RF = {"n_estimators": 15, "search_estimators": 8, "min_samples_leaf": (1,), "n_jobs": 1}
 FAST = {"rf": RF}
@@ -69,12 +70,12 @@ def test_gains_are_judged_against_twice_the_spread():
     assert spread_clause(cv, "ph", 5.0) == ""  # no spread measured: nothing said
     cv = replace(cv, spread={"ph": {"scores": [1.0] * 5, "sd": 0.03, "percent": 3.0}})
     assert BEYOND == 2.0
-    assert spread_clause(cv, "ph", 5.9).startswith(", within twice the 3.0 %")
-    assert spread_clause(cv, "ph", -6.1).startswith(", beyond twice the 3.0 %")
-    assert "(sd over 5 seeds)" in spread_clause(cv, "ph", 1.0)
+    assert spread_clause(cv, "ph", 5.9) == ", within twice rf_pixels' seed spread of 3.0 %"
+    assert spread_clause(cv, "ph", -6.1) == ", beyond twice rf_pixels' seed spread of 3.0 %"
+    assert "over 5 random seeds" in spread_note(cv)
 
 
-def test_report_sentences_say_whether_a_gain_is_beyond_the_spread():
+def test_report_sentences_say_whether_a_gain_is_beyond_the_spread(tmp_path):
     from soilssl.core.cv import FEATURES, SELECTED, MethodSpec
     rng = np.random.default_rng(1)
     sets, y, folds = data()
@@ -84,7 +85,7 @@ def test_report_sentences_say_whether_a_gain_is_beyond_the_spread():
     cv = baseline_spread(cv, sets, n_seeds=2, head_options=FAST)
     sentence = baseline_sentence(cv)
     pct = cv.spread["ph"]["percent"]
-    assert f"twice the {pct:.1f} % by which rf_pixels itself moves" in sentence
+    assert f"twice rf_pixels' seed spread of {pct:.1f} %" in sentence
     # the stack's sentence: its nested-CV gain, within or beyond twice the spread
     from soilssl.core.selection import candidates, nested_selection
     cv = nested_selection(cv, sets, candidates(cv, FEATURES), head_options=FAST)
@@ -94,4 +95,15 @@ def test_report_sentences_say_whether_a_gain_is_beyond_the_spread():
     text = stack_sentence(cv)
     assert f"{abs(gain):.1f} % {'lower' if gain > 0 else 'higher'}" in text
     word = "beyond" if abs(gain) > 2 * pct else "within"
-    assert f", {word} twice the {pct:.1f} %" in text
+    assert f", {word} twice rf_pixels' seed spread of {pct:.1f} %" in text
+    # the report: both sentences, then once what the spread is
+    from soilssl.core.report import write_report
+    coords = np.random.default_rng(0).uniform(0, 1000, size=(len(cv.folds), 2))
+    page = open(write_report(str(tmp_path / "r.html"), cv, coords, {"ph": SELECTED}),
+                encoding="utf-8").read()
+    note = spread_note(cv).replace("'", "&#x27;")
+    assert page.count(note) == 1 and page.index(note) > page.index("nested-CV")
+    # no spread measured: no note
+    page = open(write_report(str(tmp_path / "r2.html"), replace(cv, spread=None), coords,
+                             {"ph": SELECTED}), encoding="utf-8").read()
+    assert "seed spread" not in page
