@@ -382,16 +382,32 @@ def _gain(v, b, higher) -> float:
     return 100.0 * ((v - b) if higher else (b - v)) / abs(b)
 
 
+def _baseline_alone(cv, target: str, weights: Mapping[str, float]) -> bool:
+    """Whether the mapped stack of ``target`` is rf_pixels alone, without kriged residuals."""
+    kriged = ((getattr(cv, "kriging", None) or {}).get(target) or {}).get("field")
+    return kriged is None and set(weights) == {BASELINE}
+
+
 def stack_advice(cv) -> Optional[str]:
     """The advice for the targets whose stack scores more than STACK_BEHIND % worse than
-    rf_pixels in nested CV (None when there is none)."""
-    behind = [t for t, _, v, b, higher in _stack_rows(cv)
+    rf_pixels in nested CV (None when there is none).  Where the mapped stack is rf_pixels
+    alone already, the shortfall came from outer folds whose inner CV departed from it:
+    the map needs no change, and the advice says so instead."""
+    behind = [(t, _baseline_alone(cv, t, w)) for t, w, v, b, higher in _stack_rows(cv)
               if v is not None and b and _gain(v, b, higher) < -STACK_BEHIND]
-    if not behind:
-        return None
-    return (f"For {', '.join(behind)} the stack scores more than {STACK_BEHIND:g} % worse "
-            f"than rf_pixels: its weights, fitted on few points, do not carry over to new "
-            f"ones. Map with METHOD=rf_pixels there.")
+    change = [t for t, alone in behind if not alone]
+    already = [t for t, alone in behind if alone]
+    out = []
+    if change:
+        out.append(f"For {', '.join(change)} the stack scores more than {STACK_BEHIND:g} % "
+                   f"worse than rf_pixels: its weights, fitted on few points, do not carry "
+                   f"over to new ones. Map with METHOD=rf_pixels there.")
+    if already:
+        out.append(f"For {', '.join(already)} the nested CV scores the stack more than "
+                   f"{STACK_BEHIND:g} % worse than rf_pixels because some folds' inner CV "
+                   f"moved away from rf_pixels and that did not carry over; the map uses "
+                   f"rf_pixels alone already.")
+    return " ".join(out) or None
 
 
 def stack_sentence(cv) -> Optional[str]:

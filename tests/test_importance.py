@@ -258,7 +258,19 @@ def test_report_advises_rf_pixels_where_the_stack_scores_worse():
     assert "Map with METHOD=rf_pixels" not in stack_sentence(cv)  # the stack wins here
     m = cv.labels.index("selected")
     cv.fold_metrics[1, m, :, 0] = cv.fold_metrics[1, 0, :, 0] * (1 + 1.5 * STACK_BEHIND / 100)
+    cv.stacks["si"] = {"rf_pixels": 0.7, "ridge": 0.3}
     text = stack_sentence(cv)
     assert text.endswith("For si the stack scores more than 2 % worse than rf_pixels: its "
                          "weights, fitted on few points, do not carry over to new ones. Map "
                          "with METHOD=rf_pixels there.")
+    # a mapped stack that is rf_pixels alone already: nothing to change, and it says so
+    cv.stacks["si"] = {"rf_pixels": 1.0}
+    text = stack_sentence(cv)
+    assert "Map with METHOD=rf_pixels" not in text
+    assert text.endswith("For si the nested CV scores the stack more than 2 % worse than "
+                         "rf_pixels because some folds' inner CV moved away from rf_pixels "
+                         "and that did not carry over; the map uses rf_pixels alone already.")
+    # ... unless it adds kriged residuals: then METHOD=rf_pixels is a change
+    from types import SimpleNamespace
+    cv.kriging = {"si": {"field": SimpleNamespace(describe=lambda: "0.50 × kriged residuals")}}
+    assert stack_sentence(cv).endswith("Map with METHOD=rf_pixels there.")
