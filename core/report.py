@@ -384,8 +384,8 @@ def _gain(v, b, higher) -> float:
 
 def _baseline_alone(cv, target: str, weights: Mapping[str, float]) -> bool:
     """Whether the mapped stack of ``target`` is rf_pixels alone, without kriged residuals."""
-    kriged = ((getattr(cv, "kriging", None) or {}).get(target) or {}).get("field")
-    return kriged is None and set(weights) == {BASELINE}
+    from .stacking import kriged_field
+    return kriged_field(cv, target) is None and set(weights) == {BASELINE}
 
 
 def stack_advice(cv) -> Optional[str]:

@@ -52,7 +52,6 @@ from .progress import Progress, ensure
 from .stacking import StackedHead, describe, member_columns, shrunk_weights, union_blocks
 
 
-
 def candidates(cv: CVResult, features: str) -> List[str]:
     """Labels of the rows METHOD=all may map with: every row on the mapping backbone's
     feature set ``features`` and/or the pixel covariates (and their context); rows of

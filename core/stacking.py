@@ -205,11 +205,16 @@ def describe(weights: Mapping[str, float]) -> str:
     return " + ".join(f"{w:.2f} {label}" for label, w in items if w > 0)
 
 
+def kriged_field(cv, target: str):
+    """The mapped stack's kriged residual field of ``target`` (``cv.kriging``), or None."""
+    return ((getattr(cv, "kriging", None) or {}).get(target) or {}).get("field")
+
+
 def stack_text(cv, target: str) -> str:
     """The mapped stack of ``target`` (``cv.stacks``) in words: its weights, and its kriged
     residuals when it adds them (``cv.kriging``, :mod:`.kriging`): "0.62 rf_pixels +
     0.38 rf_hybrid + 0.50 × kriged residuals (range ...)"."""
-    field = ((getattr(cv, "kriging", None) or {}).get(target) or {}).get("field")
+    field = kriged_field(cv, target)
     return describe(cv.stacks[target]) + (f" + {field.describe()}" if field is not None else "")
 
 
